@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -205,15 +205,14 @@ def load_npz(path: str | os.PathLike) -> Recording:
     p = V.check_file(path, what="recording file", suffixes=(".npz",))
     try:
         with np.load(p, allow_pickle=False) as z:
-            missing = [k for k in _NPZ_KEYS if k not in z.files]
-            if missing:
-                raise ValueError(f"recording file {str(p)!r} lacks keys {missing}; expected keys {list(_NPZ_KEYS)}")
-            data = {k: z[k] for k in _NPZ_KEYS}
-    except ValueError:
-        raise
-    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError ...
+            files = list(z.files)
+            data = {k: z[k] for k in _NPZ_KEYS if k in files}
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, object arrays (ValueError) ...
         raise ValueError(f"recording file {str(p)!r} could not be read as .npz ({type(e).__name__}: {e}); "
                          "it may be truncated") from e
+    missing = [k for k in _NPZ_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"recording file {str(p)!r} lacks keys {missing}; expected keys {list(_NPZ_KEYS)}")
     sr = data["sample_rate_hz"]
     if sr.size != 1:
         raise ValueError(f"sample_rate_hz in {str(p)!r} must be a scalar, got shape {sr.shape}")
@@ -336,3 +335,326 @@ def _is_int(s: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+# --------------------------------------------------------------------------- SHL-2018 challenge layout
+
+SHL_LABEL_FILE = "Label.txt"
+SHL_ORDER_FILES = ("train_order.txt", "test_order.txt")
+_SHL_DEFAULT_CHANNELS = ("Acc_x", "Acc_y", "Acc_z", "Gyr_x", "Gyr_y", "Gyr_z")
+
+
+def load_shl2018(folder: str | os.PathLike, *, channels: Sequence[str] = _SHL_DEFAULT_CHANNELS,
+                 order_file: str | os.PathLike | None = None, user: str = "shl-user1",
+                 sample_rate_hz: float = 100.0) -> list[Recording]:
+    """Load one split of the SHL-2018 challenge data as continuous recordings.
+
+    Source: Sussex-Huawei Locomotion-Transportation (SHL) recognition challenge
+    2018 (Wang et al., "Summary of the Sussex-Huawei Locomotion-Transportation
+    Recognition Challenge", UbiComp/ISWC 2018 Adjunct; data at
+    http://www.shl-dataset.org/). One user (user 1), phone in the hips pocket.
+
+    Layout of ``folder`` (a ``train`` or ``test`` split):
+
+    * one text file per channel, ``<channel>.txt`` (``Acc_x`` ... ``Acc_z`` in
+      m/s^2, ``Gyr_x`` ... in rad/s, ``Mag_x`` ... in uT, ``Ori_w`` ...,
+      ``Gra_x`` ..., ``LAcc_x`` ..., ``Pressure`` in hPa). Each line is one
+      frame of F whitespace-separated samples (F = 6000: one minute at 100 Hz);
+    * ``Label.txt``, same layout, one integer code per sample: 0 = Null,
+      1..8 = Still, Walk, Run, Bike, Car, Bus, Train, Subway;
+    * ``train_order.txt`` or ``test_order.txt``: one integer per line, the
+      position in time of the frame on the same line of every other file.
+
+    Frames are put back in time order (sorted by their order value) and joined;
+    wherever two consecutive order values differ by more than 1 (a gap in
+    time) a new recording starts, so each :class:`Recording` is one
+    uninterrupted stream.
+
+    Parameters
+    ----------
+    folder : path-like
+        The split folder.
+    channels : sequence of str, default ``("Acc_x", "Acc_y", "Acc_z", "Gyr_x", "Gyr_y", "Gyr_z")``
+        Channel names, i.e. file stems in ``folder``; they become the
+        recordings' ``channels`` in this order.
+    order_file : path-like, optional
+        The order file (a path, or a name inside ``folder``). By default
+        ``folder/train_order.txt``, else ``folder/test_order.txt``, else
+        ``<parent>/<folder name>_order.txt`` (the official archive keeps the
+        order files next to the ``train``/``test`` folders).
+    user : str, default ``"shl-user1"``
+        User id given to every recording.
+    sample_rate_hz : float, default 100.0
+        Sampling rate in Hz, > 0.
+
+    Returns
+    -------
+    list of Recording
+        In time order, one per continuous run of frames: values (S, C) float32
+        with S = (number of frames in the run) * F, labels (S,) int64 with
+        ``label = code - 1`` (so Null -> -1, unlabeled), ``class_names =``
+        :data:`SHL_CLASS_NAMES`, ``name = f"shl_{folder.name}_{k:03d}"`` and
+        ``meta = {"source": "shl2018", "order_first": int, "order_last": int,
+        "n_frames": int, "frame_length": F}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder``, ``Label.txt``, the order file or a channel file is
+        missing (the message lists the channel files present).
+    ValueError
+        If ``channels`` is empty or repeats a name, ``sample_rate_hz`` is not
+        positive, a file has a different number of lines than the order file,
+        a line has a different number of values than line 1 of ``Label.txt``
+        or a non-numeric value, a data value is NaN/Inf, a label code is
+        not an integer in 0..8, or order values repeat. The message names the
+        file and, where it applies, the line (1-based), the value or count seen
+        and what was expected.
+
+    Notes
+    -----
+    Files are parsed line by line with :func:`numpy.fromstring` straight into
+    one preallocated (frames, F, C) float32 array, so peak memory is about the
+    size of the result (the full 2018 train split with 6 channels: ~2.3 GB).
+    """
+    root = V.check_dir(folder, what="SHL folder")
+    channels = tuple(channels) if not isinstance(channels, str) else (channels,)
+    if not channels:
+        raise ValueError(f"channels for SHL folder {str(root)!r} is empty; expected at least one "
+                         f"channel name such as {list(_SHL_DEFAULT_CHANNELS)}")
+    dupes = sorted({c for c in channels if channels.count(c) > 1})
+    if dupes:
+        raise ValueError(f"channels for SHL folder {str(root)!r} repeats {dupes}; expected distinct names, "
+                         f"got {list(channels)}")
+    bad = [c for c in channels if not isinstance(c, str) or not c
+           or c == Path(SHL_LABEL_FILE).stem or c.endswith("_order")]
+    if bad:
+        raise ValueError(f"channels for SHL folder {str(root)!r} has invalid names {bad}; expected "
+                         f"channel file stems such as {list(_SHL_DEFAULT_CHANNELS)}")
+    sample_rate_hz = V.check_positive("sample_rate_hz", sample_rate_hz, where=f"SHL folder {str(root)!r}")
+
+    label_path = root / SHL_LABEL_FILE
+    if not label_path.is_file():
+        raise FileNotFoundError(f"SHL folder {str(root)!r} lacks {SHL_LABEL_FILE!r}; expected the "
+                                f"per-sample label file of the SHL-2018 layout")
+    channel_paths = [root / f"{c}.txt" for c in channels]
+    for c, p in zip(channels, channel_paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"SHL channel file {str(p)!r} (channel {c!r}) does not exist; channel files "
+                                    f"present in {str(root)!r}: {_shl_channel_files(root)}")
+
+    order_path = _shl_order_path(root, order_file)
+    order = _read_shl_order(order_path)
+    n_frames = order.shape[0]
+    uniq, counts = np.unique(order, return_counts=True)
+    if uniq.shape[0] != n_frames:
+        rep = uniq[counts > 1][:5].tolist()
+        raise ValueError(f"SHL order file {str(order_path)!r} repeats order values {rep}; expected one "
+                         "distinct position per frame")
+    time_idx = np.argsort(order, kind="stable")      # file line of the k-th frame in time
+    dest = np.empty(n_frames, dtype=np.int64)        # time position of each file line
+    dest[time_idx] = np.arange(n_frames)
+    sorted_order = order[time_idx]
+
+    frame_len = _shl_frame_length(label_path)
+    label_codes = np.empty((n_frames, frame_len), dtype=np.int8)
+    _read_shl_frames(label_path, dest, frame_len, label_codes, kind="label", order_path=order_path)
+    values = np.empty((n_frames, frame_len, len(channels)), dtype=np.float32)
+    for ci, p in enumerate(channel_paths):
+        _read_shl_frames(p, dest, frame_len, values[:, :, ci], kind="data", order_path=order_path,
+                         label_path=label_path)
+
+    flat_values = values.reshape(n_frames * frame_len, len(channels))
+    flat_labels = label_codes.reshape(n_frames * frame_len).astype(np.int64) - 1
+    breaks = np.flatnonzero(np.diff(sorted_order) != 1) + 1
+    starts = np.concatenate([[0], breaks]).tolist()
+    ends = np.concatenate([breaks, [n_frames]]).tolist()
+    out = []
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        name = f"shl_{root.name}_{k:03d}"
+        try:
+            out.append(Recording(flat_values[a * frame_len:b * frame_len], flat_labels[a * frame_len:b * frame_len],
+                                 sample_rate_hz, channels, SHL_CLASS_NAMES, user=user, name=name,
+                                 meta={"source": "shl2018", "order_first": int(sorted_order[a]),
+                                       "order_last": int(sorted_order[b - 1]), "n_frames": int(b - a),
+                                       "frame_length": int(frame_len)}))
+        except ValueError as e:
+            raise ValueError(f"SHL folder {str(root)!r} (channels {list(channels)}): {e}") from e
+    return out
+
+
+def _shl_channel_files(root: Path) -> list[str]:
+    """Names of the ``*.txt`` files in ``root`` that are neither labels nor order files."""
+    return sorted(p.name for p in root.glob("*.txt")
+                  if p.name != SHL_LABEL_FILE and not p.name.endswith("_order.txt"))
+
+
+def _shl_order_path(root: Path, order_file: str | os.PathLike | None) -> Path:
+    if order_file is not None:
+        p = Path(order_file)
+        if not p.is_absolute() and not p.exists() and (root / p).exists():
+            p = root / p
+        if not p.is_file():
+            raise FileNotFoundError(f"SHL order file {str(order_file)!r} does not exist (also looked in "
+                                    f"{str(root)!r})")
+        return p
+    candidates = [root / n for n in SHL_ORDER_FILES] + [root.parent / f"{root.name.lower()}_order.txt"]
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"SHL folder {str(root)!r} has no order file; looked for "
+                            f"{[str(p) for p in candidates]}. Pass order_file= explicitly")
+
+
+def _read_shl_order(path: Path) -> np.ndarray:
+    """Read one integer per line; trailing blank lines are ignored."""
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        lines = [ln.strip() for ln in fh]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise ValueError(f"SHL order file {str(path)!r} has no lines; expected one integer per frame")
+    order = np.empty(len(lines), dtype=np.int64)
+    for i, ln in enumerate(lines):
+        try:
+            order[i] = int(ln)
+        except ValueError:
+            try:  # "12.0" or "1.2e1" as written by some tools
+                v = float(ln)
+            except ValueError:
+                v = float("nan")
+            if not np.isfinite(v) or v != round(v):
+                raise ValueError(f"SHL order file {str(path)!r} line {i + 1} is {ln[:40]!r}; expected one "
+                                 "integer per line") from None
+            order[i] = int(v)
+    return order
+
+
+def _parse_shl_line(path: Path, lineno: int, text: str, dtype) -> np.ndarray:
+    text = text.strip()
+    if not text:
+        return np.empty(0, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # numpy < 2.3 warns instead of raising
+        try:
+            return np.fromstring(text, dtype=dtype, sep=" ")
+        except (ValueError, DeprecationWarning):
+            pass
+    bad = next((t for t in text.split() if not _is_float(t)), text[:40])
+    raise ValueError(f"SHL file {str(path)!r} line {lineno} has a non-numeric value {bad[:40]!r}; "
+                     "expected whitespace-separated numbers")
+
+
+def _shl_frame_length(label_path: Path) -> int:
+    with open(label_path, "r", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    n = _parse_shl_line(label_path, 1, first, np.float64).shape[0]
+    if n == 0:
+        raise ValueError(f"SHL file {str(label_path)!r} line 1 is empty; expected one frame of "
+                         "whitespace-separated label codes (6000 in SHL-2018)")
+    return n
+
+
+def _read_shl_frames(path: Path, dest: np.ndarray, frame_len: int, out: np.ndarray, *, kind: str,
+                     order_path: Path, label_path: Path | None = None) -> None:
+    """Parse ``path`` line by line; line ``i`` goes to ``out[dest[i]]``."""
+    n_frames = dest.shape[0]
+    ref = f"line 1 of {SHL_LABEL_FILE}" if label_path is not None else "line 1"
+    n_read = 0
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh):
+            if i >= n_frames:
+                if line.strip():
+                    extra = 1 + sum(1 for ln in fh if ln.strip())
+                    raise ValueError(f"SHL file {str(path)!r} has {n_frames + extra} lines; expected {n_frames} "
+                                     f"(the number of lines of {str(order_path)!r})")
+                continue
+            row = _parse_shl_line(path, i + 1, line, np.float64 if kind == "label" else np.float32)
+            if row.shape[0] != frame_len:
+                raise ValueError(f"SHL file {str(path)!r} line {i + 1} has {row.shape[0]} values; expected "
+                                 f"{frame_len} (as in {ref}); the file may be truncated")
+            if kind == "label":
+                bad = (row != np.round(row)) | (row < 0) | (row > len(SHL_CLASS_NAMES))
+                if bad.any():
+                    j = int(np.argmax(bad))
+                    raise ValueError(f"SHL label file {str(path)!r} line {i + 1} value {j + 1} is {row[j]:g}; "
+                                     f"expected an integer code in 0..{len(SHL_CLASS_NAMES)} "
+                                     f"(0 = Null, 1..8 = {list(SHL_CLASS_NAMES)})")
+            else:
+                finite = np.isfinite(row)
+                if not finite.all():
+                    j = int(np.argmin(finite))
+                    raise ValueError(f"SHL file {str(path)!r} line {i + 1} has {int((~finite).sum())} NaN/Inf "
+                                     f"values (first at value {j + 1}); expected finite values")
+            out[dest[i]] = row
+            n_read += 1
+    if n_read != n_frames:
+        raise ValueError(f"SHL file {str(path)!r} has {n_read} lines; expected {n_frames} (the number of "
+                         f"lines of {str(order_path)!r}); the file may be truncated")
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- any of the above
+
+def load_recordings(path: str | os.PathLike, **kwargs) -> list[Recording]:
+    """Load recordings from a file, a folder or the embedded data set.
+
+    Parameters
+    ----------
+    path : str or path-like
+        * the string ``"watch"``: :func:`load_watch` (``kwargs`` go to it);
+        * a ``.npz`` file: ``[load_npz(path)]`` (no ``kwargs`` allowed);
+        * a ``.csv`` file: ``[load_csv(path, **kwargs)]``;
+        * a folder containing ``Label.txt``: :func:`load_shl2018`
+          (``kwargs`` go to it);
+        * any other folder: every ``*.npz`` and ``*.csv`` file directly in it,
+          in sorted file-name order (``kwargs`` go to :func:`load_csv`).
+    **kwargs
+        Options for the loader chosen, as above.
+
+    Returns
+    -------
+    list of Recording
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist, or a folder holds neither ``Label.txt`` nor
+        any ``.npz``/``.csv`` file.
+    ValueError
+        If a file has another suffix, ``kwargs`` are given where no loader
+        takes them, or a loader rejects its input (its message names the file).
+    """
+    if isinstance(path, str) and path == "watch":
+        return load_watch(**kwargs)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"recording path {str(p)!r} does not exist; expected a .npz or .csv file, "
+                                "a folder of them, an SHL-2018 folder, or the string 'watch'")
+    if p.is_dir():
+        if (p / SHL_LABEL_FILE).is_file():
+            return load_shl2018(p, **kwargs)
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".npz", ".csv"))
+        if not files:
+            raise FileNotFoundError(f"recording folder {str(p)!r} contains no .npz or .csv files and no "
+                                    f"{SHL_LABEL_FILE!r} (SHL-2018 layout)")
+        if kwargs and not any(f.suffix.lower() == ".csv" for f in files):
+            raise ValueError(f"options {sorted(kwargs)} apply to .csv files, but recording folder {str(p)!r} "
+                             "holds only .npz files")
+        return [load_npz(f) if f.suffix.lower() == ".npz" else load_csv(f, **kwargs) for f in files]
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        if kwargs:
+            raise ValueError(f"recording file {str(p)!r} is a .npz, which takes no options; got {sorted(kwargs)}")
+        return [load_npz(p)]
+    if suffix == ".csv":
+        return [load_csv(p, **kwargs)]
+    raise ValueError(f"recording file {str(p)!r} has suffix {p.suffix!r}; expected '.npz' or '.csv', a folder, "
+                     "or the string 'watch'")

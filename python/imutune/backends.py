@@ -1,0 +1,411 @@
+"""Inference backends: run an exported model on (N, C, T) float32 windows.
+
+Three backends share one contract, ``backend.run(x) -> logits`` with ``x`` an
+array of shape (N, C, T), float32 (normalized windows, channel-first) and
+``logits`` an array of shape (N, K), float32:
+
+* :class:`OnnxBackend` -- an ``.onnx`` file under onnxruntime (CPU execution
+  provider, sequential execution).
+* :class:`PteBackend` -- an ExecuTorch ``.pte`` program (XNNPACK-delegated or
+  portable kernels) under the ExecuTorch Python runtime.
+* :class:`TorchBackend` -- an eager ``torch.nn.Module``, the reference.
+
+:func:`load_backend` picks the file backend by suffix and, given a
+:class:`~imutune.manifest.Manifest`, first checks the file's SHA-256 and its
+input shape against the manifest. The export parity check and the replay
+runtime both use these classes.
+
+Thread counts are set per backend, but note that two of the knobs are
+process-wide: ``torch.set_num_threads`` (:class:`TorchBackend`) and the
+ExecuTorch threadpool (:class:`PteBackend`) affect every model in the process.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _validation as V
+
+__all__ = ["OnnxBackend", "PteBackend", "TorchBackend", "load_backend", "BACKEND_SUFFIXES"]
+
+#: File suffix -> backend class name, as chosen by :func:`load_backend`.
+BACKEND_SUFFIXES = {".onnx": "OnnxBackend", ".pte": "PteBackend"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_num_threads(num_threads: int) -> int:
+    return V.check_int_at_least("num_threads", num_threads, 1)
+
+
+def _check_windows(x: Any, in_channels: int | None, window_samples: int | None, *, where: str) -> np.ndarray:
+    """Require ``x`` to be a float32 array of shape (N, C, T) with matching C and T.
+
+    Returns a C-contiguous view/copy of ``x``.
+    """
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"x for {where} must be a numpy array of shape (N, C, T), float32; "
+                         f"got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ValueError(f"x for {where} must have dtype float32, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"x for {where} must have shape (N, C, T), got shape {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"x for {where} must hold at least one window, got shape {x.shape}")
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise ValueError(f"x for {where} has {x.shape[1]} channels (shape {x.shape}); "
+                         f"the model expects C={in_channels}")
+    if window_samples is not None and x.shape[2] != window_samples:
+        raise ValueError(f"x for {where} has windows of {x.shape[2]} samples (shape {x.shape}); "
+                         f"the model expects T={window_samples}")
+    return np.ascontiguousarray(x)
+
+
+class _Backend:
+    """Shared parts: ``name``, ``num_threads``, ``in_channels``, ``window_samples``, ``run``."""
+
+    name: str = ""
+    num_threads: int = 1
+    in_channels: int | None = None
+    window_samples: int | None = None
+
+    def _where(self) -> str:
+        return self.name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run the model on a batch of windows.
+
+        Parameters
+        ----------
+        x : np.ndarray
+            Array of shape (N, C, T), float32: normalized windows, channel-first.
+
+        Returns
+        -------
+        np.ndarray
+            Logits, array of shape (N, K), float32.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not a float32 3-D array or its C / T differ from the model's.
+        """
+        x = _check_windows(x, self.in_channels, self.window_samples, where=self._where())
+        out = np.asarray(self._compute_logits(x), dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise ValueError(f"{self._where()} returned logits of shape {out.shape}; "
+                             f"expected ({x.shape[0]}, K)")
+        return out
+
+    def _compute_logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, num_threads={self.num_threads}, "
+                f"in_channels={self.in_channels}, window_samples={self.window_samples})")
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+class OnnxBackend(_Backend):
+    """An ``.onnx`` model under onnxruntime (CPU).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.onnx`` file (self-contained; no external data).
+    num_threads : int, default 1
+        ``intra_op_num_threads`` of the session; ``inter_op_num_threads`` is 1
+        and execution is sequential, as on a phone.
+
+    Attributes
+    ----------
+    name : str
+        ``"onnxruntime"``.
+    in_channels, window_samples : int or None
+        C and T read from the graph input (None where the dimension is symbolic).
+    batch_size : int or None
+        Fixed batch size of the graph input, or None for a dynamic batch.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If onnxruntime cannot load the file, or the graph does not have one
+        3-D float input.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, *, num_threads: int = 1) -> None:
+        self.path = V.check_file(path, what="ONNX model")
+        self.num_threads = _check_num_threads(num_threads)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"ONNX model {str(self.path)!r} could not be loaded by onnxruntime: {e}") from e
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 3:
+            raise ValueError(f"ONNX model {str(self.path)!r} has inputs "
+                             f"{[(i.name, i.shape) for i in inputs]}; expected one input of shape (N, C, T)")
+        self.input_name = inputs[0].name
+        self.output_name = self._session.get_outputs()[0].name
+        n, c, t = (d if isinstance(d, int) else None for d in inputs[0].shape)
+        self.batch_size, self.in_channels, self.window_samples = n, c, t
+
+    def _where(self) -> str:
+        return f"ONNX model {str(self.path)!r}"
+
+    def _compute_logits(self, x: np.ndarray) -> np.ndarray:
+        if self.batch_size is None:
+            return self._session.run([self.output_name], {self.input_name: x})[0]
+        return _run_fixed_batch(lambda b: self._session.run([self.output_name], {self.input_name: b})[0],
+                                x, self.batch_size)
+
+
+# --------------------------------------------------------------------------- ExecuTorch
+
+
+def _pte_delegates(path: Path) -> list[str]:
+    """Backend ids of the delegates in a ``.pte`` file (empty: portable kernels only)."""
+    data = path.read_bytes()
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        pte = deserialize_pte_binary(data)
+        program = getattr(pte, "program", pte)
+        return sorted({d.id for plan in program.execution_plan for d in plan.delegates})
+    except Exception:  # private API; fall back to the flatbuffer's string table
+        return ["XnnpackBackend"] if b"XnnpackBackend" in data else []
+
+
+def _set_executorch_threads(num_threads: int) -> bool:
+    """Resize the ExecuTorch CPU threadpool (process-wide). Returns False where unsupported."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        return False
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if reset is None:
+        return False
+    reset(int(num_threads))
+    return True
+
+
+class PteBackend(_Backend):
+    """An ExecuTorch ``.pte`` program under the ExecuTorch Python runtime.
+
+    The program's ``forward`` method is loaded once. A ``.pte`` has a static
+    input shape (imutune exports batch 1, what the phone runs); :meth:`run`
+    splits larger batches into chunks of that size and zero-pads the last one
+    (the models have no cross-sample ops in eval mode, so padding does not
+    change the real rows).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.pte`` file.
+    num_threads : int, default 1
+        Size of the ExecuTorch CPU threadpool used by XNNPACK, set through
+        ``executorch.extension.pybindings.portable_lib._unsafe_reset_threadpool``
+        when that function exists (ExecuTorch 1.x). This pool is process-wide:
+        the last backend created decides it for all ``.pte`` programs. Where
+        the function is missing the setting is skipped and
+        ``threadpool_configured`` is False.
+
+    Attributes
+    ----------
+    name : str
+        ``"executorch-xnnpack"`` if the program holds XNNPACK delegates, else
+        ``"executorch-portable"``.
+    delegates : list of str
+        Backend ids of the program's delegates.
+    batch_size, in_channels, window_samples : int
+        The static input shape (N, C, T) of ``forward``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the runtime cannot load the program, it has no ``forward`` method,
+        or ``forward`` does not take one 3-D float tensor.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_threads: int = 1) -> None:
+        self.path = V.check_file(path, what="ExecuTorch program")
+        self.num_threads = _check_num_threads(num_threads)
+        self.threadpool_configured = _set_executorch_threads(self.num_threads)
+        from executorch.runtime import Runtime
+
+        try:
+            self._program = Runtime.get().load_program(self.path)
+        except Exception as e:
+            raise ValueError(f"ExecuTorch program {str(self.path)!r} could not be loaded: {e}") from e
+        if "forward" not in self._program.method_names:
+            raise ValueError(f"ExecuTorch program {str(self.path)!r} has methods "
+                             f"{sorted(self._program.method_names)}; expected 'forward'")
+        try:
+            self._method = self._program.load_method("forward")
+        except Exception as e:
+            raise ValueError(f"ExecuTorch program {str(self.path)!r}: method 'forward' could not be "
+                             f"loaded: {e}") from e
+        meta = self._method.metadata
+        sizes = tuple(meta.input_tensor_meta(0).sizes()) if meta.num_inputs() == 1 else ()
+        if meta.num_inputs() != 1 or len(sizes) != 3:
+            raise ValueError(f"ExecuTorch program {str(self.path)!r}: 'forward' has {meta.num_inputs()} "
+                             f"inputs (first of shape {sizes}); expected one input of shape (N, C, T)")
+        self.batch_size, self.in_channels, self.window_samples = (int(s) for s in sizes)
+        self.delegates = _pte_delegates(self.path)
+        self.name = "executorch-xnnpack" if "XnnpackBackend" in self.delegates else "executorch-portable"
+
+    def _where(self) -> str:
+        return f"ExecuTorch program {str(self.path)!r}"
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = self._method.execute([torch.from_numpy(batch)])
+        return out[0].detach().numpy().copy()  # outputs may alias the runtime's buffers
+
+    def _compute_logits(self, x: np.ndarray) -> np.ndarray:
+        return _run_fixed_batch(self._forward, x, self.batch_size)
+
+
+def _run_fixed_batch(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Apply ``fn`` (fixed batch ``batch_size``) to ``x`` of any batch, zero-padding the last chunk."""
+    outs = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start:start + batch_size]
+        n = chunk.shape[0]
+        if n < batch_size:
+            pad = np.zeros((batch_size - n,) + chunk.shape[1:], dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad], axis=0)
+        outs.append(np.asarray(fn(np.ascontiguousarray(chunk)))[:n])
+    return np.concatenate(outs, axis=0)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+class TorchBackend(_Backend):
+    """An eager ``torch.nn.Module`` (the reference for parity checks).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps a float32 tensor of shape (N, C, T) to logits of shape (N, K). It
+        is run as given; put it in eval mode first.
+    num_threads : int, default 1
+        Passed to ``torch.set_num_threads`` (process-wide) on construction.
+    in_channels : int, optional
+        C to check inputs against; defaults to ``model.in_channels`` if the
+        model has that attribute, else not checked.
+    window_samples : int, optional
+        T to check inputs against; not checked if None.
+
+    Attributes
+    ----------
+    name : str
+        ``"torch"``.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is not a ``torch.nn.Module``.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: Any, *, num_threads: int = 1, in_channels: int | None = None,
+                 window_samples: int | None = None) -> None:
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.num_threads = _check_num_threads(num_threads)
+        torch.set_num_threads(self.num_threads)
+        if in_channels is None:
+            in_channels = getattr(model, "in_channels", None)
+        self.in_channels = None if in_channels is None else V.check_int_at_least("in_channels", in_channels, 1)
+        self.window_samples = (None if window_samples is None
+                               else V.check_int_at_least("window_samples", window_samples, 1))
+
+    def _compute_logits(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x)).detach().float().numpy()
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def load_backend(path: str | os.PathLike, *, manifest: Any = None, num_threads: int = 1):
+    """Open an exported model file with the backend its suffix names.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``*.onnx`` (-> :class:`OnnxBackend`) or ``*.pte`` (-> :class:`PteBackend`).
+    manifest : imutune.manifest.Manifest, optional
+        If given, the file must be listed in ``manifest.artifacts`` with the
+        same SHA-256 (:func:`imutune.manifest.verify_artifact`), and the
+        model's input channel count C and window length T must equal
+        ``len(manifest.channels)`` and ``manifest.window_samples``.
+    num_threads : int, default 1
+        Threads for the backend (see each backend class).
+
+    Returns
+    -------
+    OnnxBackend or PteBackend
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the suffix is not ``.onnx`` / ``.pte``, the file cannot be loaded,
+        the hash differs from the manifest's, or the input shape disagrees
+        with the manifest.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in BACKEND_SUFFIXES:
+        raise ValueError(f"model file {str(p)!r} has suffix {p.suffix!r}; expected one of "
+                         f"{sorted(BACKEND_SUFFIXES)}")
+    V.check_file(p, what="model file")
+    _check_num_threads(num_threads)
+    if manifest is not None:
+        from .manifest import Manifest, verify_artifact
+
+        if not isinstance(manifest, Manifest):
+            raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
+        verify_artifact(manifest, p)
+    backend = (OnnxBackend if p.suffix.lower() == ".onnx" else PteBackend)(p, num_threads=num_threads)
+    if manifest is not None:
+        _check_against_manifest(backend, manifest, p)
+    return backend
+
+
+def _check_against_manifest(backend: _Backend, manifest: Any, path: Path) -> None:
+    expected = {"channel count C": len(manifest.channels), "window length T (samples)": manifest.window_samples}
+    seen = {"channel count C": backend.in_channels, "window length T (samples)": backend.window_samples}
+    for what, exp in expected.items():
+        if seen[what] is not None and seen[what] != exp:
+            raise ValueError(f"model file {str(path)!r} takes input {what} = {seen[what]}; the manifest "
+                             f"expects {exp} (channels {list(manifest.channels)}, "
+                             f"{manifest.window_s} s at {manifest.sample_rate_hz} Hz)")

@@ -1,0 +1,163 @@
+"""``imutune`` command line: parses arguments and calls library functions.
+
+Subcommands: ``demo``, ``pretrain``, ``finetune``, ``export``, ``replay``, ``models``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_window_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window-s", type=float, default=2.0, help="window length in seconds (default 2.0)")
+    p.add_argument("--hop-s", type=float, default=0.5, help="hop between windows in seconds (default 0.5)")
+    p.add_argument("--sample-rate-hz", type=float, default=50.0,
+                   help="model sample rate in Hz; recordings at another rate are resampled (default 50)")
+    p.add_argument("--min-purity", type=float, default=0.8, help="minimum majority-label fraction per window")
+
+
+def _add_train_args(p: argparse.ArgumentParser, *, epochs: int, lr: float, batch_size: int) -> None:
+    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"windows per step (default {batch_size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="training device; auto uses CUDA when present (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="imutune", description="On-device personalization of IMU sensor models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="pretrain, personalize with FilterLoss, export and replay on the embedded watch data")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--quick", action="store_true", help="reduced run (under a minute)")
+    d.add_argument("--target-user", default="subject10", help="target user (default subject10)")
+    d.add_argument("--model", default="mobilecnn1d", help="registry model name (default mobilecnn1d)")
+    d.add_argument("--imbalance-ratio", type=float, default=10.0, help="long-tail ratio of target training data")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1, help="inference threads during replay (default 1)")
+    d.add_argument("--realtime", action="store_true", help="pace the replay at the sensor rate")
+    d.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    d.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("pretrain", help="pretrain a model on source recordings")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="recording files/folders (.npz, .csv, SHL-2018 folder) or 'watch'")
+    p.add_argument("--out", required=True, help="output bundle folder")
+    p.add_argument("--model", default="mobilecnn1d", help="registry model name")
+    p.add_argument("--channels", nargs="+", default=None, help="channel names in model order (default: all)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="source recordings held out for source accuracy")
+    _add_window_args(p)
+    _add_train_args(p, epochs=20, lr=3e-3, batch_size=64)
+
+    f = sub.add_parser("finetune", help="personalize a pretrained bundle for one user with FilterLoss")
+    f.add_argument("--base", required=True, help="pretrained bundle folder")
+    f.add_argument("--data", nargs="+", required=True, help="target user's training recordings")
+    f.add_argument("--test-data", nargs="+", default=(), help="target user's held-out recordings (optional)")
+    f.add_argument("--out", required=True, help="output bundle folder")
+    f.add_argument("--loss", default="filterloss", choices=("filterloss", "ce"))
+    f.add_argument("--imbalance-ratio", type=float, default=None,
+                   help="long-tail subsample the target windows to this ratio (experiments)")
+    _add_train_args(f, epochs=30, lr=1e-3, batch_size=32)
+
+    e = sub.add_parser("export", help="export a bundle to ONNX and ExecuTorch (.pte) with parity checks")
+    e.add_argument("--model", required=True, help="bundle folder (model.json + model.safetensors)")
+    e.add_argument("--data", nargs="+", required=True, help="recordings whose windows are used for the parity check")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--formats", nargs="+", default=["onnx", "pte"], choices=("onnx", "pte"))
+
+    r = sub.add_parser("replay", help="stream recordings through an exported model")
+    r.add_argument("--model", required=True, help="model.onnx or model.pte (manifest.json next to it)")
+    r.add_argument("--manifest", default=None, help="manifest.json (default: next to the model)")
+    r.add_argument("--data", nargs="+", required=True, help="recordings to replay")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    r.add_argument("--chunk-samples", type=int, default=1, help="samples per sensor delivery (default 1)")
+    r.add_argument("--realtime", action="store_true", help="pace at the recording's sample rate")
+
+    sub.add_parser("models", help="list registered models")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"imutune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train_config(args):
+    from .finetune import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+
+
+def _dispatch(args) -> int:
+    if args.command == "demo":
+        from .demo import DemoConfig, quick_config, run_demo
+
+        base = quick_config() if args.quick else DemoConfig()
+        cfg = replace(base, target_user=args.target_user, model_name=args.model, imbalance_ratio=args.imbalance_ratio,
+                      seed=args.seed, replay_threads=args.threads, replay_realtime=args.realtime,
+                      pretrain=replace(base.pretrain, seed=args.seed, device=args.device),
+                      finetune=replace(base.finetune, train=replace(base.finetune.train, device=args.device)))
+        t = time.perf_counter()
+        report = run_demo(args.out, cfg, progress=not args.no_progress)
+        keys = ("source_accuracy", "target_accuracy_before", "target_accuracy_after", "restore_ratio",
+                "target_macro_f1", "parity_max_abs_err", "latency_ms")
+        print(json.dumps({k: report[k] for k in keys}, indent=2))
+        print(f"wall time {time.perf_counter() - t:.1f} s")
+        return 0
+    if args.command == "pretrain":
+        from .jobs import run_pretrain
+        from .windows import WindowConfig
+
+        w = WindowConfig(args.window_s, args.hop_s, args.sample_rate_hz, args.min_purity)
+        b = run_pretrain(args.data, args.out, model_name=args.model, window=w, train_config=_train_config(args),
+                         holdout_fraction=args.holdout_fraction, channels=args.channels, progress=not args.no_progress)
+        print(json.dumps({k: b.info.get(k) for k in ("source_accuracy", "source_macro_f1", "n_train", "n_holdout")}))
+        return 0
+    if args.command == "finetune":
+        from .finetune import FinetuneConfig
+        from .jobs import run_finetune
+
+        res = run_finetune(args.base, args.data, args.out, config=FinetuneConfig(train=_train_config(args), loss=args.loss),
+                           imbalance_ratio=args.imbalance_ratio, test_data=args.test_data, seed=args.seed,
+                           progress=not args.no_progress)
+        print(json.dumps(res))
+        return 0
+    if args.command == "export":
+        from .jobs import run_export
+
+        m = run_export(args.model, args.data, args.out, formats=args.formats)
+        print(json.dumps({k: {"sha256": v["sha256"][:16], "parity_max_abs_err": v.get("parity_max_abs_err")}
+                          for k, v in m.artifacts.items()}))
+        return 0
+    if args.command == "replay":
+        from .jobs import run_replay
+
+        s = run_replay(args.model, args.data, args.out, manifest_path=args.manifest, num_threads=args.threads,
+                       chunk_samples=args.chunk_samples, realtime=args.realtime)
+        print(json.dumps({k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "latency_ms", "deadline_misses")}))
+        return 0
+    if args.command == "models":
+        from .models import count_parameters, create_model, list_models
+
+        for n in list_models():
+            print(f"{n}\t{count_parameters(create_model(n, in_channels=6, num_classes=8))} parameters (6 ch, 8 classes)")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Model registry: 1D ResNets for (N, C, T) sensor windows.
+
+``resnet1d34`` is ResNet-34 (He et al., "Deep Residual Learning for Image
+Recognition", CVPR 2016, Table 1: basic blocks [3, 4, 6, 3], widths 64-512)
+with every 2-D operation replaced by its 1-D counterpart; it is the backbone of
+the FilterLoss paper (Han, Zhong, Feng, ICCC 2025, Sec. III). ``mobilecnn1d``
+is the phone-size default: the same block design, three stages of one block,
+under 100k parameters.
+
+All models map ``x`` of shape (N, C, T), float32 (normalized windows) to
+``logits`` of shape (N, K). Conv layers are followed by batch norm, so a
+filter is one output channel of a ``Conv1d`` plus its ``BatchNorm1d`` entries
+(used by selective fine-tuning).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["ResNet1dConfig", "ResNet1d", "create_model", "list_models", "default_config",
+           "register_model", "replace_head", "count_parameters"]
+
+
+@dataclass(frozen=True)
+class ResNet1dConfig:
+    """Architecture of a 1-D ResNet."""
+
+    layers: tuple[int, ...] = (3, 4, 6, 3)       # basic blocks per stage
+    widths: tuple[int, ...] = (64, 128, 256, 512)  # output channels per stage
+    stem_width: int = 64                         # channels of the stem conv
+    stem_kernel: int = 7                         # stem conv kernel size in samples
+    stem_stride: int = 2                         # stem conv stride in samples
+    stem_pool: bool = True                       # max-pool (k=3, s=2) after the stem, as in ResNet
+    kernel_size: int = 3                         # kernel size of block convs in samples
+    dropout: float = 0.0                         # dropout before the classifier head
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != len(self.widths) or not self.layers:
+            raise ValueError(f"layers {self.layers} and widths {self.widths} must be non-empty and of equal length")
+
+
+class BasicBlock1d(nn.Module):
+    """Two 3-tap convs with batch norm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel_size, stride, pad, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel_size, 1, pad, bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm1d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet1d(nn.Module):
+    """1-D ResNet classifier: (N, C, T) float32 -> logits (N, K)."""
+
+    def __init__(self, in_channels: int, num_classes: int, config: ResNet1dConfig = ResNet1dConfig()) -> None:
+        super().__init__()
+        if in_channels < 1 or num_classes < 2:
+            raise ValueError(f"in_channels must be >= 1 and num_classes >= 2, got {in_channels}, {num_classes}")
+        self.config = config
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        c = config.stem_width
+        stem: list[nn.Module] = [nn.Conv1d(in_channels, c, config.stem_kernel, config.stem_stride,
+                                           config.stem_kernel // 2, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
+        if config.stem_pool:
+            stem.append(nn.MaxPool1d(3, 2, 1))
+        self.stem = nn.Sequential(*stem)
+        stages = []
+        for i, (n, w) in enumerate(zip(config.layers, config.widths)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (j == 0 and i > 0) else 1
+                blocks.append(BasicBlock1d(c, w, stride, config.kernel_size))
+                c = w
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(c, num_classes)
+        self.embedding_dim = c
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: (N, C, T) -> (N, D)."""
+        h = self.stages(self.stem(x))          # (N, C, T) -> (N, D, T')
+        return self.pool(h).flatten(1)         # (N, D, T') -> (N, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(x)))
+
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], ResNet1dConfig]] = {}
+
+
+def register_model(name: str, config: ResNet1dConfig) -> None:
+    """Register a ResNet1d configuration under ``name``."""
+    _REGISTRY[name] = (ResNet1d, config)
+
+
+register_model("resnet1d34", ResNet1dConfig())
+register_model("resnet1d18", ResNet1dConfig(layers=(2, 2, 2, 2)))
+register_model("mobilecnn1d", ResNet1dConfig(layers=(1, 1, 1), widths=(32, 64, 96), stem_width=32,
+                                             stem_kernel=7, stem_stride=2, stem_pool=False, dropout=0.1))
+register_model("tinycnn1d", ResNet1dConfig(layers=(1, 1), widths=(8, 16), stem_width=8, stem_kernel=5,
+                                           stem_stride=2, stem_pool=False))
+
+
+def list_models() -> list[str]:
+    """Names in the registry."""
+    return sorted(_REGISTRY)
+
+
+def default_config(name: str) -> ResNet1dConfig:
+    """The registered default config of ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model_name {name!r} is not registered; expected one of {list_models()}")
+    return _REGISTRY[name][1]
+
+
+def create_model(name: str, *, in_channels: int, num_classes: int, **overrides) -> ResNet1d:
+    """Build a registered model.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_models` (``"mobilecnn1d"``, ``"resnet1d34"``, ...).
+    in_channels : int
+        C, sensor channels.
+    num_classes : int
+        K, classes.
+    **overrides
+        Fields of :class:`ResNet1dConfig` to change.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown or an override is not a config field.
+    """
+    cfg = default_config(name)
+    bad = [k for k in overrides if k not in asdict(cfg)]
+    if bad:
+        raise ValueError(f"unknown model config fields {bad}; expected some of {list(asdict(cfg))}")
+    cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    cls = _REGISTRY[name][0]
+    return cls(in_channels, num_classes, cfg)
+
+
+def replace_head(model: ResNet1d, num_classes: int) -> ResNet1d:
+    """Give ``model`` a new, freshly initialised classifier head with ``num_classes`` outputs (in place)."""
+    model.head = nn.Linear(model.embedding_dim, num_classes)
+    model.num_classes = num_classes
+    return model
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (elements)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
