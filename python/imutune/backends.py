@@ -201,7 +201,9 @@ def _set_executorch_threads(num_threads: int) -> bool:
     reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
     if reset is None:
         return False
-    reset(int(num_threads))
+    current = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    if current is None or current() != num_threads:  # resetting is 'unsafe' while a method runs
+        reset(int(num_threads))
     return True
 
 

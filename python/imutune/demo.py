@@ -210,7 +210,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     return report
 
 
-def _cpu_name() -> str:
+def _cpu_name() -> str:  # noqa: D401 (kept small; bench.report.host_info is the full version)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -8,7 +8,7 @@ and records the result in ``manifest.json``::
     model = create_model("mobilecnn1d", in_channels=6, num_classes=5).eval()
     manifest = write_exports(model, manifest, "export/run1", example_windows)
 
-Model contract: an ``torch.nn.Module`` in eval mode mapping ``x`` of shape
+Model contract: a ``torch.nn.Module`` in eval mode mapping ``x`` of shape
 (N, C, T), float32 (normalized windows, channel-first) to ``logits`` of shape
 (N, K). The ONNX graph has input ``"x"`` and output ``"logits"`` with a
 dynamic batch dimension; the ``.pte`` program has a static batch (batch 1 in
@@ -16,6 +16,7 @@ dynamic batch dimension; the ``.pte`` program has a static batch (batch 1 in
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -337,7 +338,8 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
         ``manifest`` with ``artifacts[file name] = {"sha256", "format",
         "precision": "fp32", "delegate", "parity_max_abs_err", "size_bytes"}``
         for each written file (``delegate`` is None for ONNX and for a
-        portable ``.pte``).
+        portable ``.pte``). Entries already in ``manifest.artifacts`` are
+        dropped: the result lists exactly the files this call wrote.
 
     Raises
     ------
@@ -371,6 +373,7 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
         raise ValueError(f"delegate must be one of {list(PTE_DELEGATES)}, got {delegate!r}")
     V.check_int_at_least("num_threads", num_threads, 1)
 
+    manifest = dataclasses.replace(manifest, artifacts={})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".imutune-export-", dir=out))

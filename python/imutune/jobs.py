@@ -134,11 +134,14 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     summary = {"artifact": str(artifact), "replay_config": asdict(cfg), **summary}
     write_json_atomic(out / "replay_report.json", summary)
     lat = summary["latency_ms"]
+    acc, f1 = (("n/a" if summary[k] is None else f"{summary[k]:.4f}") for k in ("accuracy", "macro_f1"))
     write_text_atomic(out / "replay_report.md", "\n".join([
         f"# Replay of {artifact.name} ({summary['backend']}, {num_threads} thread(s))", "",
-        "| windows | accuracy | macro-F1 | p50 ms | p95 ms | p99 ms | deadline misses |", "|---|---|---|---|---|---|---|",
-        f"| {summary['n_windows']} | {summary['accuracy']:.4f} | {summary['macro_f1']:.4f} | {lat['p50']:.3f} | "
+        "| windows | scored | accuracy | macro-F1 | p50 ms | p95 ms | p99 ms | deadline misses |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {summary['n_windows']} | {summary['n_scored']} | {acc} | {f1} | {lat['p50']:.3f} | "
         f"{lat['p95']:.3f} | {lat['p99']:.3f} | {summary['deadline_misses']} |", ""]))
-    plot_confusion_matrix(np.asarray(summary["confusion_matrix"]), manifest.class_names, out / "confusion_matrix.png",
-                          title=f"replay through {artifact.name}")
+    if summary["n_scored"]:
+        plot_confusion_matrix(np.asarray(summary["confusion_matrix"]), manifest.class_names,
+                              out / "confusion_matrix.png", title=f"replay through {artifact.name}")
     return summary

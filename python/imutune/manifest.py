@@ -128,6 +128,8 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         d = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"manifest {str(p)!r} is not valid JSON ({e}); it may be truncated") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"manifest {str(p)!r} holds a JSON {type(d).__name__}; expected an object")
     if d.get("version") != MANIFEST_VERSION:
         raise ValueError(f"manifest {str(p)!r} has version {d.get('version')!r}; expected {MANIFEST_VERSION}")
     d.pop("window_samples", None)

@@ -242,6 +242,8 @@ def longtail_subsample(y: np.ndarray, imbalance_ratio: float, *, seed: int = 0,
     if not float(imbalance_ratio) >= 1.0:
         raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio!r}")
     y = np.asarray(y, dtype=np.int64)
+    if y.size == 0:
+        raise ValueError("y is empty; expected labels")
     K = int(y.max() + 1) if num_classes is None else int(num_classes)
     present = np.array([k for k in range(K) if np.any(y == k)])
     if present.size == 0:

@@ -1,0 +1,62 @@
+"""Shared output of the benchmarks: JSON, a Markdown table and PNG figures, all atomic."""
+from __future__ import annotations
+
+import io
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+__all__ = ["markdown_table", "save_figure", "write_report", "host_info"]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
+    """A GitHub Markdown table; floats formatted with ``floatfmt``."""
+    def fmt(v: Any) -> str:
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """Render a matplotlib figure to PNG in memory and write it atomically; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def host_info() -> dict[str, Any]:
+    """CPU model, core count, Python and torch versions of this host."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available()}
+
+
+def write_report(out_dir: str | os.PathLike, name: str, data: Mapping[str, Any], markdown: str,
+                 figures: Mapping[str, Any] = {}) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` and each figure as ``<fig_name>.png`` into ``out_dir``.
+
+    Returns the written paths by kind.
+    """
+    out = Path(out_dir)
+    paths = {"json": write_json_atomic(out / f"{name}.json", dict(data)),
+             "md": write_text_atomic(out / f"{name}.md", markdown.rstrip() + "\n")}
+    for fig_name, fig in figures.items():
+        paths[fig_name] = save_figure(fig, out / f"{fig_name}.png")
+    return paths

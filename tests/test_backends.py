@@ -1,0 +1,152 @@
+"""Tests for imutune.backends: ONNX Runtime, ExecuTorch and torch backends, load_backend."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("executorch")
+
+from imutune._io import sha256_file  # noqa: E402
+from imutune.backends import (OnnxBackend, PteBackend, TorchBackend, _run_fixed_batch,  # noqa: E402
+                              load_backend)
+from imutune.export import export_onnx, export_pte  # noqa: E402
+from imutune.manifest import Manifest  # noqa: E402
+from imutune.models import create_model  # noqa: E402
+
+C, K, T = 3, 4, 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    return create_model("mobilecnn1d", in_channels=C, num_classes=K).eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(1).standard_normal((5, C, T)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def artifacts(model, x, tmp_path_factory):
+    """model.onnx and model.pte plus a manifest listing both."""
+    out = tmp_path_factory.mktemp("backends")
+    (out / "model.onnx").write_bytes(export_onnx(model, x[:1]).SerializeToString())
+    (out / "model.pte").write_bytes(export_pte(model, x[:1]).buffer)
+    man = Manifest(model_name="mobilecnn1d", model_config={}, class_names=tuple("abcd"),
+                   channels=("acc_x", "acc_y", "acc_z"), sample_rate_hz=32.0, window_s=2.0, hop_s=1.0,
+                   norm_mean=(0.0,) * C, norm_std=(1.0,) * C)
+    for name, fmt in [("model.onnx", "onnx"), ("model.pte", "pte")]:
+        man = man.with_artifact(name, sha256=sha256_file(out / name), format=fmt, precision="fp32")
+    return out, man
+
+
+def _ref(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("name, cls, backend_name", [("model.onnx", OnnxBackend, "onnxruntime"),
+                                                      ("model.pte", PteBackend, "executorch-xnnpack")])
+def test_load_backend_by_suffix_and_run(artifacts, model, x, name, cls, backend_name):
+    out, man = artifacts
+    b = load_backend(out / name, manifest=man, num_threads=2)
+    assert isinstance(b, cls)
+    assert (b.name, b.num_threads, b.in_channels, b.window_samples) == (backend_name, 2, C, T)
+    logits = b.run(x)
+    assert logits.shape == (len(x), K) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, _ref(model, x), atol=1e-4, rtol=0)
+
+
+def test_torch_backend(model, x):
+    b = TorchBackend(model, num_threads=1)
+    assert (b.name, b.num_threads, b.in_channels) == ("torch", 1, C)
+    np.testing.assert_array_equal(b.run(x), _ref(model, x))
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        TorchBackend(object())
+
+
+def test_tampered_file_fails_sha256(artifacts, tmp_path):
+    out, man = artifacts
+    p = tmp_path / "model.onnx"
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_backend(p, manifest=man)
+
+
+def test_file_not_in_manifest(artifacts, tmp_path):
+    out, man = artifacts
+    p = tmp_path / "other.onnx"
+    p.write_bytes((out / "model.onnx").read_bytes())
+    with pytest.raises(ValueError, match="not listed"):
+        load_backend(p, manifest=man)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pte"])
+def test_manifest_shape_mismatch(artifacts, name):
+    out, man = artifacts
+    wrong_c = dataclasses.replace(man, channels=("a", "b"), norm_mean=(0.0, 0.0), norm_std=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"channel count C = 3; the manifest expects 2"):
+        load_backend(out / name, manifest=wrong_c)
+    wrong_t = dataclasses.replace(man, window_s=3.0)
+    with pytest.raises(ValueError, match=r"window length T \(samples\) = 64; the manifest expects 96"):
+        load_backend(out / name, manifest=wrong_t)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pte"])
+def test_bad_inputs_raise(artifacts, x, name):
+    b = load_backend(artifacts[0] / name)
+    with pytest.raises(ValueError, match=r"has 2 channels .* expects C=3"):
+        b.run(x[:, :2])
+    with pytest.raises(ValueError, match=r"32 samples .* expects T=64"):
+        b.run(x[:, :, :32])
+    with pytest.raises(ValueError, match="float32, got float64"):
+        b.run(x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"shape \(N, C, T\)"):
+        b.run(x[0])
+    with pytest.raises(ValueError, match="numpy array"):
+        b.run(torch.from_numpy(x))
+
+
+def test_unknown_suffix_missing_file_and_corrupt(tmp_path):
+    p = tmp_path / "model.tflite"
+    p.write_bytes(b"abc")
+    with pytest.raises(ValueError, match=r"suffix '\.tflite'.*\.onnx"):
+        load_backend(p)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        load_backend(tmp_path / "missing.onnx")
+    with pytest.raises(FileNotFoundError, match="missing.pte"):
+        PteBackend(tmp_path / "missing.pte")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_backend(bad)
+    bad_pte = tmp_path / "bad.pte"
+    bad_pte.write_bytes(b"not a pte program")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_backend(bad_pte)
+
+
+def test_num_threads_validated(artifacts):
+    with pytest.raises(ValueError, match="num_threads"):
+        load_backend(artifacts[0] / "model.onnx", num_threads=0)
+
+
+def test_run_fixed_batch_pads_and_trims():
+    calls = []
+
+    def fn(b):
+        calls.append(b.shape[0])
+        return b.sum(axis=(1, 2))[:, None]
+
+    x = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    out = _run_fixed_batch(fn, x, 2)
+    assert calls == [2, 2, 2]
+    np.testing.assert_array_equal(out, x.sum(axis=(1, 2))[:, None])

@@ -1,0 +1,218 @@
+"""Tests for imutune.export: ONNX / ExecuTorch export, parity and the artifact writer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("executorch")
+
+from imutune._io import sha256_file  # noqa: E402
+from imutune.backends import OnnxBackend, PteBackend, load_backend  # noqa: E402
+from imutune.export import (export_onnx, export_pte, parity_max_abs_err,  # noqa: E402
+                            write_exports)
+from imutune.manifest import Manifest, load_manifest  # noqa: E402
+from imutune.models import create_model  # noqa: E402
+
+C, K, T = 6, 5, 100
+TOL = 1e-4
+
+
+def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give batch norms non-trivial running stats so parity is a real check."""
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            n = mod.num_features
+            mod.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+            mod.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            with torch.no_grad():
+                mod.weight.copy_(0.5 + torch.rand(n, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(n, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return _randomize_bn(create_model("mobilecnn1d", in_channels=C, num_classes=K)).eval()
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return Manifest(model_name="mobilecnn1d", model_config={"layers": [1, 1, 1]},
+                    class_names=tuple(f"c{i}" for i in range(K)),
+                    channels=("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"),
+                    sample_rate_hz=50.0, window_s=2.0, hop_s=1.0,
+                    norm_mean=(0.0,) * C, norm_std=(1.0,) * C)
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return np.random.default_rng(0).standard_normal((12, C, T)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def onnx_proto(model, windows, manifest):
+    return export_onnx(model, windows[:1], manifest=manifest)
+
+
+@pytest.fixture(scope="module")
+def exported(model, manifest, windows, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    stale = manifest.with_artifact("old.onnx", sha256="0" * 64, format="onnx")  # must be dropped
+    final = write_exports(model, stale, out, windows, config={"seed": 0, "note": "test"})
+    return out, final
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def test_onnx_passes_checker_and_is_self_contained(onnx_proto):
+    onnx.checker.check_model(onnx_proto, full_check=True)
+    assert [i.name for i in onnx_proto.graph.input] == ["x"]
+    assert [o.name for o in onnx_proto.graph.output] == ["logits"]
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in onnx_proto.graph.initializer)
+    dims = onnx_proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")
+    assert [d.dim_value for d in dims[1:]] == [C, T]
+
+
+def test_onnx_dynamic_batch_and_parity(onnx_proto, model, windows, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_proto.SerializeToString())
+    backend = OnnxBackend(path)
+    assert backend.batch_size is None
+    for n in (1, 5):
+        out = backend.run(windows[:n])
+        assert out.shape == (n, K) and out.dtype == np.float32
+    err = parity_max_abs_err(model, backend, windows)
+    assert 0.0 <= err < TOL
+
+
+def test_onnx_metadata_props_carry_manifest(onnx_proto, manifest):
+    props = {p.key: p.value for p in onnx_proto.metadata_props}
+    expected = manifest.metadata_props()
+    assert {k: props.get(k) for k in expected} == expected
+    assert json.loads(props["imutune.channels"]) == list(manifest.channels)
+    assert json.loads(props["imutune.window_samples"]) == T
+    assert "imutune.artifacts" not in props
+
+
+def test_onnx_static_batch(model, windows, tmp_path):
+    proto = export_onnx(model, windows[:2], dynamic_batch=False)
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, C, T]
+    path = tmp_path / "static.onnx"
+    path.write_bytes(proto.SerializeToString())
+    backend = OnnxBackend(path)
+    assert backend.batch_size == 2
+    assert parity_max_abs_err(model, backend, windows[:5]) < TOL  # 5 rows -> chunks of 2, last padded
+
+
+# --------------------------------------------------------------------------- ExecuTorch
+
+
+@pytest.mark.parametrize("delegate, name", [("xnnpack", "executorch-xnnpack"), (None, "executorch-portable")])
+def test_pte_export_runs_with_parity(model, windows, tmp_path, delegate, name):
+    program = export_pte(model, torch.from_numpy(windows[:1]), delegate=delegate)
+    path = tmp_path / "m.pte"
+    path.write_bytes(program.buffer)
+    backend = PteBackend(path)
+    assert backend.name == name
+    assert (backend.batch_size, backend.in_channels, backend.window_samples) == (1, C, T)
+    out = backend.run(windows[:3])  # looped over the static batch of 1
+    assert out.shape == (3, K) and out.dtype == np.float32
+    assert parity_max_abs_err(model, backend, windows) < TOL
+
+
+def test_pte_rejects_unknown_delegate(model, windows):
+    with pytest.raises(ValueError, match="delegate"):
+        export_pte(model, windows[:1], delegate="coreml")
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def test_exporters_validate_inputs(model, windows):
+    with pytest.raises(ValueError, match="float32"):
+        export_onnx(model, windows[:1].astype(np.float64))
+    with pytest.raises(ValueError, match=r"\(N, C, T\)"):
+        export_pte(model, windows[0])
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        export_onnx("not a model", windows[:1])
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval"):
+            export_pte(model, windows[:1])
+    finally:
+        model.eval()
+
+
+# --------------------------------------------------------------------------- write_exports
+
+
+def test_write_exports_files_and_manifest(exported, windows):
+    out, final = exported
+    assert sorted(p.name for p in out.iterdir()) == ["export_config.json", "manifest.json", "model.onnx",
+                                                     "model.pte"]
+    assert json.loads((out / "export_config.json").read_text()) == {"seed": 0, "note": "test"}
+    on_disk = load_manifest(out / "manifest.json")
+    assert on_disk.artifacts == final.artifacts
+    assert sorted(final.artifacts) == ["model.onnx", "model.pte"]
+    for name, fmt, delegate in [("model.onnx", "onnx", None), ("model.pte", "pte", "xnnpack")]:
+        entry = final.artifacts[name]
+        assert entry["sha256"] == sha256_file(out / name)
+        assert entry["size_bytes"] == (out / name).stat().st_size
+        assert (entry["format"], entry["precision"], entry["delegate"]) == (fmt, "fp32", delegate)
+        assert 0.0 <= entry["parity_max_abs_err"] < TOL
+        load_backend(out / name, manifest=on_disk)  # hash + shape check pass
+
+
+def test_write_exports_tampered_onnx_fails_hash(exported, tmp_path):
+    out, final = exported
+    copy = tmp_path / "model.onnx"
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_backend(copy, manifest=final)
+
+
+class _ExportMismatch(torch.nn.Module):
+    """Eager and ONNX agree; the torch.export graph used for .pte adds 1 to every logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = create_model("tinycnn1d", in_channels=C, num_classes=K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if torch.onnx.is_in_onnx_export():
+            return y
+        if torch.compiler.is_exporting():
+            return y + 1.0
+        return y
+
+
+def test_write_exports_parity_failure_leaves_nothing(manifest, windows, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"parity check failed for model\.pte.*expected <= 0\.0001"):
+        write_exports(_ExportMismatch().eval(), manifest, out, windows[:4], config={"a": 1})
+    # model.onnx passed its own check but is not left behind either; no staging folder remains
+    assert list(out.iterdir()) == []
+
+
+def test_write_exports_validates(model, manifest, windows, tmp_path):
+    with pytest.raises(ValueError, match="channels"):
+        write_exports(model, manifest, tmp_path, windows[:, :3])
+    with pytest.raises(ValueError, match="samples"):
+        write_exports(model, manifest, tmp_path, windows[:, :, :50])
+    with pytest.raises(ValueError, match="formats"):
+        write_exports(model, manifest, tmp_path, windows, formats=("tflite",))
+    with pytest.raises(ValueError, match="tolerance"):
+        write_exports(model, manifest, tmp_path, windows, tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == []
