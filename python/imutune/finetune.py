@@ -26,9 +26,9 @@ from torch import nn
 
 from . import _validation as V
 from ._io import save_torch_atomic, write_bytes_atomic, write_json_atomic
-from .losses import WeightedCrossEntropy
+from .losses import FilterLoss, WeightedCrossEntropy
 from .models import ResNet1d, ResNet1dConfig, create_model
-from .quality import CategoryWeights, QualityConfig
+from .quality import CategoryWeights, FilterConfig, QualityConfig
 from .windows import Normalizer, WindowConfig, Windows
 
 __all__ = ["TrainConfig", "train", "predict_logits", "predict_proba", "resolve_device", "ModelBundle",
@@ -91,7 +91,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
     config : TrainConfig
         Epochs, batch size, learning rate, seed, device.
     loss_fn : nn.Module, optional
-        Called as ``loss_fn(logits, targets, weights)``; plain cross-entropy by default.
+        Called as ``loss_fn(logits, targets, weights)``; by default FilterLoss
+        (weighted cross-entropy) when ``sample_weights`` are given, else plain
+        cross-entropy.
     sample_weights : np.ndarray, optional
         Array of shape (N,), float32, >= 0 (FilterLoss weights); ones by default.
     checkpoint_path : path-like, optional
@@ -122,7 +124,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
         raise ValueError(f"sample_weights must have shape ({n},), got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
         raise ValueError("sample_weights must be finite, >= 0 and not all zero")
-    loss_fn = loss_fn if loss_fn is not None else WeightedCrossEntropy()
+    if loss_fn is None:  # given weights are always used: FilterLoss is the weighted cross-entropy
+        loss_fn = FilterLoss() if sample_weights is not None else WeightedCrossEntropy()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)
@@ -141,6 +144,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start_epoch, history = state["epoch"], list(state["history"])
+            torch.set_rng_state(state["torch_rng"])  # dropout continues exactly where it stopped
     gen = torch.Generator().manual_seed(config.seed)
     for _ in range(start_epoch):  # replay the shuffles of finished epochs so a resume sees the same batches
         torch.randperm(n, generator=gen)
@@ -177,7 +181,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
         if checkpoint_path is not None:
             save_torch_atomic(checkpoint_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                 "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                                                "history": history, "config": ckpt_cfg})
+                                                "history": history, "config": ckpt_cfg,
+                                                "torch_rng": torch.get_rng_state()})
             write_json_atomic(Path(str(checkpoint_path) + ".config.json"), ckpt_cfg)
     model.eval()
     return {"loss": history, "seconds": time.perf_counter() - t0, "resumed_from_epoch": start_epoch,
@@ -287,12 +292,16 @@ class FinetuneConfig:
     """Target-user fine-tuning with FilterLoss."""
 
     train: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)  # fine-tuning optimiser settings
-    loss: str = "filterloss"        # "filterloss" (quality-weighted CE) or "ce" (plain cross-entropy)
+    # "filterloss" (categories from the pretrained model's probabilities, fixed weights), "filterloss-cv"
+    # (full filter, weights chosen by cross-validation), "filterloss-learned" (full filter, meta-learned
+    # weights) -- see imutune.quality -- or "ce" (plain cross-entropy)
+    loss: str = "filterloss"
     quality: QualityConfig = QualityConfig()     # sample-quality filter thresholds
-    weights: CategoryWeights = CategoryWeights()  # FilterLoss weight per quality category
+    weights: CategoryWeights = CategoryWeights()  # FilterLoss weight per quality category ("filterloss")
+    filter: FilterConfig = FilterConfig()        # folds, grids, meta-learning ("filterloss-cv"/"-learned")
 
     def __post_init__(self) -> None:
-        V.check_choice("loss", self.loss, ("filterloss", "ce"))
+        V.check_choice("loss", self.loss, ("filterloss", "filterloss-cv", "filterloss-learned", "ce"))
 
 
 def split_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -382,7 +391,6 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     """
     import copy
 
-    from .losses import FilterLoss
     from .quality import categorize, category_counts
     from .quality import sample_weights as _weights
 
@@ -410,7 +418,17 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
         info["category_counts"] = category_counts(cats)
         info["category_weights"] = asdict(config.weights)
     info["scoring_seconds"] = time.perf_counter() - t0
-    loss_fn = FilterLoss() if config.loss == "filterloss" else None
+    if config.loss in ("filterloss-cv", "filterloss-learned") and sample_weights is None:
+        from dataclasses import replace as _replace
+
+        from .quality import filter_weights
+
+        fcfg = _replace(config.filter, mode=config.loss.split("-", 1)[1], quality=config.quality,
+                        seed=config.train.seed, device=config.train.device)
+        res = filter_weights(model, xn, windows.y, num_classes=windows.num_classes, config=fcfg)
+        sample_weights = res.sample_weights
+        info.update(res.summary())
+    loss_fn = FilterLoss() if config.loss.startswith("filterloss") else None
     hist = train(model, xn, windows.y, config=config.train, loss_fn=loss_fn, sample_weights=sample_weights,
                  checkpoint_path=checkpoint_path, desc="finetune", progress=progress)
     info.update(train_config=asdict(config.train), loss_history=hist["loss"], train_seconds=hist["seconds"])

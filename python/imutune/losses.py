@@ -1,13 +1,19 @@
-"""Losses, all in one place. Every loss maps ``logits`` (N, K) float32 and
-``targets`` (N,) int64 to a scalar tensor.
+"""Losses, all in one place. Every loss maps ``logits`` (N, K) float32,
+``targets`` (N,) int64 and per-sample ``weights`` (N,) float to a scalar tensor,
+so the training loop (:func:`imutune.finetune.train`) and an exported
+on-device training graph call every loss the same way.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FilterLoss", "WeightedCrossEntropy"]
+__all__ = ["FilterLoss", "WeightedCrossEntropy", "FocalLoss", "ClassBalancedLoss", "inverse_frequency_weights",
+           "effective_number_weights"]
 
 
 class FilterLoss(nn.Module):
@@ -77,3 +83,150 @@ class WeightedCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean (class-weighted) cross-entropy; ``weights`` is ignored (uniform API)."""
         return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=self.label_smoothing)
+
+
+def _check_weights(weights: torch.Tensor, targets: torch.Tensor, where: str) -> None:
+    if weights.shape != targets.shape:
+        raise ValueError(f"{where}: weights must have shape {tuple(targets.shape)}, got {tuple(weights.shape)}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"{where}: weights must be finite and >= 0; got negative or NaN/Inf values")
+    if not bool((weights > 0).any()):
+        raise ValueError(f"{where}: weights are all zero; expected at least one positive weight")
+
+
+def inverse_frequency_weights(class_counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Per-class weights ``n / (K_present * n_k)`` (mean 1 over present classes).
+
+    Classes with no samples get weight 0 (documented fallback: they contribute
+    no loss terms anyway, and an infinite weight would poison the loss).
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (K,), float32.
+
+    Raises
+    ------
+    ValueError
+        If a count is negative or all counts are zero.
+    """
+    c = _check_counts(class_counts)
+    present = c > 0
+    w = np.zeros(c.shape, dtype=np.float64)
+    w[present] = c.sum() / (present.sum() * c[present])
+    return w.astype(np.float32)
+
+
+def effective_number_weights(class_counts: Sequence[int] | np.ndarray, beta: float = 0.99) -> np.ndarray:
+    """Class-balanced weights of Cui et al., "Class-Balanced Loss Based on
+    Effective Number of Samples", CVPR 2019, Eq. 4-5:
+    ``w_k = (1 - beta) / (1 - beta ** n_k)``, rescaled so the weights of the
+    present classes sum to their number. Absent classes get weight 0.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (K,), float32.
+
+    Raises
+    ------
+    ValueError
+        If ``beta`` is not in [0, 1), a count is negative or all counts are zero.
+    """
+    if not 0.0 <= float(beta) < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    c = _check_counts(class_counts)
+    present = c > 0
+    w = np.zeros(c.shape, dtype=np.float64)
+    w[present] = (1.0 - beta) / (1.0 - np.power(beta, c[present]))
+    w[present] *= present.sum() / w[present].sum()
+    return w.astype(np.float32)
+
+
+def _check_counts(class_counts) -> np.ndarray:
+    c = np.asarray(class_counts, dtype=np.float64).ravel()
+    if c.size < 2 or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError(f"class_counts must be >= 0 for at least 2 classes, got {c.tolist()}")
+    if not np.any(c > 0):
+        raise ValueError("class_counts are all zero; expected at least one class with samples")
+    return c
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, Eq. 4)
+    with per-sample weights: ``sum_i w_i * (1 - p_i) ** gamma * CE_i / sum_i w_i``
+    where ``p_i`` is the softmax probability of the true class.
+
+    Parameters
+    ----------
+    gamma : float
+        Focusing parameter, >= 0 (2 in the paper; 0 gives cross-entropy).
+    class_weights : array-like of shape (K,), optional
+        The paper's ``alpha`` per class; none by default.
+    """
+
+    def __init__(self, gamma: float = 2.0, *, class_weights: Sequence[float] | None = None,
+                 check_weights: bool = True) -> None:
+        super().__init__()
+        if not float(gamma) >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
+        self.register_buffer("class_weights", None if class_weights is None
+                             else torch.as_tensor(np.asarray(class_weights), dtype=torch.float32))
+        self.check_weights = check_weights
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted mean focal loss; ``weights`` (N,) >= 0, ones if omitted."""
+        if weights is None:
+            weights = torch.ones_like(targets, dtype=logits.dtype)
+        if self.check_weights and not torch.compiler.is_compiling():
+            _check_weights(weights, targets, "FocalLoss")
+        logp = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+        loss = -((1.0 - logp.exp()).clamp_min(0.0) ** self.gamma) * logp
+        if self.class_weights is not None:
+            weights = weights * self.class_weights[targets]
+        return (weights * loss).sum() / weights.sum().clamp_min(1e-12)
+
+
+class ClassBalancedLoss(nn.Module):
+    """Class-balanced softmax cross-entropy (Cui et al., CVPR 2019): class
+    weights from the effective number of samples (see
+    :func:`effective_number_weights`) times optional per-sample weights;
+    ``sum_i w_i c_{y_i} CE_i / sum_i w_i c_{y_i}``.
+
+    Parameters
+    ----------
+    class_counts : array-like of shape (K,)
+        Training samples per class (absent classes get weight 0).
+    beta : float
+        In [0, 1); 0 gives plain cross-entropy, beta -> 1 inverse frequency.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | np.ndarray, beta: float = 0.99, *,
+                 check_weights: bool = True) -> None:
+        super().__init__()
+        self.beta = float(beta)
+        self.register_buffer("class_weights", torch.from_numpy(effective_number_weights(class_counts, beta)))
+        self.check_weights = check_weights
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Class-balanced weighted mean cross-entropy.
+
+        Raises
+        ------
+        ValueError
+            If the weights are invalid, or every sample of the batch has weight 0
+            (e.g. all of an absent class) -- instead of returning NaN.
+        """
+        if weights is None:
+            weights = torch.ones_like(targets, dtype=logits.dtype)
+        if self.check_weights and not torch.compiler.is_compiling():
+            _check_weights(weights, targets, "ClassBalancedLoss")
+            if int(targets.max()) >= self.class_weights.shape[0]:
+                raise ValueError(f"ClassBalancedLoss: targets reach class {int(targets.max())}, but class_counts "
+                                 f"has {self.class_weights.shape[0]} classes")
+        w = weights * self.class_weights[targets]
+        if self.check_weights and not torch.compiler.is_compiling() and not bool((w > 0).any()):
+            raise ValueError("ClassBalancedLoss: every sample of the batch belongs to a class with zero count")
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        return (w * ce).sum() / w.sum().clamp_min(1e-12)

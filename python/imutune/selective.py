@@ -1,0 +1,764 @@
+"""Selective filter fine-tuning: rank conv filters by how far a sensor
+distortion moves their activation maps, combine the per-sample rankings by
+Borda count, and fine-tune only the most affected filters and the head.
+
+Source: Bianchi, Vendra, Protopapas, Brambilla, "Improving Image
+Classification Robustness through Selective CNN-Filters Fine-Tuning",
+arXiv 1904.03949 (2019): per layer, the distance between each filter's
+activation maps on a clean and a distorted version of the same input ranks
+the filters for that sample; the Borda count of the per-sample rankings
+gives the layer's ranking; only the top filters are retrained.
+
+Here (1-D sensor models, :mod:`imutune.models`):
+
+* a *filter* is one output channel of a ``Conv1d`` together with its
+  ``BatchNorm1d`` entries (the batch norm that directly follows the conv in
+  module order, :func:`conv_layers`); its *activation map* is the batch-norm
+  output (eval mode), i.e. the conv output in the layer's standardized units;
+* distance: Euclidean over time between the clean and distorted maps;
+* Borda count: within a layer, a filter scores ``rank - 1`` points per sample
+  (0 for the least moved, ``F - 1`` for the most moved; ties share the mean
+  rank) and the points are summed over samples (:func:`borda_count`);
+* selection: the top ``fraction`` of filters of every layer (at least one), or
+  a global parameter budget (:func:`select_filters`);
+* pair-free ranking (an imutune extension, for users whose clean data does not
+  exist): each window's per-filter distance between its conv-output
+  mean/std and the base model's batch-norm running statistics (the source
+  distribution), a standardized 2-Wasserstein distance between Gaussians
+  (:func:`reference_distances`).
+
+Selective fine-tuning (:func:`finetune_selected`) trains only the selected
+entries; everything else stays bit-identical:
+
+* gradients of unselected rows are masked to zero, and after every optimizer
+  step unselected rows are copied back from a frozen copy (AdamW's decoupled
+  weight decay would otherwise move them);
+* batch norm: a layer whose filters are all selected trains normally (batch
+  statistics, running statistics updated); a layer with none selected runs in
+  eval mode (running statistics, untouched); a partly selected layer uses
+  batch statistics for its selected channels and the frozen running
+  statistics for the others (so training and inference agree for frozen
+  channels), and its running statistics and ``num_batches_tracked`` are
+  restored for unselected channels after every step (``num_batches_tracked``
+  is unused with the default momentum).
+
+The same loop trains any :class:`Selection` -- full fine-tuning, the last
+block plus head, random filters, Borda-selected filters -- so their times are
+comparable.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import _validation as V
+from .finetune import ModelBundle, TrainConfig, predict_proba, resolve_device
+
+__all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "reference_distances", "borda_count",
+           "rank_filters", "select_filters", "random_selection", "last_block_selection", "full_selection",
+           "entry_masks", "count_trainable", "finetune_selected", "SelectiveConfig", "personalize"]
+
+
+# --------------------------------------------------------------------------- layers and selections
+
+@dataclass(frozen=True, eq=False)
+class ConvLayer:
+    """A conv layer and the batch norm that follows it (``None`` if there is none)."""
+
+    name: str
+    conv: nn.Conv1d
+    bn_name: str | None
+    bn: nn.BatchNorm1d | None
+
+    @property
+    def n_filters(self) -> int:
+        return int(self.conv.out_channels)
+
+    @property
+    def params_per_filter(self) -> int:
+        """Trainable parameters of one filter: its conv weight row (+ bias) and its batch-norm scale and shift."""
+        n = self.conv.weight[0].numel() + (1 if self.conv.bias is not None else 0)
+        return int(n + (2 if self.bn is not None and self.bn.affine else 0))
+
+
+def conv_layers(model: nn.Module) -> list[ConvLayer]:
+    """Every ``Conv1d`` of ``model`` in module order, each paired with the
+    ``BatchNorm1d`` that comes right after it in ``named_modules`` order when
+    its ``num_features`` equals the conv's ``out_channels``."""
+    mods = list(model.named_modules())
+    out = []
+    for i, (name, m) in enumerate(mods):
+        if isinstance(m, nn.Conv1d):
+            bn_name, bn = None, None
+            if i + 1 < len(mods):
+                n2, m2 = mods[i + 1]
+                if isinstance(m2, nn.BatchNorm1d) and m2.num_features == m.out_channels:
+                    bn_name, bn = n2, m2
+            out.append(ConvLayer(name, m, bn_name, bn))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """What fine-tuning may change.
+
+    Attributes
+    ----------
+    filters : dict
+        Conv layer name -> array of shape (F,), bool: selected filters (their
+        conv rows and batch-norm entries train). Layers not listed are frozen.
+    modules : tuple of str
+        Names of modules trained in full (``"head"``; ``""`` is the whole model).
+    """
+
+    filters: dict[str, np.ndarray] = field(default_factory=dict)
+    modules: tuple[str, ...] = ("head",)
+
+    def n_selected(self) -> int:
+        return int(sum(int(np.sum(m)) for m in self.filters.values()))
+
+    def summary(self) -> dict[str, list[int]]:
+        """Layer -> selected filter indices."""
+        return {k: np.flatnonzero(v).tolist() for k, v in self.filters.items()}
+
+
+def _check_fraction(fraction: float) -> float:
+    try:
+        f = float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"fraction of filters must be a number in (0, 1], got {fraction!r}") from None
+    if not (0.0 < f <= 1.0) or not np.isfinite(f):
+        raise ValueError(f"fraction of filters must be in (0, 1], got {fraction!r}")
+    return f
+
+
+def _k_of(fraction: float, n: int) -> int:
+    return int(min(n, max(1, round(fraction * n))))
+
+
+def full_selection(model: nn.Module) -> Selection:
+    """Everything trains (full fine-tuning)."""
+    return Selection({l.name: np.ones(l.n_filters, bool) for l in conv_layers(model)}, ("",))
+
+
+def last_block_selection(model: nn.Module, *, head: str = "head") -> Selection:
+    """Layer-level fine-tuning: every filter of the last residual block (the last
+    ``stages.i.j``; for other models the last conv layer) plus the head."""
+    layers = conv_layers(model)
+    if not layers:
+        raise ValueError("the model has no Conv1d layer")
+    blocks = sorted({".".join(l.name.split(".")[:3]) for l in layers if l.name.startswith("stages.")},
+                    key=lambda b: tuple(int(p) for p in b.split(".")[1:3]))
+    last = blocks[-1] + "." if blocks else layers[-1].name
+    return Selection({l.name: np.full(l.n_filters, l.name.startswith(last) or l.name == last, bool)
+                      for l in layers}, (head,))
+
+
+def random_selection(model: nn.Module, fraction: float, *, seed: int = 0, head: str = "head") -> Selection:
+    """The same number of filters per layer as :func:`select_filters` (per layer), chosen at random."""
+    f = _check_fraction(fraction)
+    rng = np.random.default_rng(seed)
+    sel = {}
+    for l in conv_layers(model):
+        m = np.zeros(l.n_filters, bool)
+        m[rng.choice(l.n_filters, size=_k_of(f, l.n_filters), replace=False)] = True
+        sel[l.name] = m
+    return Selection(sel, (head,))
+
+
+# --------------------------------------------------------------------------- ranking
+
+def _capture(model: nn.Module, layers: Sequence[ConvLayer], *, pre_bn: bool) -> tuple[dict, list]:
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    for l in layers:
+        mod = l.conv if (pre_bn or l.bn is None) else l.bn
+        handles.append(mod.register_forward_hook(lambda _m, _i, o, n=l.name: acts.__setitem__(n, o.detach())))
+    return acts, handles
+
+
+def _batches(x: np.ndarray, batch_size: int, device):
+    for s in range(0, x.shape[0], batch_size):
+        yield s, torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size], dtype=np.float32)).to(device)
+
+
+def _check_x(name: str, x: np.ndarray, model: nn.Module) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (N, C, T) with N > 0, got {x.shape}")
+    V.check_finite_array(name, x)
+    c = getattr(model, "in_channels", x.shape[1])
+    if x.shape[1] != c:
+        raise ValueError(f"{name} has {x.shape[1]} channels; the model expects {c}")
+    return x
+
+
+@torch.no_grad()
+def activation_distances(model: nn.Module, x_clean: np.ndarray, x_distorted: np.ndarray, *, batch_size: int = 256,
+                         device: str = "auto") -> dict[str, np.ndarray]:
+    """Per-sample, per-filter distance between activation maps on clean and distorted windows.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The base model (evaluated in eval mode; not modified).
+    x_clean, x_distorted : np.ndarray
+        Arrays of shape (N, C, T), float32, normalized: the same windows clean
+        and distorted.
+
+    Returns
+    -------
+    dict
+        Conv layer name -> array of shape (N, F), float64: Euclidean distance over
+        time between the filter's batch-norm outputs.
+    """
+    xc = _check_x("x_clean", x_clean, model)
+    xd = _check_x("x_distorted", x_distorted, model)
+    if xc.shape != xd.shape:
+        raise ValueError(f"x_clean {xc.shape} and x_distorted {xd.shape} must have the same shape (paired windows)")
+    layers = conv_layers(model)
+    if not layers:
+        raise ValueError("the model has no Conv1d layer to rank")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    acts, handles = _capture(model, layers, pre_bn=False)
+    out = {l.name: np.zeros((xc.shape[0], l.n_filters)) for l in layers}
+    try:
+        for (s, bc), (_, bd) in zip(_batches(xc, batch_size, dev), _batches(xd, batch_size, dev)):
+            model(bc)
+            clean = dict(acts)
+            model(bd)
+            for l in layers:
+                a, b = clean[l.name].double(), acts[l.name].double()        # (B, F, T')
+                out[l.name][s:s + bc.shape[0]] = (b - a).pow(2).sum(dim=-1).sqrt().cpu().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def reference_distances(model: nn.Module, x: np.ndarray, *, batch_size: int = 256,
+                        device: str = "auto") -> dict[str, np.ndarray]:
+    """Pair-free per-sample, per-filter distance of windows ``x`` from the source
+    distribution stored in the base model's batch-norm running statistics.
+
+    For filter ``f`` with running mean ``mu`` and variance ``var`` of its conv
+    output, a window whose conv output has mean ``m`` and standard deviation
+    ``s`` over time scores ``sqrt((m - mu)^2 + (s - sqrt(var))^2) / sqrt(var)``
+    (the 2-Wasserstein distance between the two Gaussians, in units of the
+    source standard deviation). An imutune extension of the paired ranking for
+    data without clean counterparts.
+
+    Returns
+    -------
+    dict
+        Conv layer name -> array of shape (N, F), float64.
+
+    Raises
+    ------
+    ValueError
+        If a conv layer has no batch norm (no reference statistics).
+    """
+    x = _check_x("x", x, model)
+    layers = conv_layers(model)
+    missing = [l.name for l in layers if l.bn is None or l.bn.running_mean is None]
+    if missing:
+        raise ValueError(f"conv layers {missing} have no batch norm with running statistics; the pair-free "
+                         "ranking needs them (give clean/distorted pairs instead)")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    acts, handles = _capture(model, layers, pre_bn=True)
+    out = {l.name: np.zeros((x.shape[0], l.n_filters)) for l in layers}
+    try:
+        for s, b in _batches(x, batch_size, dev):
+            model(b)
+            for l in layers:
+                z = acts[l.name].double()                                  # (B, F, T')
+                mu = l.bn.running_mean.double()[None, :]
+                sd = (l.bn.running_var.double() + l.bn.eps).sqrt()[None, :]
+                m, sw = z.mean(dim=-1), z.std(dim=-1, unbiased=False)
+                out[l.name][s:s + b.shape[0]] = (((m - mu) ** 2 + (sw - sd) ** 2).sqrt() / sd).cpu().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return out
+
+
+def borda_count(distances: np.ndarray) -> np.ndarray:
+    """Borda count of per-sample rankings.
+
+    Parameters
+    ----------
+    distances : np.ndarray
+        Array of shape (N, F): for each of N samples (voters), a score per filter
+        (candidate); larger means more affected.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (F,), float64: total points. Per sample, the filter of
+        rank ``r`` (1 = least affected ... F = most affected) gets ``r - 1``
+        points; tied filters share the mean of their ranks.
+    """
+    from scipy.stats import rankdata
+
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] == 0 or d.shape[1] == 0:
+        raise ValueError(f"distances must have shape (N, F) with N, F > 0, got {d.shape}")
+    V.check_finite_array("distances", d)
+    return (rankdata(d, axis=1, method="average") - 1.0).sum(axis=0)
+
+
+def rank_filters(model: nn.Module, x_distorted: np.ndarray, x_clean: np.ndarray | None = None, *,
+                 batch_size: int = 256, device: str = "auto") -> dict[str, np.ndarray]:
+    """Normalized Borda score per filter, in [0, 1] (mean points / (F - 1); 1 =
+    the most moved filter in every sample).
+
+    With ``x_clean`` (paired windows) the distances are
+    :func:`activation_distances`; without, :func:`reference_distances` of
+    ``x_distorted``.
+
+    Returns
+    -------
+    dict
+        Conv layer name -> array of shape (F,), float64.
+    """
+    if x_clean is not None:
+        dist = activation_distances(model, x_clean, x_distorted, batch_size=batch_size, device=device)
+    else:
+        dist = reference_distances(model, x_distorted, batch_size=batch_size, device=device)
+    return {k: borda_count(d) / (d.shape[0] * max(d.shape[1] - 1, 1)) for k, d in dist.items()}
+
+
+def select_filters(scores: dict[str, np.ndarray], fraction: float, *, budget: str = "per_layer",
+                   model: nn.Module | None = None, head: str = "head") -> Selection:
+    """Select the highest-scoring filters.
+
+    Parameters
+    ----------
+    scores : dict
+        Conv layer name -> array of shape (F,) (e.g. :func:`rank_filters`).
+    fraction : float
+        In (0, 1].
+    budget : str
+        ``"per_layer"``: the top ``max(1, round(fraction * F))`` filters of every
+        layer (ties: lower index first). ``"global"``: filters of all layers in
+        order of score (normalized Borda scores are comparable across layers;
+        ties: layer order, then index) while the selected filters' parameters
+        stay within ``fraction`` of all conv filters' parameters (at least one
+        filter); needs ``model``.
+
+    Raises
+    ------
+    ValueError
+        If ``fraction`` is outside (0, 1], ``budget`` is unknown, or a layer is
+        missing from ``model``.
+    """
+    f = _check_fraction(fraction)
+    V.check_choice("budget", budget, ("per_layer", "global"))
+    sel: dict[str, np.ndarray] = {}
+    if budget == "per_layer":
+        for name, s in scores.items():
+            s = np.asarray(s, dtype=np.float64)
+            order = np.argsort(-s, kind="stable")
+            m = np.zeros(s.shape[0], bool)
+            m[order[:_k_of(f, s.shape[0])]] = True
+            sel[name] = m
+        return Selection(sel, (head,))
+    if model is None:
+        raise ValueError("budget='global' needs the model (to count parameters per filter)")
+    layers = {l.name: l for l in conv_layers(model)}
+    missing = [k for k in scores if k not in layers]
+    if missing:
+        raise ValueError(f"layers {missing} of the scores are not conv layers of the model")
+    cands = []
+    for li, (name, s) in enumerate(scores.items()):
+        for j, v in enumerate(np.asarray(s, dtype=np.float64)):
+            cands.append((-v, li, j, name))
+    cands.sort()
+    total = sum(layers[n].params_per_filter * layers[n].n_filters for n in scores)
+    cap = f * total
+    used = 0
+    sel = {n: np.zeros(layers[n].n_filters, bool) for n in scores}
+    for _, _, j, name in cands:
+        p = layers[name].params_per_filter
+        if used + p <= cap or used == 0:
+            sel[name][j] = True
+            used += p
+    return Selection(sel, (head,))
+
+
+# --------------------------------------------------------------------------- masks
+
+def _module_prefixes(modules: Sequence[str]) -> list[str]:
+    return ["" if m == "" else m + "." for m in modules]
+
+
+def entry_masks(model: nn.Module, selection: Selection) -> dict[str, bool | torch.Tensor]:
+    """Which ``state_dict`` entries fine-tuning may change.
+
+    Returns
+    -------
+    dict
+        State-dict key -> ``True`` (all of it), ``False`` (none of it) or a bool
+        tensor broadcastable to the entry (selected rows).
+
+    Raises
+    ------
+    ValueError
+        If the selection names an unknown layer or a mask has the wrong length.
+    """
+    state = model.state_dict(keep_vars=True)
+    masks: dict[str, bool | torch.Tensor] = {k: False for k in state}
+    prefixes = _module_prefixes(selection.modules)
+    for k in state:
+        if any(k.startswith(p) for p in prefixes):
+            masks[k] = True
+    layers = {l.name: l for l in conv_layers(model)}
+    for name, m in selection.filters.items():
+        if name not in layers:
+            raise ValueError(f"selection names layer {name!r}, which is not a conv layer; conv layers are "
+                             f"{list(layers)}")
+        l = layers[name]
+        m = np.asarray(m, dtype=bool)
+        if m.shape != (l.n_filters,):
+            raise ValueError(f"selection of layer {name!r} must have shape ({l.n_filters},), got {m.shape}")
+        if not m.any():
+            continue
+        whole = bool(m.all())
+        mt = torch.from_numpy(m.copy())
+        keys = [f"{name}.weight", f"{name}.bias"]
+        if l.bn_name is not None:
+            keys += [f"{l.bn_name}.{s}" for s in ("weight", "bias", "running_mean", "running_var")]
+        for k in keys:
+            if k in state and masks[k] is not True:
+                masks[k] = True if whole else mt.reshape((-1,) + (1,) * (state[k].dim() - 1))
+        if l.bn_name is not None and whole:
+            masks[f"{l.bn_name}.num_batches_tracked"] = True
+    return masks
+
+
+def count_trainable(model: nn.Module, selection: Selection) -> int:
+    """Trainable parameter elements under ``selection`` (buffers not counted)."""
+    masks = entry_masks(model, selection)
+    n = 0
+    for k, p in model.named_parameters():
+        m = masks.get(k, False)
+        n += p.numel() if m is True else 0 if m is False else int(m.expand_as(p).sum())
+    return n
+
+
+# --------------------------------------------------------------------------- training
+
+def _bn_channel_masks(model: nn.Module, masks: dict) -> dict[str, tuple[nn.Module, bool | torch.Tensor]]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            mk = masks.get(f"{name}.running_mean", masks.get(f"{name}.weight", False))
+            out[name] = (m, mk if isinstance(mk, bool) else mk.reshape(-1))
+    return out
+
+
+class _PartialBN:
+    """Forward of a partly selected batch norm during selective fine-tuning.
+
+    Training: selected channels are normalized with batch statistics (which
+    update scratch running statistics), the others with the frozen running
+    statistics. Eval: each channel uses its own running statistics (scratch for
+    selected, frozen for the others). :meth:`commit` writes the selected
+    channels' scratch statistics into the module's buffers.
+    """
+
+    def __init__(self, bn: nn.Module, mask: torch.Tensor) -> None:
+        self.bn = bn
+        self.mask = mask                                    # (F,) bool
+        self.mask3 = mask.reshape(1, -1, *([1] * 1))        # (1, F, 1)
+        self.rm, self.rv = bn.running_mean.detach().clone(), bn.running_var.detach().clone()   # scratch
+        self.frozen_rm, self.frozen_rv = bn.running_mean.detach().clone(), bn.running_var.detach().clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        if bn.training:
+            mom = 0.1 if bn.momentum is None else bn.momentum
+            a = F.batch_norm(x, self.rm, self.rv, bn.weight, bn.bias, True, mom, bn.eps)
+            b = F.batch_norm(x, self.frozen_rm, self.frozen_rv, bn.weight, bn.bias, False, 0.0, bn.eps)
+            return torch.where(self.mask3 if x.dim() == 3 else self.mask[None, :], a, b)
+        rm = torch.where(self.mask, self.rm, self.frozen_rm)
+        rv = torch.where(self.mask, self.rv, self.frozen_rv)
+        return F.batch_norm(x, rm, rv, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        self.bn.running_mean.copy_(torch.where(self.mask, self.rm, self.frozen_rm))
+        self.bn.running_var.copy_(torch.where(self.mask, self.rv, self.frozen_rv))
+
+
+def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection: Selection, *,
+                      config: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3),
+                      loss_fn: nn.Module | None = None, sample_weights: np.ndarray | None = None,
+                      eval_fn: Callable[[nn.Module], float] | None = None, progress: bool = False,
+                      desc: str = "selective") -> dict[str, Any]:
+    """Fine-tune ``model`` in place, changing only what ``selection`` allows.
+
+    The schedule is :func:`imutune.finetune.train`'s (AdamW, one-cycle cosine,
+    seeded shuffling, lone tail batches skipped). Unselected entries of the
+    state dict stay bit-identical:
+
+    * tensors trained in full: ordinary AdamW with ``config.weight_decay``;
+    * partly selected tensors (conv weights, batch-norm scale/shift): their
+      gradient is multiplied by the row mask after every backward pass and
+      they get no weight decay (at lr 1e-3 and decay 1e-4 it would shrink the
+      selected rows by 1e-7 per step), so Adam's moments and update of the
+      unselected rows are exactly zero and those rows keep their bits;
+    * batch norm: see :class:`_PartialBN` and the module notes;
+    * at the end, unselected entries are copied back from a frozen copy
+      anyway (a safety net for optimizer implementations; the number of
+      entries that had drifted is returned as ``frozen_drift``, 0 with
+      PyTorch's AdamW).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Modified in place; ``requires_grad`` flags are restored on return.
+    x : np.ndarray
+        Array of shape (N, C, T), float32, normalized.
+    y : np.ndarray
+        Array of shape (N,), int64.
+    selection : Selection
+    config : TrainConfig
+    loss_fn : nn.Module, optional
+        ``loss_fn(logits, targets, weights)``; cross-entropy by default.
+    sample_weights : np.ndarray, optional
+        Array of shape (N,) of per-sample weights (FilterLoss).
+    eval_fn : callable, optional
+        Called with the model (in eval mode) before training and after every
+        epoch; its value is recorded in ``curve``. Its time is not counted in
+        ``seconds``.
+
+    Returns
+    -------
+    dict
+        ``loss`` (per-epoch mean), ``seconds`` (training time, evaluation
+        excluded), ``curve`` (list of ``[epoch, cumulative seconds, eval
+        value]``, epoch 0 first; empty without ``eval_fn``),
+        ``trainable_parameters``, ``frozen_drift``, ``device``.
+    """
+    from .losses import WeightedCrossEntropy
+
+    x = _check_x("x", x, model)
+    y = np.asarray(y, dtype=np.int64)
+    n = x.shape[0]
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},), got {y.shape}")
+    w = np.ones(n, np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+        raise ValueError(f"sample_weights must have shape ({n},), be finite, >= 0 and not all zero")
+    loss_fn = loss_fn if loss_fn is not None else WeightedCrossEntropy()
+    dev = resolve_device(config.device)
+    model.to(dev)
+    loss_fn.to(dev)
+    masks = entry_masks(model, selection)
+    n_trainable = count_trainable(model, selection)
+    if n_trainable == 0:
+        raise ValueError("the selection trains no parameter")
+    state = model.state_dict(keep_vars=True)
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    frozen = {k: (t, masks[k].to(dev), t.detach().clone()) for k, t in state.items() if isinstance(masks[k], torch.Tensor)}
+    frozen.update({k: (t, None, t.detach().clone()) for k, t in state.items() if masks[k] is False})
+    full_params, part_params, part_masks = [], [], []
+    for k, p in model.named_parameters():
+        m = masks[k]
+        p.requires_grad_(m is not False)
+        if m is True:
+            full_params.append(p)
+        elif m is not False:
+            part_params.append(p)
+            part_masks.append(frozen[k][1].to(p.dtype).expand_as(p).contiguous())
+    bns = _bn_channel_masks(model, masks)
+    partial_bns: list[_PartialBN] = []
+    for _, (bn, mk) in bns.items():
+        if isinstance(mk, torch.Tensor):
+            pb = _PartialBN(bn, mk.to(dev))
+            bn.forward = pb                                 # instance attribute shadows the class forward
+            partial_bns.append(pb)
+
+    def set_modes() -> None:
+        model.train()
+        for bn, mk in bns.values():
+            if mk is False:
+                bn.eval()
+
+    torch.manual_seed(config.seed)
+    groups = [{"params": full_params, "weight_decay": config.weight_decay}] if full_params else []
+    if part_params:
+        groups.append({"params": part_params, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
+                                                pct_start=0.1, anneal_strategy="cos")
+    gen = torch.Generator().manual_seed(config.seed)
+    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    history: list[float] = []
+    curve: list[list[float]] = []
+    seconds = 0.0
+
+    def evaluate(epoch: int) -> None:
+        if eval_fn is not None:
+            model.eval()
+            with torch.no_grad():
+                curve.append([epoch, seconds, float(eval_fn(model))])
+
+    drift = 0
+    try:
+        evaluate(0)
+        epochs = range(config.epochs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+        for epoch in epochs:
+            t0 = time.perf_counter()
+            set_modes()
+            perm = torch.randperm(n, generator=gen)
+            total, count = 0.0, 0
+            for s in range(0, n, config.batch_size):
+                idx = perm[s:s + config.batch_size]
+                if idx.numel() < 2 and n >= 2:
+                    continue
+                xb, yb, wb = xt[idx].to(dev), yt[idx].to(dev), wt[idx].to(dev)
+                if not bool((wb > 0).any()):
+                    continue
+                loss = loss_fn(model(xb), yb, wb)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"loss became {loss.item()} at epoch {epoch + 1} ({desc}); check the learning "
+                                     "rate and sample weights")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if part_params:
+                    grads = [p.grad for p in part_params if p.grad is not None]
+                    if grads:
+                        torch._foreach_mul_(grads, [m for p, m in zip(part_params, part_masks) if p.grad is not None])
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * idx.numel()
+                count += idx.numel()
+            history.append(total / max(count, 1))
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds += time.perf_counter() - t0
+            evaluate(epoch + 1)
+    finally:
+        for pb in partial_bns:
+            pb.commit()
+            del pb.bn.forward
+        with torch.no_grad():
+            for k, (t, mt, orig) in frozen.items():
+                keep = torch.ones_like(t, dtype=torch.bool) if mt is None else ~mt.expand_as(t)
+                drift += int((t[keep] != orig[keep]).sum()) if t.dim() else int(bool(keep) and bool(t != orig))
+                t.copy_(orig if mt is None else torch.where(mt, t, orig))
+        for k, p in model.named_parameters():
+            p.requires_grad_(flags[k])
+        model.eval()
+    return {"loss": history, "seconds": seconds, "curve": curve, "trainable_parameters": n_trainable,
+            "frozen_drift": drift, "device": str(dev)}
+
+
+# --------------------------------------------------------------------------- personalization
+
+@dataclass(frozen=True)
+class SelectiveConfig:
+    """Selective fine-tuning of a base model for one user."""
+
+    fraction: float = 0.1            # fraction of conv filters to fine-tune, in (0, 1]
+    budget: str = "per_layer"        # "per_layer" (top fraction of each layer) or "global" (parameter budget)
+    train: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)
+    loss: str = "ce"                 # "ce" or "filterloss" (quality-weighted CE, imutune.quality)
+    rank_batch_size: int = 256       # windows per forward pass while ranking
+
+    def __post_init__(self) -> None:
+        _check_fraction(self.fraction)
+        V.check_choice("budget", self.budget, ("per_layer", "global"))
+        V.check_choice("loss", self.loss, ("ce", "filterloss"))
+        V.check_int_at_least("rank_batch_size", self.rank_batch_size, 1)
+
+
+def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: SelectiveConfig = SelectiveConfig(),
+                x_clean: np.ndarray | None = None, class_names: Sequence[str] | None = None,
+                eval_fn: Callable[[nn.Module], float] | None = None,
+                progress: bool = False) -> tuple[ModelBundle, dict[str, Any]]:
+    """Rank, select and fine-tune the most distortion-affected filters of a base bundle.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The base model (not modified).
+    x : np.ndarray
+        The user's windows, shape (N, C, T), physical units (as the user's
+        device delivers them); normalized with the bundle's normalizer.
+    y : np.ndarray
+        Array of shape (N,), int64 labels.
+    config : SelectiveConfig
+    x_clean : np.ndarray, optional
+        The same windows without the device's distortion, shape (N, C, T),
+        physical units: enables the paired ranking of the paper; without it
+        the pair-free ranking against the base model's batch-norm statistics
+        is used.
+    class_names : sequence of str, optional
+        The user's classes; a different class list replaces the head.
+
+    Returns
+    -------
+    (ModelBundle, dict)
+        The personalized bundle and an info dict: ``ranking`` ("paired" or
+        "batchnorm"), ``selection`` (layer -> filter indices), ``scores``,
+        ``trainable_parameters``, ``train_seconds``, ``loss_history``, ``curve``.
+    """
+    from .losses import FilterLoss
+    from .models import replace_head
+    from .quality import categorize, category_counts, sample_weights as _weights
+
+    model = copy.deepcopy(bundle.model).cpu()
+    xn = bundle.normalizer(x)
+    xc = None if x_clean is None else bundle.normalizer(x_clean)
+    t0 = time.perf_counter()
+    scores = rank_filters(model, xn, xc, batch_size=config.rank_batch_size, device=config.train.device)
+    rank_s = time.perf_counter() - t0
+    sel = select_filters(scores, config.fraction, budget=config.budget, model=model)
+    names = tuple(class_names) if class_names is not None else tuple(bundle.class_names)
+    head_replaced = names != tuple(bundle.class_names)
+    if head_replaced:
+        torch.manual_seed(config.train.seed)
+        replace_head(model, len(names))
+    weights, cats = None, None
+    loss_fn = None
+    if config.loss == "filterloss":
+        if head_replaced:
+            raise ValueError("loss='filterloss' scores windows with the base model's head; it needs the base "
+                             "model's class list")
+        c = categorize(predict_proba(model, xn, device=config.train.device), y)
+        weights, cats = _weights(c), category_counts(c)
+        loss_fn = FilterLoss()
+    res = finetune_selected(model, xn, y, sel, config=config.train, loss_fn=loss_fn, sample_weights=weights,
+                            eval_fn=eval_fn, progress=progress, desc="personalize")
+    info = {"stage": "personalize", "ranking": "paired" if xc is not None else "batchnorm",
+            "fraction": config.fraction, "budget": config.budget, "selection": sel.summary(),
+            "selected_filters": sel.n_selected(), "total_filters": int(sum(len(v) for v in sel.filters.values())),
+            "scores": {k: v.tolist() for k, v in scores.items()}, "head_replaced": head_replaced,
+            "trainable_parameters": res["trainable_parameters"], "rank_seconds": rank_s,
+            "train_seconds": res["seconds"], "loss_history": res["loss"], "curve": res["curve"],
+            "category_counts": cats, "config": asdict(config), "n_train": int(xn.shape[0])}
+    per = ModelBundle(model.cpu(), bundle.model_name, names, bundle.channels, bundle.window, bundle.normalizer,
+                      {**{k: v for k, v in info.items() if k not in ("scores", "curve")}, "base": bundle.info})
+    return per, info
