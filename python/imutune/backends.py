@@ -15,9 +15,23 @@ array of shape (N, C, T), float32 (normalized windows, channel-first) and
 input shape against the manifest. The export parity check and the replay
 runtime both use these classes.
 
-Thread counts are set per backend, but note that two of the knobs are
-process-wide: ``torch.set_num_threads`` (:class:`TorchBackend`) and the
-ExecuTorch threadpool (:class:`PteBackend`) affect every model in the process.
+Manifest checks on load (:func:`load_backend` with ``manifest=``): the file
+must be listed in ``manifest.artifacts`` with the same SHA-256, format and
+(``.pte``) delegate; its input C and T and output K must match the
+manifest's channels, window and classes; and the preprocessing contract the
+exporter embedded in the artifact (ONNX ``metadata_props`` ``imutune.*``, or
+the ``.pte`` constant method ``imutune_metadata``: channels, class names,
+sample rate, window length, layout, normalization, precision) must equal the
+manifest's. Artifacts written before the contract was embedded skip that
+last check (``backend.embedded_metadata`` is None).
+
+Threads: every backend takes ``num_threads`` and :meth:`threads_in_effect`
+reads the setting back from the engine. Two of the knobs are process-wide:
+``torch.set_num_threads`` (:class:`TorchBackend`) and the ExecuTorch
+threadpool (:class:`PteBackend`); call ``backend.prepare()`` before timing a
+backend when several live in one process (the replay and the latency
+benchmark do). A thread count above the host's cores is accepted here
+(oversubscription); device profiles (:mod:`imutune.profiles`) reject it.
 """
 from __future__ import annotations
 
@@ -29,10 +43,16 @@ import numpy as np
 
 from . import _validation as V
 
-__all__ = ["OnnxBackend", "PteBackend", "TorchBackend", "load_backend", "BACKEND_SUFFIXES"]
+__all__ = ["OnnxBackend", "PteBackend", "TorchBackend", "load_backend", "BACKEND_SUFFIXES",
+           "PTE_METADATA_METHOD", "CONTRACT_FIELDS", "check_embedded_metadata"]
 
 #: File suffix -> backend class name, as chosen by :func:`load_backend`.
 BACKEND_SUFFIXES = {".onnx": "OnnxBackend", ".pte": "PteBackend"}
+#: Name of the ``.pte`` constant method holding the embedded contract (UTF-8 JSON as a uint8 tensor).
+PTE_METADATA_METHOD = "imutune_metadata"
+#: Manifest fields an artifact embeds and :func:`load_backend` compares with the manifest.
+CONTRACT_FIELDS = ("channels", "class_names", "sample_rate_hz", "window_s", "input_layout", "norm_mean",
+                   "norm_std")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -72,9 +92,18 @@ class _Backend:
     num_threads: int = 1
     in_channels: int | None = None
     window_samples: int | None = None
+    num_outputs: int | None = None            # K, where the engine reports it
+    embedded_metadata: dict | None = None     # contract embedded by the exporter (None: none found)
 
     def _where(self) -> str:
         return self.name
+
+    def prepare(self) -> None:
+        """Apply this backend's process-wide settings (thread pools) again; call before timing it."""
+
+    def threads_in_effect(self) -> int | None:
+        """The intra-op thread count the engine reports for this backend (None if it cannot say)."""
+        return None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the model on a batch of windows.
@@ -165,13 +194,21 @@ class OnnxBackend(_Backend):
         self.output_name = self._session.get_outputs()[0].name
         n, c, t = (d if isinstance(d, int) else None for d in inputs[0].shape)
         self.batch_size, self.in_channels, self.window_samples = n, c, t
+        out_shape = self._session.get_outputs()[0].shape
+        self.num_outputs = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+        self.embedded_metadata = _onnx_metadata(self._session)
+        self._out_names = [self.output_name]
 
     def _where(self) -> str:
         return f"ONNX model {str(self.path)!r}"
 
+    def threads_in_effect(self) -> int | None:
+        """``intra_op_num_threads`` of the session's options."""
+        return int(self._session.get_session_options().intra_op_num_threads)
+
     def _compute_logits(self, x: np.ndarray) -> np.ndarray:
-        if self.batch_size is None:
-            return self._session.run([self.output_name], {self.input_name: x})[0]
+        if self.batch_size is None or x.shape[0] == self.batch_size:
+            return self._session.run(self._out_names, {self.input_name: x})[0]
         return _run_fixed_batch(lambda b: self._session.run([self.output_name], {self.input_name: b})[0],
                                 x, self.batch_size)
 
@@ -190,6 +227,49 @@ def _pte_delegates(path: Path) -> list[str]:
         return sorted({d.id for plan in program.execution_plan for d in plan.delegates})
     except Exception:  # private API; fall back to the flatbuffer's string table
         return ["XnnpackBackend"] if b"XnnpackBackend" in data else []
+
+
+def _onnx_metadata(session) -> dict | None:
+    """The ``imutune.*`` metadata_props of an ONNX session, JSON-decoded (None if there are none)."""
+    import json
+
+    props = session.get_modelmeta().custom_metadata_map
+    out = {}
+    for k, v in props.items():
+        if k.startswith("imutune."):
+            try:
+                out[k[len("imutune."):]] = json.loads(v)
+            except ValueError:
+                out[k[len("imutune."):]] = v
+    return out or None
+
+
+def _pte_metadata(program, path: Path) -> dict | None:
+    """The JSON contract of the ``imutune_metadata`` constant method (None if the program has none)."""
+    import json
+
+    if PTE_METADATA_METHOD not in program.method_names:
+        return None
+    try:
+        out = program.load_method(PTE_METADATA_METHOD).execute([])
+        raw = bytes(np.asarray(out[0].numpy(), dtype=np.uint8))
+        meta = json.loads(raw.decode("utf-8"))
+    except Exception as e:
+        raise ValueError(f"ExecuTorch program {str(path)!r}: its embedded metadata method "
+                         f"{PTE_METADATA_METHOD!r} could not be read ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"ExecuTorch program {str(path)!r}: embedded metadata is a JSON {type(meta).__name__}; "
+                         "expected an object")
+    return meta
+
+
+def _executorch_thread_count() -> int | None:
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        return None
+    get = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    return None if get is None else int(get())
 
 
 def _set_executorch_threads(num_threads: int) -> bool:
@@ -271,11 +351,23 @@ class PteBackend(_Backend):
             raise ValueError(f"ExecuTorch program {str(self.path)!r}: 'forward' has {meta.num_inputs()} "
                              f"inputs (first of shape {sizes}); expected one input of shape (N, C, T)")
         self.batch_size, self.in_channels, self.window_samples = (int(s) for s in sizes)
+        out_sizes = tuple(meta.output_tensor_meta(0).sizes()) if meta.num_outputs() >= 1 else ()
+        self.num_outputs = int(out_sizes[-1]) if len(out_sizes) == 2 else None
         self.delegates = _pte_delegates(self.path)
         self.name = "executorch-xnnpack" if "XnnpackBackend" in self.delegates else "executorch-portable"
+        self.embedded_metadata = _pte_metadata(self._program, self.path)
 
     def _where(self) -> str:
         return f"ExecuTorch program {str(self.path)!r}"
+
+    def prepare(self) -> None:
+        """Resize the process-wide ExecuTorch threadpool to ``num_threads`` (if another backend changed it)."""
+        if _executorch_thread_count() != self.num_threads:
+            self.threadpool_configured = _set_executorch_threads(self.num_threads)
+
+    def threads_in_effect(self) -> int | None:
+        """Size of the ExecuTorch CPU threadpool (process-wide; None where it cannot be read)."""
+        return _executorch_thread_count()
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -284,6 +376,8 @@ class PteBackend(_Backend):
         return out[0].detach().numpy().copy()  # outputs may alias the runtime's buffers
 
     def _compute_logits(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] == self.batch_size:
+            return self._forward(x)
         return _run_fixed_batch(self._forward, x, self.batch_size)
 
 
@@ -346,6 +440,20 @@ class TorchBackend(_Backend):
         self.in_channels = None if in_channels is None else V.check_int_at_least("in_channels", in_channels, 1)
         self.window_samples = (None if window_samples is None
                                else V.check_int_at_least("window_samples", window_samples, 1))
+        self.num_outputs = getattr(model, "num_classes", None)
+
+    def prepare(self) -> None:
+        """``torch.set_num_threads(num_threads)`` again (process-wide)."""
+        import torch
+
+        if torch.get_num_threads() != self.num_threads:
+            torch.set_num_threads(self.num_threads)
+
+    def threads_in_effect(self) -> int | None:
+        """``torch.get_num_threads()`` (process-wide)."""
+        import torch
+
+        return int(torch.get_num_threads())
 
     def _compute_logits(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -365,10 +473,14 @@ def load_backend(path: str | os.PathLike, *, manifest: Any = None, num_threads: 
     path : str or os.PathLike
         ``*.onnx`` (-> :class:`OnnxBackend`) or ``*.pte`` (-> :class:`PteBackend`).
     manifest : imutune.manifest.Manifest, optional
-        If given, the file must be listed in ``manifest.artifacts`` with the
-        same SHA-256 (:func:`imutune.manifest.verify_artifact`), and the
-        model's input channel count C and window length T must equal
-        ``len(manifest.channels)`` and ``manifest.window_samples``.
+        If given, the file is checked against it before it is used: it must
+        be listed in ``manifest.artifacts`` with the same SHA-256
+        (:func:`imutune.manifest.verify_artifact`) and format (and, for a
+        ``.pte``, delegate); its input C, T and output K must equal
+        ``len(manifest.channels)``, ``manifest.window_samples`` and
+        ``len(manifest.class_names)``; and the contract embedded in the file
+        (see the module docstring) must agree with the manifest's
+        channels, classes, sample rate, window, layout and normalization.
     num_threads : int, default 1
         Threads for the backend (see each backend class).
 
@@ -382,8 +494,8 @@ def load_backend(path: str | os.PathLike, *, manifest: Any = None, num_threads: 
         If ``path`` does not exist.
     ValueError
         If the suffix is not ``.onnx`` / ``.pte``, the file cannot be loaded,
-        the hash differs from the manifest's, or the input shape disagrees
-        with the manifest.
+        or any manifest check fails (the message names the file, the field,
+        the artifact's value and the manifest's).
     """
     p = Path(path)
     if p.suffix.lower() not in BACKEND_SUFFIXES:
@@ -391,23 +503,81 @@ def load_backend(path: str | os.PathLike, *, manifest: Any = None, num_threads: 
                          f"{sorted(BACKEND_SUFFIXES)}")
     V.check_file(p, what="model file")
     _check_num_threads(num_threads)
+    entry = None
     if manifest is not None:
         from .manifest import Manifest, verify_artifact
 
         if not isinstance(manifest, Manifest):
             raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
-        verify_artifact(manifest, p)
+        entry = verify_artifact(manifest, p)
+        fmt = p.suffix.lower().lstrip(".")
+        if entry.get("format") not in (None, fmt):
+            raise ValueError(f"model file {str(p)!r} is a .{fmt} file but the manifest lists it as format "
+                             f"{entry.get('format')!r}")
     backend = (OnnxBackend if p.suffix.lower() == ".onnx" else PteBackend)(p, num_threads=num_threads)
     if manifest is not None:
-        _check_against_manifest(backend, manifest, p)
+        _check_against_manifest(backend, manifest, p, entry)
     return backend
 
 
-def _check_against_manifest(backend: _Backend, manifest: Any, path: Path) -> None:
-    expected = {"channel count C": len(manifest.channels), "window length T (samples)": manifest.window_samples}
-    seen = {"channel count C": backend.in_channels, "window length T (samples)": backend.window_samples}
+def _check_against_manifest(backend: _Backend, manifest: Any, path: Path, entry: dict | None = None) -> None:
+    expected = {"channel count C": len(manifest.channels), "window length T (samples)": manifest.window_samples,
+                "class count K": len(manifest.class_names)}
+    seen = {"channel count C": backend.in_channels, "window length T (samples)": backend.window_samples,
+            "class count K": backend.num_outputs}
     for what, exp in expected.items():
         if seen[what] is not None and seen[what] != exp:
-            raise ValueError(f"model file {str(path)!r} takes input {what} = {seen[what]}; the manifest "
-                             f"expects {exp} (channels {list(manifest.channels)}, "
-                             f"{manifest.window_s} s at {manifest.sample_rate_hz} Hz)")
+            raise ValueError(f"model file {str(path)!r} has {what} = {seen[what]}; the manifest "
+                             f"expects {exp} (channels {list(manifest.channels)}, classes "
+                             f"{list(manifest.class_names)}, {manifest.window_s} s at {manifest.sample_rate_hz} Hz)")
+    if entry is not None and isinstance(backend, PteBackend) and "delegate" in entry:
+        has_xnn = "XnnpackBackend" in backend.delegates
+        want = entry.get("delegate")
+        if (want == "xnnpack") != has_xnn:
+            raise ValueError(f"model file {str(path)!r} has delegates {backend.delegates}; the manifest lists "
+                             f"delegate {want!r}")
+    if backend.embedded_metadata is not None:
+        check_embedded_metadata(backend.embedded_metadata, manifest, where=f"model file {str(path)!r}",
+                                precision=None if entry is None else entry.get("precision"))
+
+
+def check_embedded_metadata(meta: dict, manifest: Any, *, where: str, precision: str | None = None) -> None:
+    """Compare an artifact's embedded contract with a manifest.
+
+    Parameters
+    ----------
+    meta : dict
+        Decoded contract (field -> value), as ``backend.embedded_metadata``.
+    manifest : Manifest
+    where : str
+        Names the artifact in messages.
+    precision : str, optional
+        The manifest entry's precision, compared with ``meta["precision"]``
+        when both are present.
+
+    Raises
+    ------
+    ValueError
+        On the first field (of :data:`CONTRACT_FIELDS` and ``precision``)
+        whose values differ; the message gives both values.
+    """
+    man = manifest.to_dict()
+    for field in CONTRACT_FIELDS:
+        if field not in meta:
+            continue
+        a, b = meta[field], man[field]
+        if isinstance(b, (list, tuple)):
+            same = isinstance(a, (list, tuple)) and len(a) == len(b) and all(
+                (np.isclose(float(u), float(v), rtol=1e-6, atol=1e-9) if isinstance(v, (int, float))
+                 and not isinstance(v, bool) else u == v) for u, v in zip(a, b))
+        elif isinstance(b, float):
+            same = isinstance(a, (int, float)) and np.isclose(float(a), b, rtol=1e-9)
+        else:
+            same = a == b
+        if not same:
+            raise ValueError(f"{where} was exported for {field} = {a!r}, but the manifest says {b!r}; the "
+                             "artifact and the manifest do not belong together (re-export, or use the manifest "
+                             "written with this artifact)")
+    if precision is not None and meta.get("precision") not in (None, precision):
+        raise ValueError(f"{where} was exported with precision {meta.get('precision')!r}, but the manifest "
+                         f"lists precision {precision!r}")

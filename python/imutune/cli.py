@@ -1,6 +1,7 @@
 """``imutune`` command line: parses arguments and calls library functions.
 
-Subcommands: ``demo``, ``pretrain``, ``finetune``, ``export``, ``replay``, ``models``.
+Subcommands: ``demo``, ``pretrain``, ``finetune``, ``export``, ``replay``, ``models``, and the
+``bench`` group (``bench filterloss``, ...).
 """
 from __future__ import annotations
 
@@ -84,11 +85,84 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--realtime", action="store_true", help="pace at the recording's sample rate")
 
     sub.add_parser("models", help="list registered models")
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON, Markdown table, PNG plots)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    _add_bench_filterloss(bench_sub)
     return ap
+
+
+def _add_bench_filterloss(bench_sub) -> None:
+    b = bench_sub.add_parser("filterloss", help="FilterLoss vs baselines: leave-one-subject-out on the watch data "
+                                                "or a cross-dataset target")
+    b.add_argument("--out", required=True, help="output folder (finished cells there are reused)")
+    b.add_argument("--quick", action="store_true", help="reduced run: 3 subjects, 1 seed, few epochs")
+    b.add_argument("--model", default=None, help="registry model name (default mobilecnn1d)")
+    b.add_argument("--subjects", type=int, nargs="+", default=None, help="watch subjects 1..10 (default all)")
+    b.add_argument("--ratios", nargs="+", default=None,
+                   help="imbalance ratios, numbers >= 1 or 'natural' (default 1 10 50)")
+    b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
+    b.add_argument("--methods", nargs="+", default=None, help="methods (default: all baselines + FilterLoss)")
+    b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
+    b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
+    b.add_argument("--target-data", nargs="+", default=(),
+                   help="cross-dataset target: generic recordings of one user (.npz/.csv files or folders)")
+    b.add_argument("--target-test-data", nargs="+", default=(),
+                   help="its test recordings (default: per-class halves of --target-data)")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--threads", type=int, default=2, help="torch CPU threads for the run (default 2)")
+    b.add_argument("--no-progress", action="store_true")
+
+
+def _bench_filterloss(args) -> int:
+    from .bench.filterloss import FilterLossBenchConfig, quick_config, run_filterloss_bench
+
+    cfg = quick_config() if args.quick else FilterLossBenchConfig()
+    over: dict = {"device": args.device, "target_data": tuple(args.target_data),
+                  "target_test_data": tuple(args.target_test_data)}
+    if args.model:
+        over["model_name"] = args.model
+    if args.subjects:
+        over["subjects"] = tuple(args.subjects)
+    if args.ratios:
+        over["ratios"] = tuple(None if r.lower() in ("natural", "none") else float(r) for r in args.ratios)
+    if args.seeds:
+        over["seeds"] = tuple(args.seeds)
+    if args.methods:
+        over["methods"] = tuple(args.methods)
+    if args.epochs:
+        over["finetune"] = replace(cfg.finetune, epochs=args.epochs)
+    if args.pretrain_epochs:
+        over["pretrain"] = replace(cfg.pretrain, epochs=args.pretrain_epochs)
+    cfg = replace(cfg, **over)
+    res = run_filterloss_bench(args.out, cfg, progress=not args.no_progress, threads=args.threads)
+    print(json.dumps(res["targets"], indent=2))
+    return 0
+
+
+#: ``imutune bench <name>`` handlers; each benchmark adds its parser in build_parser and its entry here.
+_BENCH_HANDLERS = {"filterloss": _bench_filterloss}
+
+
+def _quiet_third_party() -> None:
+    """Hide deprecation chatter of torch/ExecuTorch/onnxscript internals on the command line
+    (library users keep Python's default warning filters)."""
+    import logging
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        for module in ("torch", "executorch", "onnxscript", "copyreg", "torchao"):
+            warnings.filterwarnings("ignore", category=category, module=module)
+    warnings.filterwarnings("ignore", message=".*experimental.*", module="executorch")
+    import torch  # noqa: F401  (torch resets its loggers' levels on import, so set them afterwards)
+
+    for name in ("torch.onnx", "torch._dynamo", "torch.utils._pytree", "torch._export", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_third_party()
     try:
         return _dispatch(args)
     except (ValueError, FileNotFoundError) as e:
@@ -150,6 +224,8 @@ def _dispatch(args) -> int:
                        chunk_samples=args.chunk_samples, realtime=args.realtime)
         print(json.dumps({k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "latency_ms", "deadline_misses")}))
         return 0
+    if args.command == "bench":
+        return _BENCH_HANDLERS[args.bench_command](args)
     if args.command == "models":
         from .models import count_parameters, create_model, list_models
 

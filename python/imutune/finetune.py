@@ -299,9 +299,12 @@ class FinetuneConfig:
     quality: QualityConfig = QualityConfig()     # sample-quality filter thresholds
     weights: CategoryWeights = CategoryWeights()  # FilterLoss weight per quality category ("filterloss")
     filter: FilterConfig = FilterConfig()        # folds, grids, meta-learning ("filterloss-cv"/"-learned")
+    rehearsal_ratio: float = 0.0    # source windows mixed in per target window (0 = target only, as in the paper)
 
     def __post_init__(self) -> None:
         V.check_choice("loss", self.loss, ("filterloss", "filterloss-cv", "filterloss-learned", "ce"))
+        if not (np.isfinite(self.rehearsal_ratio) and self.rehearsal_ratio >= 0):
+            raise ValueError(f"rehearsal_ratio must be a finite number >= 0, got {self.rehearsal_ratio!r}")
 
 
 def split_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -364,8 +367,8 @@ def pretrain(windows: Windows, *, model_name: str = "mobilecnn1d", window: Windo
 
 
 def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = FinetuneConfig(),
-             sample_weights: np.ndarray | None = None, checkpoint_path: str | os.PathLike | None = None,
-             progress: bool = True) -> ModelBundle:
+             sample_weights: np.ndarray | None = None, source_windows: Windows | None = None,
+             checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> ModelBundle:
     """Fine-tune a pretrained bundle for one target user with FilterLoss.
 
     If the target's class list differs from the bundle's, the classifier head
@@ -378,6 +381,14 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     The normalizer of the pretrained bundle is kept (the phone preprocesses
     like the source).
 
+    Source rehearsal (``config.rehearsal_ratio > 0``, needs ``source_windows``
+    with the same class list): every fine-tuning run also sees
+    ``round(rehearsal_ratio * N)`` source windows drawn without replacement
+    (seeded), with weight 1, so the model keeps what it learned from the
+    source users while adapting (rehearsal / experience replay, e.g. Rebuffi
+    et al., iCaRL, CVPR 2017, Sec. 2.2). The target windows keep their
+    FilterLoss weights.
+
     Returns
     -------
     ModelBundle
@@ -387,7 +398,8 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     Raises
     ------
     ValueError
-        If the channels differ from the bundle's or the weights are invalid.
+        If the channels differ from the bundle's, the weights are invalid, or
+        rehearsal is asked for without source windows of the same class list.
     """
     import copy
 
@@ -428,12 +440,33 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
         res = filter_weights(model, xn, windows.y, num_classes=windows.num_classes, config=fcfg)
         sample_weights = res.sample_weights
         info.update(res.summary())
+    y = windows.y
+    if config.rehearsal_ratio > 0:
+        xn, y, sample_weights = _add_rehearsal(xn, y, sample_weights, bundle, source_windows, windows, config)
+        info["n_rehearsal"] = int(len(y) - len(windows))
     loss_fn = FilterLoss() if config.loss.startswith("filterloss") else None
-    hist = train(model, xn, windows.y, config=config.train, loss_fn=loss_fn, sample_weights=sample_weights,
+    hist = train(model, xn, y, config=config.train, loss_fn=loss_fn, sample_weights=sample_weights,
                  checkpoint_path=checkpoint_path, desc="finetune", progress=progress)
     info.update(train_config=asdict(config.train), loss_history=hist["loss"], train_seconds=hist["seconds"])
     return ModelBundle(model, bundle.model_name, windows.class_names, bundle.channels, bundle.window,
                        bundle.normalizer, {**info, "base": bundle.info})
+
+
+def _add_rehearsal(xn: np.ndarray, y: np.ndarray, weights: np.ndarray | None, bundle: ModelBundle,
+                   source: Windows | None, target: Windows, config: FinetuneConfig):
+    """Append ``round(rehearsal_ratio * N)`` normalized source windows (weight 1)."""
+    if source is None:
+        raise ValueError(f"rehearsal_ratio={config.rehearsal_ratio} needs source_windows; got None")
+    if tuple(source.class_names) != tuple(target.class_names) or tuple(source.channels) != tuple(bundle.channels):
+        raise ValueError(f"source_windows for rehearsal must share the target's classes {list(target.class_names)} "
+                         f"and the model's channels {list(bundle.channels)}; got {list(source.class_names)} and "
+                         f"{list(source.channels)}")
+    n = min(len(source), int(round(config.rehearsal_ratio * len(target))))
+    idx = np.random.default_rng(config.train.seed).choice(len(source), size=n, replace=False)
+    w_t = np.ones(len(target), np.float32) if weights is None else np.asarray(weights, np.float32)
+    return (np.concatenate([xn, bundle.normalizer(source.x[idx])]),   # (N + n, C, T)
+            np.concatenate([y, source.y[idx]]),
+            np.concatenate([w_t, np.ones(n, np.float32)]))
 
 
 def _fit_head_only(model: nn.Module, xn: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> None:

@@ -1,0 +1,531 @@
+"""Benchmark of selective filter fine-tuning under sensor distortions
+(``imutune bench selective``, ``benchmarks/selective.py``).
+
+Protocol (embedded watch data, :func:`imutune.recordings.load_watch`):
+
+1. Pretrain ``model_name`` on the clean windows of every subject except the
+   target users (cached in ``<out>/pretrained``; reused when its config matches).
+2. Each target user's recordings are cut in time: the first half of every
+   recording is the pool of fine-tuning windows (hop ``window.hop_s``), the
+   second half the test set (non-overlapping windows, hop ``test_hop_s``), so
+   fine-tuning and test windows never share samples.
+3. For every distortion, severity level and seed, the user's "phone" distorts
+   both the fine-tuning and the test windows (:func:`imutune.distortions.distort_windows`;
+   same device parameters, independent noise). ``shots`` windows per class are
+   drawn from the pool (seeded; the same draw for every distortion).
+4. Methods, all trained by :func:`imutune.selective.finetune_selected` with
+   the same schedule (``finetune``) on the distorted few-shot windows:
+   ``none`` (the pretrained model), ``full`` (all parameters), ``layer`` (last
+   residual block + head), ``random 10%`` (random filters, the same number per
+   layer as Borda at 10%, + head), ``borda X%`` (paired ranking of the clean and
+   distorted versions of the few-shot windows, + head) and ``borda-bn 10%``
+   (pair-free ranking against the base model's batch-norm statistics: what
+   ``imutune personalize`` does without clean data).
+
+Measures, per run (target user x distortion x severity x shots x seed):
+accuracy on the distorted test windows after fine-tuning, the accuracy curve
+after every ``eval_every`` epochs (for time-to-accuracy; never used to select
+a model), fine-tuning time (training time plus ranking time; evaluation
+excluded; ``threads`` CPU threads, or CUDA when present), trainable
+parameters and patch size (:mod:`imutune.patch`).
+
+Aggregates (means over runs):
+
+* ``recovered`` = (acc - acc_none) / (acc_clean - acc_none): the fraction of
+  the distortion's accuracy drop won back, ``acc_clean`` being the pretrained
+  model on the clean test windows (can exceed 1: fine-tuning also adapts to
+  the user);
+* ``vs full`` = (acc - acc_none) / (acc_full - acc_none): the fraction of full
+  fine-tuning's gain;
+* ``time to 90% of full`` = the first evaluated epoch at which the method's
+  mean accuracy curve reaches acc_none + 0.9 (acc_full - acc_none), in mean
+  seconds (ranking included).
+
+Results of each run are stored in ``<out>/runs/`` as they finish; a rerun
+with the same config skips finished runs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import _validation as V
+from .._io import write_json_atomic
+from ..distortions import BENCH_SEVERITIES, DISTORTION_NAMES, SEVERITY_UNITS, distort_windows, make_distortion
+from ..finetune import ModelBundle, TrainConfig, load_bundle, predict_logits, pretrain, save_bundle
+from ..metrics import accuracy
+from ..recordings import Recording, load_watch
+from ..windows import WindowConfig, Windows, make_windows
+from .report import host_info, markdown_table, write_report
+
+__all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
+
+BENCH_NAME = "bench_selective"
+
+
+@dataclass(frozen=True)
+class SelectiveBenchConfig:
+    """Settings of the selective fine-tuning benchmark."""
+
+    model_name: str = "mobilecnn1d"
+    target_users: tuple[str, ...] = ("subject09", "subject10")   # held out from pretraining, one model per user
+    subjects: tuple[int, ...] | None = None                     # load only these watch subjects (tests)
+    distortions: tuple[str, ...] = DISTORTION_NAMES
+    levels: tuple[int, ...] = (0, 1, 2)          # indices into imutune.distortions.BENCH_SEVERITIES (mild..severe)
+    shots: tuple[int, ...] = (5, 20)             # fine-tuning windows per class
+    seeds: tuple[int, ...] = (0, 1)
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.25)   # Borda budgets (per-layer fraction of filters)
+    random_fraction: float = 0.1                 # budget of the random-filter baseline
+    pairfree_fraction: float | None = 0.1        # budget of the pair-free Borda ranking (None: left out)
+    window: WindowConfig = WindowConfig()
+    test_hop_s: float = 2.0                      # hop of the test windows (non-overlapping by default)
+    pretrain: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=3e-3)
+    finetune: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)
+    eval_every: int = 2                          # epochs between points of the accuracy curves
+    threads: int = 1                             # torch CPU threads (timings on a phone-class single core)
+
+    def __post_init__(self) -> None:
+        for d in self.distortions:
+            V.check_choice("distortion", d, DISTORTION_NAMES)
+        for lvl in self.levels:
+            if lvl not in (0, 1, 2):
+                raise ValueError(f"levels must be in {{0, 1, 2}} (mild, moderate, severe), got {lvl!r}")
+        for k in self.shots:
+            V.check_int_at_least("shots", k, 1)
+        for f in (*self.fractions, self.random_fraction) + ((self.pairfree_fraction,) if self.pairfree_fraction else ()):
+            V.check_fraction("fraction", f)
+        if not self.target_users or not self.seeds:
+            raise ValueError("target_users and seeds must not be empty")
+        V.check_int_at_least("eval_every", self.eval_every, 1)
+        V.check_int_at_least("threads", self.threads, 1)
+        V.check_positive("test_hop_s", self.test_hop_s)
+
+
+def quick_config(**overrides: Any) -> SelectiveBenchConfig:
+    """A reduced run (one user, one seed, moderate severity, 5 shots, short training): a few minutes at most."""
+    base = SelectiveBenchConfig(target_users=("subject10",), levels=(1,), shots=(5,), seeds=(0,),
+                                pretrain=TrainConfig(epochs=5, batch_size=64, lr=3e-3),
+                                finetune=TrainConfig(epochs=15, batch_size=32, lr=1e-3), eval_every=3)
+    return replace(base, **overrides)
+
+
+def _method_names(cfg: SelectiveBenchConfig) -> list[str]:
+    names = ["full", "layer", f"random {_pct(cfg.random_fraction)}"]
+    names += [f"borda {_pct(f)}" for f in cfg.fractions]
+    if cfg.pairfree_fraction:
+        names.append(f"borda-bn {_pct(cfg.pairfree_fraction)}")
+    return names
+
+
+METHODS = ("none", "full", "layer", "random 10%", "borda 5%", "borda 10%", "borda 25%", "borda-bn 10%")
+
+
+def _pct(f: float) -> str:
+    return f"{100 * f:g}%"
+
+
+def split_halves(recordings: Sequence[Recording]) -> tuple[list[Recording], list[Recording]]:
+    """Cut every recording at its midpoint: (first halves, second halves)."""
+    first, second = [], []
+    for r in recordings:
+        h = r.n_samples // 2
+        for part, sl, tag in ((first, slice(0, h), "a"), (second, slice(h, None), "b")):
+            part.append(Recording(r.values[sl], r.labels[sl], r.sample_rate_hz, r.channels, r.class_names, r.user,
+                                  f"{r.name}_{tag}", dict(r.meta)))
+    return first, second
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sample_shots(y: np.ndarray, k: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    idx = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(y == c)
+        if pool.size:
+            idx.append(rng.choice(pool, size=min(k, pool.size), replace=False))
+    return np.sort(np.concatenate(idx))
+
+
+def _pretrained(out: Path, cfg: SelectiveBenchConfig, source: Windows, log) -> ModelBundle:
+    fp = _fingerprint({"model": cfg.model_name, "targets": cfg.target_users, "subjects": cfg.subjects,
+                       "window": asdict(cfg.window), "train": asdict(cfg.pretrain)})
+    folder = out / "pretrained"
+    if (folder / "model.json").exists():
+        b = load_bundle(folder)
+        if b.info.get("bench_fingerprint") == fp:
+            log(f"[pretrain] reusing {folder}")
+            return b
+    t = time.perf_counter()
+    b = pretrain(source, model_name=cfg.model_name, window=cfg.window, train_config=cfg.pretrain,
+                 checkpoint_path=out / "checkpoints" / "pretrain.ckpt", progress=False)
+    b = replace(b, info={**b.info, "bench_fingerprint": fp})
+    save_bundle(b, folder)
+    log(f"[pretrain] {cfg.model_name} on {len(source)} source windows: source accuracy "
+        f"{b.info.get('source_accuracy', float('nan')):.4f} ({time.perf_counter() - t:.1f} s)")
+    return b
+
+
+def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str,
+             level: int, shots: int, seed: int, user_index: int) -> dict[str, Any]:
+    from ..patch import make_patch, model_bytes, patch_bytes
+    from ..selective import (count_trainable, finetune_selected, full_selection, last_block_selection,
+                             random_selection, rank_filters, select_filters)
+
+    severity = BENCH_SEVERITIES[distortion][level]
+    dist = make_distortion(distortion, severity)
+    dev_seed = int(_fingerprint([distortion, level, seed, user_index]), 16) % (2 ** 31)
+    fs = cfg.window.sample_rate_hz
+    kw = dict(channels=pool.channels, sample_rate_hz=fs, seed=dev_seed)
+    norm = base.normalizer
+    xte = norm(distort_windows(test.x, dist, noise_seed=dev_seed + 1, **kw))
+    rng = np.random.default_rng([seed, shots, user_index])
+    idx = _sample_shots(pool.y, shots, pool.num_classes, rng)
+    x_clean = pool.x[idx]
+    y = pool.y[idx]
+    x_dist = distort_windows(x_clean, dist, noise_seed=dev_seed + 2, **kw)
+    xc, xd = norm(x_clean), norm(x_dist)
+    model0 = base.model.cpu().eval()
+    full_size = model_bytes(model0)
+
+    def acc_of(m) -> float:
+        return accuracy(test.y, predict_logits(m, xte, device=cfg.finetune.device).argmax(1))
+
+    acc_none = acc_of(model0)
+    ft = replace(cfg.finetune, seed=seed)
+    plans: list[tuple[str, Callable[[], Any]]] = [
+        ("full", lambda: full_selection(model0)),
+        ("layer", lambda: last_block_selection(model0)),
+        (f"random {_pct(cfg.random_fraction)}", lambda: random_selection(model0, cfg.random_fraction, seed=seed))]
+    paired_scores: dict | None = None
+    rank_s = {"paired": 0.0, "batchnorm": 0.0}
+
+    def borda(f: float, paired: bool):
+        nonlocal paired_scores
+        t = time.perf_counter()
+        if paired:
+            if paired_scores is None:
+                paired_scores = rank_filters(model0, xd, xc, device=cfg.finetune.device)
+                rank_s["paired"] = time.perf_counter() - t
+            return select_filters(paired_scores, f)
+        sc = rank_filters(model0, xd, device=cfg.finetune.device)
+        rank_s["batchnorm"] = time.perf_counter() - t
+        return select_filters(sc, f)
+
+    for f in cfg.fractions:
+        plans.append((f"borda {_pct(f)}", lambda f=f: borda(f, True)))
+    if cfg.pairfree_fraction:
+        plans.append((f"borda-bn {_pct(cfg.pairfree_fraction)}", lambda: borda(cfg.pairfree_fraction, False)))
+    results: dict[str, Any] = {}
+    every = cfg.eval_every
+    for name, make_sel in plans:
+        sel = make_sel()
+        model = copy.deepcopy(model0)
+        ev_epochs = set(range(0, ft.epochs + 1, every)) | {ft.epochs}
+        counter = {"epoch": 0}
+
+        def eval_fn(m, counter=counter, ev_epochs=ev_epochs):
+            e = counter["epoch"]
+            counter["epoch"] += 1
+            return acc_of(m) if e in ev_epochs else float("nan")
+        r = finetune_selected(model, xd, y, sel, config=ft, eval_fn=eval_fn)
+        curve = [c for c in r["curve"] if not np.isnan(c[2])]
+        rs = rank_s["batchnorm"] if name.startswith("borda-bn") else rank_s["paired"] if name.startswith("borda") else 0.0
+        pb = len(patch_bytes(make_patch(model0, model)))
+        results[name] = {"accuracy": curve[-1][2], "train_seconds": r["seconds"], "rank_seconds": rs,
+                         "seconds": r["seconds"] + rs, "trainable_parameters": r["trainable_parameters"],
+                         "selected_filters": sel.n_selected(), "patch_bytes": pb, "frozen_drift": r["frozen_drift"],
+                         "curve": curve}
+    return {"distortion": distortion, "level": level, "severity": severity, "shots": shots, "seed": seed,
+            "user": test.users[0] if len(test) else "", "n_train": int(len(idx)), "n_test": int(len(test)),
+            "acc_none": acc_none, "model_bytes": full_size, "methods": results,
+            "total_parameters": int(sum(p.numel() for p in model0.parameters()))}
+
+
+def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig = SelectiveBenchConfig(), *,
+                        log=print) -> dict[str, Any]:
+    """Run (or resume) the benchmark; write ``bench_selective.json``, ``bench_selective.md`` and
+    ``selective_recovery.png``, ``selective_curves.png``, ``selective_severity.png`` into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        The report (also the JSON file): ``summary`` per method, ``targets``
+        (each target of the issue: measured value, threshold, met), per-run
+        results under ``runs``, ``config``, ``host``.
+    """
+    import torch
+
+    cfg = config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench_selective_config.json", asdict(cfg))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    try:
+        recs = load_watch(subjects=cfg.subjects)
+        users = sorted({r.user for r in recs})
+        missing = [u for u in cfg.target_users if u not in users]
+        if missing:
+            raise ValueError(f"target users {missing} not in the data; users are {users}")
+        source = make_windows([r for r in recs if r.user not in cfg.target_users], cfg.window)
+        base = _pretrained(out, cfg, source, log)
+        test_window = replace(cfg.window, hop_s=cfg.test_hop_s)
+        data = {}
+        for u in cfg.target_users:
+            first, second = split_halves([r for r in recs if r.user == u])
+            data[u] = (make_windows(first, cfg.window), make_windows(second, test_window))
+        acc_clean = {u: accuracy(te.y, predict_logits(base.model, base.normalizer(te.x), device=cfg.finetune.device)
+                                 .argmax(1)) for u, (_, te) in data.items()}
+        run_fp = _fingerprint({k: v for k, v in asdict(cfg).items() if k not in ("threads",)})
+        runs_dir = out / "runs"
+        runs: list[dict] = []
+        keys = [(d, lvl, k, ui, u, s) for d in cfg.distortions for lvl in cfg.levels for k in cfg.shots
+                for ui, u in enumerate(cfg.target_users) for s in cfg.seeds]
+        for i, (d, lvl, k, ui, u, s) in enumerate(keys):
+            path = runs_dir / f"{d}_L{lvl}_k{k}_{u}_s{s}.json"
+            if path.exists():
+                try:
+                    prev = json.loads(path.read_text())
+                    if prev.get("fingerprint") == run_fp:
+                        runs.append(prev)
+                        continue
+                except (OSError, json.JSONDecodeError):
+                    pass
+            t = time.perf_counter()
+            pool, test = data[u]
+            res = _run_one(base, pool, test, cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui)
+            res.update(acc_clean=acc_clean[u], fingerprint=run_fp, wall_seconds=time.perf_counter() - t)
+            write_json_atomic(path, res)
+            runs.append(res)
+            m = res["methods"]
+            log(f"[{i + 1}/{len(keys)}] {d} {BENCH_SEVERITIES[d][lvl]:g} ({SEVERITY_UNITS[d]}), {k} shots, {u}, "
+                f"seed {s}: clean {acc_clean[u]:.3f} none {res['acc_none']:.3f} full {m['full']['accuracy']:.3f} "
+                + " ".join(f"{n} {v['accuracy']:.3f}" for n, v in m.items() if n != "full")
+                + f" ({res['wall_seconds']:.1f} s)")
+        report = _summarize(runs, cfg, base)
+        report["wall_seconds"] = time.perf_counter() - t_start
+        report["host"] = host_info()
+        report["config"] = asdict(cfg)
+        report["runs"] = runs
+        md = _markdown(report, cfg)
+        write_report(out, BENCH_NAME, report, md, _figures(report, runs, cfg))
+        log(f"[done] {out / (BENCH_NAME + '.md')} ({report['wall_seconds']:.1f} s)")
+        return report
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def _mean(v) -> float:
+    v = [x for x in v if x is not None]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _agg(runs: list[dict], methods: list[str]) -> dict[str, dict[str, float]]:
+    """Mean accuracy per method (plus 'none' and 'clean') over ``runs``."""
+    out = {"clean": _mean(r["acc_clean"] for r in runs), "none": _mean(r["acc_none"] for r in runs)}
+    for m in methods:
+        out[m] = _mean(r["methods"][m]["accuracy"] for r in runs)
+    return out
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if abs(den) > 1e-12 else None
+
+
+def _time_to(runs: list[dict], method: str, threshold: float) -> float | None:
+    """Mean seconds at the first evaluated epoch where the mean curve of ``method`` reaches ``threshold``."""
+    curves = [r["methods"][method]["curve"] for r in runs]
+    n = min(len(c) for c in curves)
+    acc = np.mean([[p[2] for p in c[:n]] for c in curves], axis=0)
+    secs = np.mean([[p[1] for p in c[:n]] for c in curves], axis=0)
+    rank = _mean(r["methods"][method]["rank_seconds"] for r in runs)
+    hit = np.flatnonzero(acc >= threshold - 1e-12)
+    return float(secs[hit[0]] + rank) if hit.size else None
+
+
+def _summarize(runs: list[dict], cfg: SelectiveBenchConfig, base: ModelBundle) -> dict[str, Any]:
+    methods = _method_names(cfg)
+    acc = _agg(runs, methods)
+    drop = acc["clean"] - acc["none"]
+    gain_full = acc["full"] - acc["none"]
+    thr = acc["none"] + 0.9 * gain_full
+    t_full = _mean(r["methods"]["full"]["seconds"] for r in runs)
+    model_size = runs[0]["model_bytes"]
+    summary: dict[str, dict[str, Any]] = {"none": {"accuracy": acc["none"], "recovered": 0.0, "vs_full": 0.0,
+                                                   "trainable_parameters": 0, "seconds": 0.0, "patch_bytes": 0}}
+    for m in methods:
+        rs = [r["methods"][m] for r in runs]
+        t90 = _time_to(runs, m, thr)
+        summary[m] = {"accuracy": acc[m], "recovered": _ratio(acc[m] - acc["none"], drop),
+                      "vs_full": _ratio(acc[m] - acc["none"], gain_full),
+                      "trainable_parameters": int(round(_mean(x["trainable_parameters"] for x in rs))),
+                      "seconds": _mean(x["seconds"] for x in rs), "rank_seconds": _mean(x["rank_seconds"] for x in rs),
+                      "time_vs_full": _ratio(_mean(x["seconds"] for x in rs), t_full),
+                      "seconds_to_90pct_of_full": t90, "time_to_90pct_vs_full": None if t90 is None else t90 / t_full,
+                      "patch_bytes": int(round(_mean(x["patch_bytes"] for x in rs))),
+                      "patch_fraction": _mean(x["patch_bytes"] for x in rs) / model_size,
+                      "frozen_drift": int(sum(x["frozen_drift"] for x in rs))}
+    by_cell: dict[str, dict] = {}
+    for d in cfg.distortions:
+        for lvl in cfg.levels:
+            rr = [r for r in runs if r["distortion"] == d and r["level"] == lvl]
+            if rr:
+                by_cell[f"{d}|{lvl}"] = {"distortion": d, "level": lvl, "severity": BENCH_SEVERITIES[d][lvl],
+                                         **_agg(rr, methods)}
+    by_dist = {d: _agg([r for r in runs if r["distortion"] == d], methods) for d in cfg.distortions}
+    by_shots = {}
+    for k in cfg.shots:
+        rr = [r for r in runs if r["shots"] == k]
+        a = _agg(rr, methods)
+        g = a["full"] - a["none"]
+        by_shots[str(k)] = {"accuracy": a, "vs_full": {m: _ratio(a[m] - a["none"], g) for m in methods}}
+    # paired comparison of Borda vs random at the random baseline's budget
+    key_b, key_r = f"borda {_pct(cfg.random_fraction)}", f"random {_pct(cfg.random_fraction)}"
+    paired = None
+    if key_b in methods:
+        diff = np.array([r["methods"][key_b]["accuracy"] - r["methods"][key_r]["accuracy"] for r in runs])
+        paired = {"mean_diff": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1
+                  else None, "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
+                  "losses": int((diff < 0).sum()), "n": int(len(diff))}
+    targets = {}
+    b10 = summary.get("borda 10%")
+    if b10 is not None:
+        targets = {
+            "borda10_vs_full_ge_0.9": {"value": b10["vs_full"], "threshold": 0.9,
+                                       "met": b10["vs_full"] is not None and b10["vs_full"] >= 0.9},
+            "borda10_time_to_90pct_le_half_full": {"value": b10["time_to_90pct_vs_full"], "threshold": 0.5,
+                                                   "met": b10["time_to_90pct_vs_full"] is not None
+                                                   and b10["time_to_90pct_vs_full"] <= 0.5},
+            "borda10_beats_random10": {"value": paired["mean_diff"] if paired else None, "threshold": 0.0,
+                                       "met": bool(paired and paired["mean_diff"] > 0)},
+            "borda10_patch_le_10pct": {"value": b10["patch_fraction"], "threshold": 0.1,
+                                       "met": b10["patch_fraction"] <= 0.1},
+        }
+    return {"benchmark": "selective filter fine-tuning under sensor distortions",
+            "dataset": "seglearn watch (10 subjects x 2 arm sides x 7 exercises, 6 ch @ 50 Hz)",
+            "model_name": cfg.model_name, "model_bytes": model_size,
+            "total_parameters": runs[0]["total_parameters"], "source_accuracy": base.info.get("source_accuracy"),
+            "n_runs": len(runs), "accuracy": acc, "threshold_90pct_of_full": thr, "full_seconds": t_full,
+            "summary": summary, "by_distortion": by_dist, "by_cell": by_cell, "by_shots": by_shots,
+            "borda_vs_random": paired, "targets": targets}
+
+
+def _f(v, fmt: str = ".3f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+
+def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
+    methods = _method_names(cfg)
+    s = rep["summary"]
+    lines = [f"# Selective filter fine-tuning under sensor distortions ({rep['model_name']})", "",
+             f"Dataset: {rep['dataset']}. Target users {', '.join(cfg.target_users)} (held out from pretraining); "
+             f"distortions {', '.join(cfg.distortions)} at severity levels {list(cfg.levels)}; "
+             f"{' and '.join(map(str, cfg.shots))} windows per class; seeds {list(cfg.seeds)}; "
+             f"{rep['n_runs']} runs. Fine-tuning: {cfg.finetune.epochs} epochs, batch {cfg.finetune.batch_size}, "
+             f"lr {cfg.finetune.lr:g}, {cfg.threads} CPU thread(s) on {rep['host']['cpu']}"
+             f"{' (CUDA)' if rep['host'].get('cuda') else ''}.", "",
+             f"Mean accuracy on the distorted test windows: clean (no distortion, no fine-tuning) "
+             f"{rep['accuracy']['clean']:.4f}, distorted without fine-tuning {rep['accuracy']['none']:.4f}. "
+             f"Model: {rep['total_parameters']} parameters, {rep['model_bytes'] / 1024:.1f} KiB.", ""]
+    header = ["method", "trainable params", "accuracy", "recovered (of drop)", "vs full", "fine-tune s",
+              "time vs full", "s to 90% of full", "patch KiB", "patch % of model"]
+    rows = [["none", 0, _f(s["none"]["accuracy"], ".4f"), "0", "0", "0", "-", "-", "0", "0"]]
+    for m in methods:
+        v = s[m]
+        rows.append([m, v["trainable_parameters"], _f(v["accuracy"], ".4f"), _f(v["recovered"]), _f(v["vs_full"]),
+                     _f(v["seconds"], ".2f"), _f(v["time_vs_full"], ".2f"),
+                     "not reached" if v["seconds_to_90pct_of_full"] is None else _f(v["seconds_to_90pct_of_full"], ".2f"),
+                     _f(v["patch_bytes"] / 1024, ".1f"), _f(100 * v["patch_fraction"], ".1f")])
+    lines += [markdown_table(header, rows), ""]
+    lines += ["recovered = (acc - acc_none) / (acc_clean - acc_none); vs full = (acc - acc_none) / (acc_full - "
+              "acc_none); fine-tune s = training + ranking time (evaluation excluded); s to 90% of full = mean "
+              "time at which the method's mean accuracy curve first reaches acc_none + 0.9 (acc_full - acc_none), "
+              f"curves sampled every {cfg.eval_every} epochs.", ""]
+    if rep["targets"]:
+        lines += ["## Targets", "", markdown_table(["target", "measured", "threshold", "met"], [
+            [k, _f(v["value"], ".4f"), v["threshold"], "yes" if v["met"] else "no"] for k, v in rep["targets"].items()]), ""]
+    p = rep.get("borda_vs_random")
+    if p:
+        lines += [f"Borda vs random at {_pct(cfg.random_fraction)}: mean accuracy difference {p['mean_diff']:+.4f} "
+                  f"(SE {_f(p['se'], '.4f')}), Borda better in {p['wins']}, tied in {p['ties']}, worse in "
+                  f"{p['losses']} of {p['n']} runs.", ""]
+    cols = ["clean", "none"] + methods
+    lines += ["## Accuracy per distortion and severity", "",
+              markdown_table(["distortion", "severity"] + cols, [
+                  [c["distortion"], f"{c['severity']:g} {SEVERITY_UNITS[c['distortion']]}"] + [_f(c[k]) for k in cols]
+                  for c in rep["by_cell"].values()]), ""]
+    lines += ["## Fraction of full fine-tuning's gain by shots", "",
+              markdown_table(["shots per class", "acc none", "acc full"] + methods[1:], [
+                  [k, _f(v["accuracy"]["none"]), _f(v["accuracy"]["full"])] + [_f(v["vs_full"][m]) for m in methods[1:]]
+                  for k, v in rep["by_shots"].items()]), ""]
+    lines += [f"Wall time {rep['wall_seconds']:.0f} s. Figures: selective_recovery.png, selective_curves.png, "
+              "selective_severity.png.", ""]
+    return "\n".join(lines)
+
+
+def _figures(rep: dict, runs: list[dict], cfg: SelectiveBenchConfig) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = _method_names(cfg)
+    figs = {}
+    # recovered fraction per distortion
+    fig, ax = plt.subplots(figsize=(10, 4))
+    w = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        vals = []
+        for d in cfg.distortions:
+            a = rep["by_distortion"][d]
+            vals.append(_ratio(a[m] - a["none"], a["clean"] - a["none"]) or 0.0)
+        ax.bar(np.arange(len(cfg.distortions)) + i * w, vals, w, label=m)
+    ax.set_xticks(np.arange(len(cfg.distortions)) + 0.4 - w / 2, cfg.distortions)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_ylabel("accuracy drop recovered")
+    ax.set_title("Recovered fraction of the distortion's accuracy drop (mean over severities, shots, users, seeds)")
+    ax.legend(fontsize=7, ncol=4)
+    figs["selective_recovery"] = fig
+    # accuracy vs fine-tuning time
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        curves = [r["methods"][m]["curve"] for r in runs]
+        n = min(len(c) for c in curves)
+        acc = np.mean([[p[2] for p in c[:n]] for c in curves], axis=0)
+        secs = np.mean([[p[1] for p in c[:n]] for c in curves], axis=0) + _mean(
+            r["methods"][m]["rank_seconds"] for r in runs)
+        ax.plot(secs, acc, marker=".", label=m)
+    ax.axhline(rep["threshold_90pct_of_full"], color="k", lw=0.8, ls="--", label="90% of full's gain")
+    ax.set_xlabel("fine-tuning time (s, mean)")
+    ax.set_ylabel("accuracy on distorted test windows (mean)")
+    ax.legend(fontsize=7)
+    figs["selective_curves"] = fig
+    # accuracy vs severity per distortion
+    nd = len(cfg.distortions)
+    fig, axes = plt.subplots(1, nd, figsize=(2.6 * nd, 3), squeeze=False)
+    show = ["clean", "none", "full", "layer", f"random {_pct(cfg.random_fraction)}", "borda 10%"]
+    for ax, d in zip(axes[0], cfg.distortions):
+        cells = [rep["by_cell"][f"{d}|{l}"] for l in cfg.levels if f"{d}|{l}" in rep["by_cell"]]
+        xs = [c["severity"] for c in cells]
+        for m in show:
+            if all(m in c for c in cells):
+                ax.plot(xs, [c[m] for c in cells], marker="o", label=m)
+        ax.set_title(d, fontsize=9)
+        ax.set_xlabel(SEVERITY_UNITS[d], fontsize=8)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=6)
+    figs["selective_severity"] = fig
+    return figs
