@@ -1,7 +1,7 @@
 """``imutune`` command line: parses arguments and calls library functions.
 
-Subcommands: ``demo``, ``pretrain``, ``finetune``, ``export``, ``replay``, ``models``, and the
-``bench`` group (``bench filterloss``, ...).
+Subcommands: ``demo``, ``pretrain``, ``finetune``, ``personalize``, ``apply-patch``, ``export``,
+``replay``, ``models``, and the ``bench`` group (``bench filterloss``, ``bench selective``, ...).
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--target-user", default="subject10", help="target user (default subject10)")
     d.add_argument("--model", default="mobilecnn1d", help="registry model name (default mobilecnn1d)")
     d.add_argument("--imbalance-ratio", type=float, default=10.0, help="long-tail ratio of target training data")
+    d.add_argument("--rehearsal-ratio", type=float, default=None,
+                   help="source windows mixed into fine-tuning per target window (default 4; 0 = target only)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1, help="inference threads during replay (default 1)")
     d.add_argument("--realtime", action="store_true", help="pace the replay at the sensor rate")
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--test-data", nargs="+", default=(), help="target user's held-out recordings (optional)")
     f.add_argument("--out", required=True, help="output bundle folder")
     f.add_argument("--loss", default="filterloss", choices=("filterloss", "ce"))
+    f.add_argument("--source-data", nargs="+", default=(),
+                   help="source recordings for rehearsal (same classes and channels as the base model)")
+    f.add_argument("--rehearsal-ratio", type=float, default=0.0,
+                   help="source windows mixed in per target window (needs --source-data; default 0)")
     f.add_argument("--imbalance-ratio", type=float, default=None,
                    help="long-tail subsample the target windows to this ratio (experiments)")
     _add_train_args(f, epochs=30, lr=1e-3, batch_size=32)
@@ -89,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON, Markdown table, PNG plots)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_bench_filterloss(bench_sub)
+    _add_bench_selective(bench_sub)
+    _add_personalize(sub)
     return ap
 
 
@@ -98,7 +106,10 @@ def _add_bench_filterloss(bench_sub) -> None:
     b.add_argument("--out", required=True, help="output folder (finished cells there are reused)")
     b.add_argument("--quick", action="store_true", help="reduced run: 3 subjects, 1 seed, few epochs")
     b.add_argument("--model", default=None, help="registry model name (default mobilecnn1d)")
-    b.add_argument("--subjects", type=int, nargs="+", default=None, help="watch subjects 1..10 (default all)")
+    b.add_argument("--subjects", type=int, nargs="+", default=None,
+                   help="LOSO target subjects 1..10 (default all)")
+    b.add_argument("--source-subjects", type=int, nargs="+", default=None,
+                   help="pretraining subjects (default: all other subjects; all 10 for --target-data)")
     b.add_argument("--ratios", nargs="+", default=None,
                    help="imbalance ratios, numbers >= 1 or 'natural' (default 1 10 50)")
     b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
@@ -124,6 +135,8 @@ def _bench_filterloss(args) -> int:
         over["model_name"] = args.model
     if args.subjects:
         over["subjects"] = tuple(args.subjects)
+    if args.source_subjects:
+        over["source_subjects"] = tuple(args.source_subjects)
     if args.ratios:
         over["ratios"] = tuple(None if r.lower() in ("natural", "none") else float(r) for r in args.ratios)
     if args.seeds:
@@ -140,8 +153,98 @@ def _bench_filterloss(args) -> int:
     return 0
 
 
+def _add_bench_selective(bench_sub) -> None:
+    b = bench_sub.add_parser("selective", help="selective filter fine-tuning (Borda) vs full, layer-level and "
+                                               "random filters under sensor distortions on the watch data")
+    b.add_argument("--out", required=True, help="output folder (finished runs there are reused)")
+    b.add_argument("--quick", action="store_true", help="reduced run: 1 user, 1 seed, moderate severity, 5 shots")
+    b.add_argument("--model", default=None, help="registry model name (default mobilecnn1d)")
+    b.add_argument("--targets", nargs="+", default=None, help="target users (default subject09 subject10)")
+    b.add_argument("--subjects", type=int, nargs="+", default=None, help="watch subjects 1..10 to load (default all)")
+    b.add_argument("--distortions", nargs="+", default=None,
+                   help="noise bias gain clip rate rotation dropout (default all)")
+    b.add_argument("--levels", type=int, nargs="+", default=None, help="severity levels 0 1 2 (default all)")
+    b.add_argument("--shots", type=int, nargs="+", default=None, help="windows per class (default 5 20)")
+    b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
+    b.add_argument("--fractions", type=float, nargs="+", default=None, help="Borda budgets (default 0.05 0.1 0.25)")
+    b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
+    b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+
+
+def _bench_selective(args) -> int:
+    from .bench.selective import SelectiveBenchConfig, quick_config, run_selective_bench
+
+    cfg = quick_config() if args.quick else SelectiveBenchConfig()
+    over: dict = {"threads": args.threads, "pretrain": replace(cfg.pretrain, device=args.device),
+                  "finetune": replace(cfg.finetune, device=args.device)}
+    for key, attr in (("model", "model_name"), ("targets", "target_users"), ("subjects", "subjects"),
+                      ("distortions", "distortions"), ("levels", "levels"), ("shots", "shots"), ("seeds", "seeds"),
+                      ("fractions", "fractions")):
+        v = getattr(args, key)
+        if v:
+            over[attr] = v if isinstance(v, str) else tuple(v)
+    if args.epochs:
+        over["finetune"] = replace(over["finetune"], epochs=args.epochs)
+    if args.pretrain_epochs:
+        over["pretrain"] = replace(over["pretrain"], epochs=args.pretrain_epochs)
+    res = run_selective_bench(args.out, replace(cfg, **over))
+    print(json.dumps(res["targets"], indent=2))
+    return 0
+
+
+def _add_personalize(sub) -> None:
+    p = sub.add_parser("personalize", help="selective filter fine-tuning for one user; writes a small patch "
+                                           "of the base model")
+    p.add_argument("--base", required=True, help="base bundle folder (model.json + model.safetensors)")
+    p.add_argument("--data", nargs="+", required=True, help="the user's recordings (as the user's device records)")
+    p.add_argument("--out", required=True, help="output folder: patch.safetensors, personalize_report.json")
+    p.add_argument("--filters", type=float, default=0.1, help="fraction of conv filters to fine-tune, in (0, 1] "
+                                                              "(default 0.1)")
+    p.add_argument("--budget", default="per_layer", choices=("per_layer", "global"),
+                   help="top fraction of every layer, or a global parameter budget (default per_layer)")
+    p.add_argument("--clean-data", nargs="+", default=None,
+                   help="the same recordings without the device's distortion (paired ranking of the paper); "
+                        "default: pair-free ranking against the base model's batch-norm statistics")
+    p.add_argument("--distortion", default=None,
+                   help="simulate a device: treat --data as clean and distort it, e.g. 'noise:10+rotation:30'")
+    p.add_argument("--test-data", nargs="+", default=(), help="the user's held-out recordings (accuracy before/after)")
+    p.add_argument("--loss", default="ce", choices=("ce", "filterloss"))
+    p.add_argument("--write-bundle", action="store_true", help="also write the patched model as a bundle in OUT/model")
+    _add_train_args(p, epochs=30, lr=1e-3, batch_size=32)
+
+    a = sub.add_parser("apply-patch", help="apply a personalize patch to its base bundle; writes a full bundle")
+    a.add_argument("--base", required=True, help="base bundle folder")
+    a.add_argument("--patch", required=True, help="patch.safetensors")
+    a.add_argument("--out", required=True, help="output bundle folder (then: imutune export --model OUT ...)")
+
+
+def _personalize(args) -> int:
+    from .selective import SelectiveConfig, run_personalize
+
+    cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, train=_train_config(args), loss=args.loss)
+    res = run_personalize(args.base, args.data, args.out, config=cfg, clean_data=args.clean_data,
+                          distortion=args.distortion, test_data=args.test_data, write_bundle=args.write_bundle,
+                          progress=not args.no_progress)
+    keys = ("ranking", "selected_filters", "total_filters", "trainable_parameters", "patch_bytes", "model_bytes",
+            "patch_fraction", "train_seconds", "before", "after")
+    print(json.dumps({k: res[k] for k in keys if k in res}))
+    return 0
+
+
+def _apply_patch(args) -> int:
+    from .finetune import load_bundle, save_bundle
+    from .patch import apply_patch_bundle
+
+    b = apply_patch_bundle(load_bundle(args.base), args.patch)
+    save_bundle(b, args.out)
+    print(json.dumps({"out": str(args.out), "patched_sha256": b.info["patch"]["patched_sha256"]}))
+    return 0
+
+
 #: ``imutune bench <name>`` handlers; each benchmark adds its parser in build_parser and its entry here.
-_BENCH_HANDLERS = {"filterloss": _bench_filterloss}
+_BENCH_HANDLERS = {"filterloss": _bench_filterloss, "selective": _bench_selective}
 
 
 def _quiet_third_party() -> None:
@@ -184,7 +287,9 @@ def _dispatch(args) -> int:
         cfg = replace(base, target_user=args.target_user, model_name=args.model, imbalance_ratio=args.imbalance_ratio,
                       seed=args.seed, replay_threads=args.threads, replay_realtime=args.realtime,
                       pretrain=replace(base.pretrain, seed=args.seed, device=args.device),
-                      finetune=replace(base.finetune, train=replace(base.finetune.train, device=args.device)))
+                      finetune=replace(base.finetune, train=replace(base.finetune.train, device=args.device),
+                                       rehearsal_ratio=(base.finetune.rehearsal_ratio if args.rehearsal_ratio is None
+                                                        else args.rehearsal_ratio)))
         t = time.perf_counter()
         report = run_demo(args.out, cfg, progress=not args.no_progress)
         keys = ("source_accuracy", "target_accuracy_before", "target_accuracy_after", "restore_ratio",
@@ -205,8 +310,9 @@ def _dispatch(args) -> int:
         from .finetune import FinetuneConfig
         from .jobs import run_finetune
 
-        res = run_finetune(args.base, args.data, args.out, config=FinetuneConfig(train=_train_config(args), loss=args.loss),
-                           imbalance_ratio=args.imbalance_ratio, test_data=args.test_data, seed=args.seed,
+        cfg = FinetuneConfig(train=_train_config(args), loss=args.loss, rehearsal_ratio=args.rehearsal_ratio)
+        res = run_finetune(args.base, args.data, args.out, config=cfg, imbalance_ratio=args.imbalance_ratio,
+                           test_data=args.test_data, source_data=args.source_data, seed=args.seed,
                            progress=not args.no_progress)
         print(json.dumps(res))
         return 0
@@ -226,6 +332,10 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "bench":
         return _BENCH_HANDLERS[args.bench_command](args)
+    if args.command == "personalize":
+        return _personalize(args)
+    if args.command == "apply-patch":
+        return _apply_patch(args)
     if args.command == "models":
         from .models import count_parameters, create_model, list_models
 

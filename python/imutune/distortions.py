@@ -67,10 +67,13 @@ SEVERITY_RANGES: dict[str, tuple[float, float, bool]] = {
     "dropout": (0.0, 0.95, False)}
 SEVERITY_UNITS = {"noise": "dB SNR", "bias": "g (and rad/s)", "gain": "relative", "clip": "g full scale",
                   "rate": "true/nominal rate", "rotation": "degrees", "dropout": "probability"}
-# mild, moderate, severe levels used by the selective fine-tuning benchmark
+# Mild, moderate and severe levels of the selective fine-tuning benchmark. Chosen, before any fine-tuning
+# run, so that the accuracy of the pretrained mobilecnn1d on the held-out watch users (0.85 clean) drops
+# from a few points to a lot: noise 0.85/0.76/0.59, bias 0.83/0.70/0.47, gain 0.81/0.78/0.66,
+# clip 0.83/0.76/0.49, rate 0.82/0.79/0.76, rotation 0.80/0.75/0.51, dropout 0.84/0.81/0.72.
 BENCH_SEVERITIES: dict[str, tuple[float, float, float]] = {
-    "noise": (20.0, 10.0, 3.0), "bias": (0.1, 0.3, 0.6), "gain": (0.1, 0.25, 0.5), "clip": (2.0, 1.0, 0.5),
-    "rate": (1.1, 1.25, 1.5), "rotation": (20.0, 45.0, 90.0), "dropout": (0.2, 0.5, 0.8)}
+    "noise": (5.0, 0.0, -5.0), "bias": (0.1, 0.3, 0.6), "gain": (0.1, 0.25, 0.5), "clip": (1.0, 0.75, 0.5),
+    "rate": (1.1, 1.5, 2.0), "rotation": (10.0, 20.0, 45.0), "dropout": (0.5, 0.8, 0.95)}
 
 
 # --------------------------------------------------------------------------- channel layout

@@ -13,6 +13,39 @@ Model contract: a ``torch.nn.Module`` in eval mode mapping ``x`` of shape
 (N, K). The ONNX graph has input ``"x"`` and output ``"logits"`` with a
 dynamic batch dimension; the ``.pte`` program has a static batch (batch 1 in
 :func:`write_exports`, what the phone runs).
+
+Variants :func:`write_exports` can write (``formats=``):
+
+============== ====================== ========= ============================
+variant        file                   precision engine
+============== ====================== ========= ============================
+``onnx``       ``model.onnx``         fp32      ONNX Runtime
+``pte``        ``model.pte``          fp32      ExecuTorch, ``delegate``
+``onnx-int8``  ``model_int8.onnx``    int8      ONNX Runtime (static, QDQ)
+``pte-int8``   ``model_int8.pte``     int8      ExecuTorch + XNNPACK (PT2E)
+``pte-portable`` ``model_portable.pte`` fp32    ExecuTorch portable kernels
+============== ====================== ========= ============================
+
+int8 variants are calibrated on ``calibration_windows`` (training windows;
+see :mod:`imutune.quantize`).
+
+XNNPACK graph rewrite: ExecuTorch lowers ``Conv1d`` as unsqueeze -> conv2d
+-> squeeze, and ``MaxPool1d`` as a ``max_pool2d_with_indices`` that XNNPACK
+does not take, which splits a 1-D ResNet into several delegate partitions
+with layout conversions (NCHW <-> NHWC) around every conv. For the XNNPACK
+variants the model is therefore first rewritten into the equivalent 2-D
+model on (N, C, 1, T) (:func:`conv1d_as_conv2d`: ``Conv1d`` -> ``Conv2d``
+with a (1, k) kernel, ``BatchNorm1d`` -> ``BatchNorm2d``, 1-D pools -> 2-D
+pools, same weights); the whole network then becomes a single XNNPACK
+partition. The rewrite is used only if its outputs match the original's on
+the example input (else the original graph is exported); the manifest
+entry records ``graph_rewrite``.
+
+Every artifact embeds the manifest's preprocessing contract (channels,
+classes, sample rate, window, layout, normalization, precision): ONNX in
+``metadata_props`` (``imutune.*``), ``.pte`` as the constant method
+``imutune_metadata``. :func:`imutune.backends.load_backend` compares it with
+the manifest on load.
 """
 from __future__ import annotations
 
@@ -29,15 +62,21 @@ from . import _validation as V
 from ._io import sha256_file, write_bytes_atomic, write_json_atomic
 from .manifest import Manifest
 
-__all__ = ["export_onnx", "export_pte", "parity_max_abs_err", "write_exports",
-           "EXPORT_FORMATS", "ARTIFACT_NAMES", "PTE_DELEGATES"]
+__all__ = ["export_onnx", "export_pte", "parity_max_abs_err", "write_exports", "conv1d_as_conv2d",
+           "artifact_contract", "EXPORT_FORMATS", "EXPORT_VARIANTS", "ARTIFACT_NAMES", "PTE_DELEGATES",
+           "PRECISIONS"]
 
-#: Formats :func:`write_exports` understands.
+#: Default formats of :func:`write_exports` (fp32).
 EXPORT_FORMATS = ("onnx", "pte")
-#: File name written for each format.
-ARTIFACT_NAMES = {"onnx": "model.onnx", "pte": "model.pte"}
+#: Every variant :func:`write_exports` understands (see the module docstring).
+EXPORT_VARIANTS = ("onnx", "pte", "onnx-int8", "pte-int8", "pte-portable")
+#: File name written for each variant.
+ARTIFACT_NAMES = {"onnx": "model.onnx", "pte": "model.pte", "onnx-int8": "model_int8.onnx",
+                  "pte-int8": "model_int8.pte", "pte-portable": "model_portable.pte"}
 #: ``delegate`` values of :func:`export_pte` (None: portable kernels only).
 PTE_DELEGATES = ("xnnpack", None)
+#: ``precision`` values of :func:`export_pte`.
+PRECISIONS = ("fp32", "int8")
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "logits"
@@ -126,7 +165,7 @@ def export_onnx(model: Any, example_input: Any, *, manifest: Manifest | None = N
     return _compute_onnx(model, x, manifest, bool(dynamic_batch))
 
 
-def _compute_onnx(model, x, manifest: Manifest | None, dynamic_batch: bool):
+def _compute_onnx(model, x, manifest: Manifest | None, dynamic_batch: bool, precision: str = "fp32"):
     import onnx
     import torch
     from torch.export import Dim
@@ -145,8 +184,12 @@ def _compute_onnx(model, x, manifest: Manifest | None, dynamic_batch: bool):
     if _has_external_data(proto.graph):
         raise ValueError("exported ONNX graph stores tensors as external data; expected a self-contained model")
     if manifest is not None:
+        import json
+
         existing = {p.key for p in proto.metadata_props}
-        for key, value in manifest.metadata_props().items():
+        props = dict(manifest.metadata_props())
+        props["imutune.precision"] = json.dumps(precision)
+        for key, value in props.items():
             if key in existing:
                 continue
             entry = proto.metadata_props.add()
@@ -183,7 +226,8 @@ def _has_external_data(graph) -> bool:
 # --------------------------------------------------------------------------- ExecuTorch
 
 
-def export_pte(model: Any, example_input: Any, *, delegate: str | None = "xnnpack"):
+def export_pte(model: Any, example_input: Any, *, delegate: str | None = "xnnpack", precision: str = "fp32",
+               calibration_windows: Any = None, manifest: Manifest | None = None, rewrite_conv1d: bool | None = None):
     """Export ``model`` to an ExecuTorch program.
 
     ``torch.export.export`` -> ``executorch.exir.to_edge_transform_and_lower``
@@ -202,6 +246,20 @@ def export_pte(model: Any, example_input: Any, *, delegate: str | None = "xnnpac
     delegate : {"xnnpack", None}, default "xnnpack"
         ``"xnnpack"`` delegates supported ops to XNNPACK; None keeps every op
         on ExecuTorch's portable kernels (no delegation).
+    precision : {"fp32", "int8"}, default "fp32"
+        ``"int8"``: static PT2E quantization with the XNNPACK quantizer
+        (:func:`imutune.quantize.quantize_pt2e_xnnpack`), calibrated on
+        ``calibration_windows``; needs ``delegate="xnnpack"``.
+    calibration_windows : np.ndarray, optional
+        Array of shape (M, C, T), float32: normalized training windows;
+        required for int8.
+    manifest : Manifest, optional
+        If given, its preprocessing contract (:func:`artifact_contract`) is
+        embedded as the constant method ``imutune_metadata``.
+    rewrite_conv1d : bool, optional
+        Export the equivalent 2-D model (:func:`conv1d_as_conv2d`); default:
+        True with XNNPACK, False for portable kernels. Skipped (with the
+        original graph exported) if the rewrite's outputs differ.
 
     Returns
     -------
@@ -212,26 +270,173 @@ def export_pte(model: Any, example_input: Any, *, delegate: str | None = "xnnpac
     ------
     ValueError
         If ``model`` is not an eval-mode ``torch.nn.Module``, ``example_input``
-        is not a finite float32 (N, C, T) array, or ``delegate`` is unknown.
+        is not a finite float32 (N, C, T) array, ``delegate`` / ``precision``
+        is unknown, int8 is asked for without XNNPACK or without calibration
+        windows.
     """
     _check_model(model)
     x = _check_example("example_input", example_input)
+    _check_pte_args(delegate, precision, calibration_windows, manifest)
+    return _compute_pte(model, x, delegate, precision=precision, calibration=calibration_windows,
+                        manifest=manifest, rewrite=rewrite_conv1d)[0]
+
+
+def _check_pte_args(delegate, precision, calibration_windows, manifest) -> None:
     if delegate not in PTE_DELEGATES:
         raise ValueError(f"delegate must be one of {list(PTE_DELEGATES)}, got {delegate!r}")
-    return _compute_pte(model, x, delegate)
+    V.check_choice("precision", precision, PRECISIONS)
+    if precision == "int8":
+        if delegate != "xnnpack":
+            raise ValueError("int8 .pte export quantizes for XNNPACK; use delegate='xnnpack' (portable kernels "
+                             "have no int8 conv)")
+        if calibration_windows is None:
+            raise ValueError("int8 export needs calibration_windows: normalized training windows of shape "
+                             "(N, C, T), float32")
+    if manifest is not None and not isinstance(manifest, Manifest):
+        raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
 
 
-def _compute_pte(model, x, delegate: str | None):
+def conv1d_as_conv2d(model: Any):
+    """The equivalent 2-D model of a 1-D conv net, taking the same (N, C, T) input.
+
+    A deep copy of ``model`` in which every ``Conv1d`` becomes a ``Conv2d``
+    with a (1, k) kernel (same weights, stride, padding, dilation, groups),
+    ``BatchNorm1d`` -> ``BatchNorm2d``, ``MaxPool1d`` / ``AvgPool1d`` ->
+    (1, k) 2-D pools and ``AdaptiveAvgPool1d(n)`` / ``AdaptiveMaxPool1d(n)``
+    -> their 2-D versions with output (1, n); the result is wrapped so that
+    it unsqueezes its (N, C, T) input to (N, C, 1, T). Layers that are
+    layout-agnostic (activations, ``Linear`` after a flatten, dropout) are
+    kept. Functional 1-D code in ``forward`` methods is not rewritten: check
+    the outputs (as :func:`export_pte` does) before using the result.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode if ``model`` is.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    class Unsqueeze2d(nn.Module):
+        """(N, C, T) -> (N, C, 1, T)."""
+
+        def forward(self, x):
+            return x.unsqueeze(2)
+
+    def _pair(v):
+        return v[0] if isinstance(v, (tuple, list)) else v
+
+    def convert(mod: nn.Module) -> None:
+        for name, c in mod.named_children():
+            new = None
+            if isinstance(c, nn.Conv1d):
+                if isinstance(c.padding, str):
+                    pad = c.padding
+                else:
+                    pad = (0, _pair(c.padding))
+                new = nn.Conv2d(c.in_channels, c.out_channels, (1, _pair(c.kernel_size)), (1, _pair(c.stride)),
+                                pad, (1, _pair(c.dilation)), c.groups, c.bias is not None, c.padding_mode)
+                with torch.no_grad():
+                    new.weight.copy_(c.weight.unsqueeze(2))
+                    if c.bias is not None:
+                        new.bias.copy_(c.bias)
+            elif isinstance(c, nn.BatchNorm1d):
+                new = nn.BatchNorm2d(c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats)
+                new.load_state_dict(c.state_dict())
+            elif isinstance(c, nn.MaxPool1d):
+                new = nn.MaxPool2d((1, _pair(c.kernel_size)), (1, _pair(c.stride)), (0, _pair(c.padding)),
+                                   (1, _pair(c.dilation)), c.return_indices, c.ceil_mode)
+            elif isinstance(c, nn.AvgPool1d):
+                new = nn.AvgPool2d((1, _pair(c.kernel_size)), (1, _pair(c.stride)), (0, _pair(c.padding)),
+                                   c.ceil_mode, c.count_include_pad)
+            elif isinstance(c, nn.AdaptiveAvgPool1d):
+                new = nn.AdaptiveAvgPool2d((1, _pair(c.output_size)))
+            elif isinstance(c, nn.AdaptiveMaxPool1d):
+                new = nn.AdaptiveMaxPool2d((1, _pair(c.output_size)), c.return_indices)
+            if new is None:
+                convert(c)
+            else:
+                new.train(c.training)
+                setattr(mod, name, new)
+
+    m = copy.deepcopy(model)
+    convert(m)
+    out = nn.Sequential(Unsqueeze2d(), m)
+    out.train(model.training)
+    return out
+
+
+def _rewrite_for_xnnpack(model, x) -> tuple[Any, str | None]:
+    """(model to export, rewrite name or None): the 2-D form if it reproduces the outputs."""
+    import torch
+
+    try:
+        m2 = conv1d_as_conv2d(model)
+        with torch.no_grad():
+            ref, got = model(x), m2(x)
+        scale = float(ref.abs().max()) if ref.numel() else 1.0
+        if got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
+            return m2, "conv1d->conv2d"
+    except Exception:  # an unsupported 1-D construct: export the original graph
+        pass
+    return model, None
+
+
+def artifact_contract(manifest: Manifest, *, precision: str = "fp32", delegate: str | None = None) -> dict:
+    """The preprocessing contract embedded in an artifact.
+
+    Returns
+    -------
+    dict
+        ``manifest.to_dict()`` without ``artifacts`` (model name and config,
+        classes, channels, sample rate, window and hop, layout, names,
+        normalization, version), plus ``precision`` and ``delegate``.
+    """
+    d = manifest.to_dict()
+    d.pop("artifacts", None)
+    d["precision"] = precision
+    d["delegate"] = delegate
+    return d
+
+
+def _compute_pte(model, x, delegate: str | None, *, precision: str = "fp32", calibration: Any = None,
+                 manifest: Manifest | None = None, rewrite: bool | None = None) -> tuple[Any, dict]:
+    import json
+
     import torch
     from executorch.exir import to_edge_transform_and_lower
 
+    info: dict[str, Any] = {"graph_rewrite": None}
+    if rewrite is None:
+        rewrite = delegate == "xnnpack"
+    if rewrite:
+        model, info["graph_rewrite"] = _rewrite_for_xnnpack(model, x)
+    if precision == "int8":
+        from .quantize import calibration_subset, quantize_pt2e_xnnpack
+
+        calib = calibration_subset(calibration)
+        model = quantize_pt2e_xnnpack(model, x, calib)
+        info["calibration_windows"] = int(calib.shape[0])
+        info["quantization"] = "pt2e-xnnpack: int8 symmetric per-channel weights, int8 per-tensor activations"
     exported = torch.export.export(model, (x,))
     partitioner = None
     if delegate == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioner = [XnnpackPartitioner()]
-    return to_edge_transform_and_lower(exported, partitioner=partitioner).to_executorch()
+    constant_methods = None
+    if manifest is not None:
+        blob = json.dumps(artifact_contract(manifest, precision=precision, delegate=delegate)).encode("utf-8")
+        constant_methods = {"imutune_metadata": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()}
+    program = to_edge_transform_and_lower(exported, partitioner=partitioner,
+                                          constant_methods=constant_methods).to_executorch()
+    return program, info
 
 
 # --------------------------------------------------------------------------- parity
@@ -298,16 +503,18 @@ def _compute_parity(model, backend, x: np.ndarray, batch_size: int) -> float:
 def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, example_windows: Any, *,
                   formats: Sequence[str] = EXPORT_FORMATS, tolerance: float = 1e-4,
                   config: dict | None = None, delegate: str | None = "xnnpack",
-                  num_threads: int = 1) -> Manifest:
-    """Export, write, reload and parity-check each format; write ``manifest.json``.
+                  num_threads: int = 1, calibration_windows: Any = None, int8_min_agreement: float = 0.9,
+                  eval_windows: tuple[Any, Any] | None = None) -> Manifest:
+    """Export, write, reload and parity-check each variant; write ``manifest.json``.
 
-    For each format the artifact is first written to a staging folder inside
+    For each variant the artifact is first written to a staging folder inside
     ``out_dir``, reloaded with :func:`imutune.backends.load_backend` (which
-    checks its SHA-256 and input shape against the manifest) and compared
-    with eager torch on ``example_windows``. Only when every format passes are
-    the files renamed into ``out_dir`` (``model.onnx``, ``model.pte``), then
-    ``manifest.json`` and, if ``config`` is given, ``export_config.json`` are
-    written, all atomically. On failure nothing new is left in ``out_dir``.
+    checks its SHA-256, input shape and embedded contract against the
+    manifest) and compared with eager torch on ``example_windows``. Only when
+    every variant passes are the files renamed into ``out_dir`` (names in
+    :data:`ARTIFACT_NAMES`), then ``manifest.json`` and, if ``config`` is
+    given, ``export_config.json`` are written, all atomically. On failure
+    nothing new is left in ``out_dir``.
 
     Parameters
     ----------
@@ -321,32 +528,53 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
     example_windows : np.ndarray or torch.Tensor
         Array of shape (N, C, T), float32: normalized windows for tracing and
         the parity check (a few dozen real windows are a good check).
-    formats : sequence of {"onnx", "pte"}, default ("onnx", "pte")
+    formats : sequence of str, default ("onnx", "pte")
+        Variants from :data:`EXPORT_VARIANTS`: ``"onnx"``, ``"pte"``,
+        ``"onnx-int8"``, ``"pte-int8"``, ``"pte-portable"``.
     tolerance : float, default 1e-4
-        Largest allowed ``max |logit difference|`` (fp32) per artifact.
+        Largest allowed ``max |logit difference|`` of an fp32 artifact.
     config : dict, optional
         JSON-serialisable export settings, written to ``export_config.json``.
     delegate : {"xnnpack", None}, default "xnnpack"
-        Delegate of the ``.pte`` (see :func:`export_pte`); it is exported with
-        batch 1.
+        Delegate of ``model.pte`` (see :func:`export_pte`); ``.pte`` files are
+        exported with batch 1.
     num_threads : int, default 1
         Threads of the backends used for the parity check.
+    calibration_windows : np.ndarray, optional
+        Array of shape (M, C, T), float32: normalized *training* windows
+        calibrating the int8 variants (at most 256, a seeded subset, are
+        used). Defaults to ``example_windows``.
+    int8_min_agreement : float, default 0.9
+        Parity tolerance of an int8 artifact: the fraction of
+        ``example_windows`` on which its top-1 class equals eager fp32
+        torch's must be at least this (logits of int8 models differ by far
+        more than 1e-4; the largest difference is recorded).
+    eval_windows : (x, y), optional
+        Held-out normalized windows (N, C, T) float32 and labels (N,): each
+        artifact's accuracy and macro-F1 on them are recorded, and int8
+        entries get their change in percentage points against the fp32
+        artifact of the same format (eager torch if that was not exported).
 
     Returns
     -------
     Manifest
         ``manifest`` with ``artifacts[file name] = {"sha256", "format",
-        "precision": "fp32", "delegate", "parity_max_abs_err", "size_bytes"}``
-        for each written file (``delegate`` is None for ONNX and for a
-        portable ``.pte``). Entries already in ``manifest.artifacts`` are
-        dropped: the result lists exactly the files this call wrote.
+        "precision", "delegate", "variant", "graph_rewrite",
+        "parity_max_abs_err", "parity_top1_agreement", "size_bytes"}`` for
+        each written file (``delegate`` is None for ONNX and portable
+        ``.pte``); int8 entries add ``calibration_windows``,
+        ``quantization`` and ``parity_tolerance``; with ``eval_windows``
+        every entry adds ``eval_accuracy``, ``eval_macro_f1``, ``eval_n``
+        and int8 entries ``accuracy_change_vs_fp32_points`` and
+        ``macro_f1_change_vs_fp32_points``. Entries already in
+        ``manifest.artifacts`` are dropped: the result lists exactly the
+        files this call wrote.
 
     Raises
     ------
     ValueError
-        If an argument is invalid, or an artifact's parity error exceeds
-        ``tolerance`` (the message names the file, the error and the
-        tolerance).
+        If an argument is invalid, or an artifact fails its parity check
+        (the message names the file, the error and the tolerance).
     """
     from .backends import load_backend
 
@@ -359,19 +587,35 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
         formats = (formats,)
     formats = tuple(formats)
     if not formats:
-        raise ValueError(f"formats must name at least one of {list(EXPORT_FORMATS)}, got {formats!r}")
+        raise ValueError(f"formats must name at least one of {list(EXPORT_VARIANTS)}, got {formats!r}")
     for f in formats:
-        V.check_choice("formats entry", f, EXPORT_FORMATS)
+        V.check_choice("formats entry", f, EXPORT_VARIANTS)
     if len(set(formats)) != len(formats):
         raise ValueError(f"formats has duplicates: {list(formats)}")
     tolerance = float(tolerance)
     if not (tolerance >= 0) or not np.isfinite(tolerance):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    V.check_in_range("int8_min_agreement", int8_min_agreement, 0.0, 1.0)
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"config must be a dict or None, got {type(config).__name__}")
     if delegate not in PTE_DELEGATES:
         raise ValueError(f"delegate must be one of {list(PTE_DELEGATES)}, got {delegate!r}")
     V.check_int_at_least("num_threads", num_threads, 1)
+    calib = None
+    if any(f.endswith("-int8") for f in formats):
+        calib = _check_example("calibration_windows", x if calibration_windows is None else calibration_windows,
+                               in_channels=len(manifest.channels), window_samples=manifest.window_samples).numpy()
+    ev = None
+    if eval_windows is not None:
+        if not isinstance(eval_windows, (tuple, list)) or len(eval_windows) != 2:
+            raise ValueError("eval_windows must be a pair (x, y) of windows (N, C, T) float32 and labels (N,)")
+        ex = _check_example("eval_windows x", eval_windows[0], in_channels=len(manifest.channels),
+                            window_samples=manifest.window_samples).numpy()
+        ey = V.check_labels("eval_windows y", np.asarray(eval_windows[1]), len(manifest.class_names),
+                            allow_unlabeled=False)
+        if ey.shape[0] != ex.shape[0]:
+            raise ValueError(f"eval_windows has {ex.shape[0]} windows but {ey.shape[0]} labels")
+        ev = (ex, ey)
 
     manifest = dataclasses.replace(manifest, artifacts={})
     out = Path(out_dir)
@@ -379,25 +623,53 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
     staging = Path(tempfile.mkdtemp(prefix=".imutune-export-", dir=out))
     try:
         staged: dict[str, Path] = {}
-        for fmt in formats:
-            name = ARTIFACT_NAMES[fmt]
-            if fmt == "onnx":
-                data = _compute_onnx(model, x[:1], manifest, True).SerializeToString()
-                info = {"format": "onnx", "precision": "fp32", "delegate": None}
+        backends: dict[str, Any] = {}
+        onnx_fp32 = None
+        for variant in formats:
+            name = ARTIFACT_NAMES[variant]
+            precision = "int8" if variant.endswith("-int8") else "fp32"
+            info: dict[str, Any] = {"format": variant.split("-")[0], "precision": precision, "variant": variant}
+            if variant in ("onnx", "onnx-int8"):
+                if onnx_fp32 is None:
+                    onnx_fp32 = _compute_onnx(model, x[:1], manifest, True)
+                if variant == "onnx":
+                    data = onnx_fp32.SerializeToString()
+                else:
+                    from .quantize import calibration_subset, quantize_onnx
+
+                    cs = calibration_subset(calib)
+                    data = quantize_onnx(onnx_fp32, cs).SerializeToString()
+                    info.update(calibration_windows=int(cs.shape[0]),
+                                quantization="onnxruntime static QDQ: int8 symmetric per-channel weights, "
+                                             "uint8 activations, MinMax calibration")
+                info.update(delegate=None, graph_rewrite=None)
             else:
-                data = _compute_pte(model, x[:1], delegate).buffer
-                info = {"format": "pte", "precision": "fp32", "delegate": delegate}
+                dlg = {"pte": delegate, "pte-int8": "xnnpack", "pte-portable": None}[variant]
+                prog, extra = _compute_pte(model, x[:1], dlg, precision=precision, calibration=calib,
+                                           manifest=manifest)
+                data = prog.buffer
+                info.update(delegate=dlg, **extra)
             path = write_bytes_atomic(staging / name, data)
             manifest = manifest.with_artifact(name, sha256=sha256_file(path), **info)
             backend = load_backend(path, manifest=manifest, num_threads=num_threads)
-            err = _compute_parity(model, backend, x.numpy(), 64)
-            if not err <= tolerance:
+            err, agree = _compute_parity_agreement(model, backend, x.numpy(), 64)
+            if precision == "fp32" and not err <= tolerance:
                 raise ValueError(f"parity check failed for {name} ({backend.name}): max |logit difference| "
                                  f"vs torch is {err:.3g} on {x.shape[0]} windows; expected <= {tolerance:g}. "
                                  f"Nothing was written to {str(out)!r}")
-            manifest = manifest.with_artifact(name, **manifest.artifacts[name], parity_max_abs_err=err,
-                                              size_bytes=len(data))
+            if precision == "int8" and not agree >= int8_min_agreement:
+                raise ValueError(f"parity check failed for {name} ({backend.name}): its top-1 class agrees with "
+                                 f"fp32 torch on {agree:.1%} of {x.shape[0]} windows; expected >= "
+                                 f"{int8_min_agreement:.1%} (max |logit difference| {err:.3g}). Calibrate on more "
+                                 f"representative training windows. Nothing was written to {str(out)!r}")
+            extra_info = {"parity_max_abs_err": err, "parity_top1_agreement": agree, "size_bytes": len(data)}
+            if precision == "int8":
+                extra_info["parity_tolerance"] = {"min_top1_agreement": float(int8_min_agreement)}
+            manifest = manifest.with_artifact(name, **manifest.artifacts[name], **extra_info)
             staged[name] = path
+            backends[variant] = backend
+        if ev is not None:
+            manifest = _record_eval(manifest, model, backends, ev)
         for name, path in staged.items():
             os.replace(path, out / name)
         manifest.save(out / "manifest.json")
@@ -405,4 +677,55 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
             write_json_atomic(out / "export_config.json", config)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _compute_parity_agreement(model, backend, x: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(max |logit difference|, top-1 agreement) of a backend against eager torch."""
+    import torch
+
+    worst, same = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        chunk = np.ascontiguousarray(x[start:start + batch_size])
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(chunk)).detach().float().numpy()
+        got = np.asarray(backend.run(chunk), dtype=np.float32)
+        if got.shape != ref.shape:
+            raise ValueError(f"backend {getattr(backend, 'name', type(backend).__name__)!r} returned logits of "
+                             f"shape {got.shape}; torch returned {ref.shape}")
+        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+        if not np.all(np.isfinite(diff)):
+            return float("inf"), 0.0
+        worst = max(worst, float(diff.max(initial=0.0)))
+        same += int(np.sum(ref.argmax(1) == got.argmax(1)))
+    return worst, same / x.shape[0]
+
+
+def _record_eval(manifest: Manifest, model, backends: dict, ev: tuple[np.ndarray, np.ndarray]) -> Manifest:
+    """Add held-out accuracy to every artifact entry, and the int8 change against fp32."""
+    import torch
+
+    from . import metrics
+    from .quantize import predict_backend
+
+    x, y = ev
+    K = len(manifest.class_names)
+    with torch.inference_mode():
+        ref_pred = np.concatenate([model(torch.from_numpy(np.ascontiguousarray(x[s:s + 64]))).argmax(1).numpy()
+                                   for s in range(0, x.shape[0], 64)])
+    scores = {"torch": (metrics.accuracy(y, ref_pred), metrics.macro_f1(y, ref_pred, K))}
+    for variant, backend in backends.items():
+        pred = predict_backend(backend, x).argmax(1)
+        scores[variant] = (metrics.accuracy(y, pred), metrics.macro_f1(y, pred, K))
+    for variant in backends:
+        name = ARTIFACT_NAMES[variant]
+        acc, f1 = scores[variant]
+        info = dict(manifest.artifacts[name], eval_accuracy=acc, eval_macro_f1=f1, eval_n=int(x.shape[0]))
+        if variant.endswith("-int8"):
+            base = variant[:-len("-int8")]
+            ref_name = base if base in scores else "torch"
+            info.update(accuracy_change_vs_fp32_points=100.0 * (acc - scores[ref_name][0]),
+                        macro_f1_change_vs_fp32_points=100.0 * (f1 - scores[ref_name][1]),
+                        fp32_reference=ref_name if ref_name == "torch" else ARTIFACT_NAMES[ref_name])
+        manifest = manifest.with_artifact(name, **info)
     return manifest

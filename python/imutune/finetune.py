@@ -133,8 +133,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                pct_start=0.1, anneal_strategy="cos")
+    total_steps = config.epochs * steps_per_epoch
+    # OneCycleLR divides by zero when pct_start * total_steps == 1 exactly (10 steps); nudge the warm-up then
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
+                                                pct_start=0.1 if total_steps != 10 else 0.15, anneal_strategy="cos")
     ckpt_cfg = {"train": asdict(config), "n_windows": n, **(extra_config or {})}
     start_epoch, history = 0, []
     if checkpoint_path is not None and Path(checkpoint_path).exists():

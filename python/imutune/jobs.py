@@ -68,12 +68,14 @@ def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
 
 def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  config: FinetuneConfig = FinetuneConfig(), imbalance_ratio: float | None = None,
-                 test_data: Sequence[str | os.PathLike] = (), seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 test_data: Sequence[str | os.PathLike] = (), source_data: Sequence[str | os.PathLike] = (),
+                 seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fine-tune a bundle for a target user and write the personalized bundle.
 
     Target recordings are windowed with the base bundle's window config (and so
     resampled to its sample rate) and channels; a new class set replaces the
-    head. ``imbalance_ratio`` optionally long-tail subsamples the target
+    head. ``source_data`` feeds source rehearsal (``config.rehearsal_ratio``).
+    ``imbalance_ratio`` optionally long-tail subsamples the target
     windows (for experiments). With ``test_data``, accuracy and macro-F1 before
     and after are measured and returned.
     """
@@ -86,9 +88,12 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
         w = w.subset(longtail_subsample(w.y, imbalance_ratio, seed=seed, num_classes=w.num_classes))
     out = Path(out_dir)
     write_json_atomic(out / "finetune_config.json", {"base": str(base), "data": [str(p) for p in data],
+                                                     "source_data": [str(p) for p in source_data],
                                                      "finetune": asdict(config), "imbalance_ratio": imbalance_ratio,
                                                      "seed": seed})
-    per = finetune(bundle, w, config=config, checkpoint_path=out / "checkpoints" / "finetune.ckpt", progress=progress)
+    src = make_windows(load_many(source_data), bundle.window, channels=bundle.channels) if source_data else None
+    per = finetune(bundle, w, config=config, source_windows=src, checkpoint_path=out / "checkpoints" / "finetune.ckpt",
+                   progress=progress)
     save_bundle(per, out)
     result: dict[str, Any] = {"n_train": len(w), "class_counts": w.class_counts().tolist(),
                               "category_counts": per.info.get("category_counts"),

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _validation as V
 from ._io import sha256_file, write_json_atomic
+from .windows import seconds_to_samples
 
 __all__ = ["Manifest", "load_manifest", "verify_artifact", "MANIFEST_VERSION"]
 
@@ -69,12 +70,12 @@ class Manifest:
     @property
     def window_samples(self) -> int:
         """Window length T in samples at ``sample_rate_hz``."""
-        return int(round(self.window_s * self.sample_rate_hz))
+        return seconds_to_samples(self.window_s, self.sample_rate_hz)
 
     @property
     def hop_samples(self) -> int:
-        """Hop in samples at ``sample_rate_hz``."""
-        return max(1, int(round(self.hop_s * self.sample_rate_hz)))
+        """Hop in samples at ``sample_rate_hz`` (at least 1)."""
+        return seconds_to_samples(self.hop_s, self.sample_rate_hz, minimum=1)
 
     def with_artifact(self, name: str, **info: Any) -> "Manifest":
         """Return a copy with ``artifacts[name]`` set to ``info``."""

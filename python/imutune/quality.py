@@ -560,6 +560,7 @@ class FilterConfig:
     probe_lr: float = 0.2                  # head-fit step size (features scaled to unit mean square norm)
     probe_weight_decay: float = 1e-2       # L2 pull of the head towards its initial (pretrained) value
     meta_iterations: int = 20              # meta-gradient steps for "learned"
+    meta_unroll_steps: int = 50            # head-fit steps unrolled (differentiably) per meta step
     meta_lr: float = 0.2                   # Adam step size on the weight logits
     per_sample: bool = False               # "learned": also one weight offset per window
     per_sample_l2: float = 1e-2            # "learned": L2 penalty on the per-window offsets
@@ -574,6 +575,7 @@ class FilterConfig:
         V.check_int_at_least("oof_epochs", self.oof_epochs, 1)
         V.check_int_at_least("probe_steps", self.probe_steps, 1)
         V.check_int_at_least("meta_iterations", self.meta_iterations, 1)
+        V.check_int_at_least("meta_unroll_steps", self.meta_unroll_steps, 1)
         V.check_positive("probe_lr", self.probe_lr, where="FilterConfig")
         V.check_positive("meta_lr", self.meta_lr, where="FilterConfig")
         if not self.weight_grid or not self.balance_grid:
@@ -709,12 +711,13 @@ def learn_weights(embeddings: np.ndarray, labels: np.ndarray, categories: np.nda
     filtering), ``beta = sigmoid(rho)`` initialised at 0.5, and with
     ``config.per_sample`` one offset ``delta_i`` per window (``c`` becomes
     ``sigmoid(theta[cat_i] + delta_i)``, initialised at 0, L2-penalized). Each
-    of ``config.meta_iterations`` Adam steps unrolls the head fine-tune on the
-    training part of each of ``config.cv_folds`` stratified folds
-    (differentiably) and descends the class-balanced cross-entropy of the
-    held-out windows not categorized noisy (the trusted meta set, as in Ren
-    et al., "Learning to Reweight Examples for Robust Deep Learning", ICML
-    2018). Category weights with no window keep their initial value.
+    of ``config.meta_iterations`` Adam steps unrolls ``config.meta_unroll_steps``
+    steps of the head fine-tune on the training part of each of
+    ``config.cv_folds`` stratified folds (differentiably) and descends the
+    class-balanced cross-entropy of the held-out windows not categorized noisy
+    (the trusted meta set, as in Ren et al., "Learning to Reweight Examples for
+    Robust Deep Learning", ICML 2018). Category weights with no window keep
+    their initial value.
 
     Returns
     -------
@@ -735,7 +738,7 @@ def learn_weights(embeddings: np.ndarray, labels: np.ndarray, categories: np.nda
     cats = _check_categories(categories, y.shape[0])
     dev = resolve_device(config.device)
     folds = stratified_folds(y, config.cv_folds, seed=config.seed + 1)
-    probe = _Probe(z, y, num_classes, head, steps=config.probe_steps, lr=config.probe_lr,
+    probe = _Probe(z, y, num_classes, head, steps=config.meta_unroll_steps, lr=config.probe_lr,
                    weight_decay=config.probe_weight_decay, device=dev)
     F = config.cv_folds
     train_mask = torch.as_tensor(folds[None, :] != np.arange(F)[:, None], dtype=torch.float32, device=dev)

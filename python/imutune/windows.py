@@ -17,8 +17,13 @@ import numpy as np
 from . import _validation as V
 from .recordings import Recording
 
-__all__ = ["WindowConfig", "Windows", "make_windows", "resample", "resample_recording",
+__all__ = ["seconds_to_samples", "WindowConfig", "Windows", "make_windows", "resample", "resample_recording",
            "Normalizer", "longtail_subsample", "window_starts"]
+
+
+def seconds_to_samples(seconds: float, sample_rate_hz: float, *, minimum: int = 0) -> int:
+    """``round(seconds * sample_rate_hz)``, at least ``minimum``: the one rule for window and hop lengths."""
+    return max(minimum, int(round(seconds * sample_rate_hz)))
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,12 @@ class WindowConfig:
     @property
     def window_samples(self) -> int:
         """Window length T in samples."""
-        return int(round(self.window_s * self.sample_rate_hz))
+        return seconds_to_samples(self.window_s, self.sample_rate_hz)
 
     @property
     def hop_samples(self) -> int:
         """Hop in samples (at least 1)."""
-        return max(1, int(round(self.hop_s * self.sample_rate_hz)))
+        return seconds_to_samples(self.hop_s, self.sample_rate_hz, minimum=1)
 
 
 @dataclass(frozen=True, eq=False)

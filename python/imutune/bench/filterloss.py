@@ -66,13 +66,14 @@ class FilterLossBenchConfig:
     """Settings of ``imutune bench filterloss``."""
 
     model_name: str = "mobilecnn1d"                       # registry model
-    subjects: tuple[int, ...] = tuple(range(1, 11))       # watch subjects (LOSO targets; source for cross-dataset)
+    subjects: tuple[int, ...] = tuple(range(1, 11))       # LOSO target subjects (1..10)
+    source_subjects: tuple[int, ...] | None = None        # pretraining subjects (default: all others; all 10 cross)
     ratios: tuple[float | None, ...] = (1.0, 10.0, 50.0)  # long-tail imbalance ratios (None: natural)
     seeds: tuple[int, ...] = (0, 1, 2)                    # vary subsampling and fine-tuning
     methods: tuple[str, ...] = DEFAULT_METHODS            # names in imutune.baselines.METHODS
     window: WindowConfig = WindowConfig()                 # window length, hop, model sample rate
     pretrain: TrainConfig = TrainConfig(epochs=15, batch_size=64, lr=3e-3)
-    finetune: TrainConfig = TrainConfig(epochs=20, batch_size=32, lr=1e-3)  # the budget of every method
+    finetune: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)  # the budget of every method
     filter: FilterConfig = FilterConfig()                 # FilterLoss filter settings (mode set per method)
     holdout_fraction: float = 0.2                         # source recordings held out for the source accuracy
     train_side: int = 0                                   # watch arm side used as target training data
@@ -90,8 +91,8 @@ class FilterLossBenchConfig:
         for r in self.ratios:
             if r is not None and not float(r) >= 1:
                 raise ValueError(f"ratios must be >= 1 or None (natural), got {r!r}")
-        if not self.target_data and len(self.subjects) < 2:
-            raise ValueError("leave-one-subject-out needs at least 2 subjects")
+        if self.source_subjects is not None and not self.source_subjects:
+            raise ValueError("source_subjects must be None (all) or non-empty")
         if self.target_test_data and not self.target_data:
             raise ValueError("target_test_data needs target_data")
         V.check_choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -172,6 +173,10 @@ def _pretrained(out: Path, name: str, source: Windows, cfg: FilterLossBenchConfi
     b = pretrain(source, model_name=cfg.model_name, window=cfg.window, train_config=tc,
                  holdout_fraction=cfg.holdout_fraction, checkpoint_path=out / "checkpoints" / f"pretrain_{name}.ckpt",
                  progress=progress)
+    if "source_accuracy" not in b.info:
+        raise ValueError(f"pretraining for {name} held out no source recordings, so there is no source accuracy "
+                         f"for the restore ratio; raise holdout_fraction (now {cfg.holdout_fraction}) or use more "
+                         "source subjects")
     b = replace(b, info={**b.info, "bench_fingerprint": fp})
     save_bundle(b, folder)
     return b, time.perf_counter() - t, False
@@ -183,9 +188,8 @@ def _units(out: Path, cfg: FilterLossBenchConfig, progress: bool, log: Callable[
     from ..jobs import load_many
     from ..recordings import load_watch
 
-    recs = load_watch(subjects=cfg.subjects)
     if cfg.target_data:
-        source = make_windows(recs, cfg.window)
+        source = make_windows(load_watch(subjects=cfg.source_subjects), cfg.window)
         bundle, secs, cached = _pretrained(out, "watch_all", source, cfg, progress)
         target_recs = load_many(cfg.target_data)
         w = make_windows(target_recs, bundle.window, channels=bundle.channels)
@@ -206,9 +210,14 @@ def _units(out: Path, cfg: FilterLossBenchConfig, progress: bool, log: Callable[
             f"{len(test)} test windows, classes {list(train.class_names)}")
         yield _Unit("target", bundle, train, test, secs, cached)
         return
+    recs = load_watch()
     for s in cfg.subjects:
         name = f"subject{s:02d}"
         source, tr, te = split_target(recs, name, train_side=cfg.train_side)
+        if cfg.source_subjects is not None:
+            source = [r for r in source if r.meta.get("subject") in set(cfg.source_subjects)]
+            if not source:
+                raise ValueError(f"source_subjects {cfg.source_subjects} leave no source recordings for {name}")
         bundle, secs, cached = _pretrained(out, name, make_windows(source, cfg.window), cfg, progress)
         yield _Unit(name, bundle, make_windows(tr, cfg.window), make_windows(te, cfg.window), secs, cached)
 
@@ -367,7 +376,7 @@ def _markdown(res: dict[str, Any]) -> str:
     n_targets = len(res["targets_run"])
     lines = ["# FilterLoss benchmark", ""]
     if cfg["target_data"]:
-        lines.append(f"Cross-dataset: pretrained on watch subjects {cfg['subjects']}; target "
+        lines.append(f"Cross-dataset: pretrained on watch subjects {cfg['source_subjects'] or 'all'}; target "
                      f"{', '.join(cfg['target_data'])}.")
     else:
         lines.append(f"Leave-one-subject-out over watch subjects {cfg['subjects']} (train arm side "
@@ -461,7 +470,7 @@ def _figures(res: dict[str, Any]) -> dict[str, Any]:
     ax.set_ylabel("macro-F1 (mean ± std)")
     ax.set_ylim(0, 1)
     ax.set_title("Target macro-F1 per method and imbalance ratio")
-    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    ax.legend(fontsize=7, ncol=min(len(methods), 5), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     figs = {"macro_f1": fig}
 
     fl = [m for m in methods if any("weight_high_value_mean" in summ[r].get(m, {}) for r in ratios)]
@@ -478,7 +487,7 @@ def _figures(res: dict[str, Any]) -> dict[str, Any]:
         ax.set_xticks(range(len(ratios)), [f"ratio {r}" for r in ratios])
         ax.set_ylim(0, 1.1)
         ax.set_title(f"{m}: weight per category")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     if not fl:
         axes[0][0].text(0.5, 0.5, "no FilterLoss variant in this run", ha="center")
     figs["filterloss_weights"] = fig

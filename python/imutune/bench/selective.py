@@ -227,6 +227,8 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
         plans.append((f"borda-bn {_pct(cfg.pairfree_fraction)}", lambda: borda(cfg.pairfree_fraction, False)))
     results: dict[str, Any] = {}
     every = cfg.eval_every
+    rot = int(_fingerprint([distortion, level, shots, seed, user_index]), 16) % len(plans)
+    plans = plans[rot:] + plans[:rot]      # rotate the order so no method always runs first (timing fairness)
     for name, make_sel in plans:
         sel = make_sel()
         model = copy.deepcopy(model0)
@@ -245,6 +247,7 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
                          "seconds": r["seconds"] + rs, "trainable_parameters": r["trainable_parameters"],
                          "selected_filters": sel.n_selected(), "patch_bytes": pb, "frozen_drift": r["frozen_drift"],
                          "curve": curve}
+    results = {name: results[name] for name in sorted(results, key=_method_names(cfg).index)}
     return {"distortion": distortion, "level": level, "severity": severity, "shots": shots, "seed": seed,
             "user": test.users[0] if len(test) else "", "n_train": int(len(idx)), "n_test": int(len(test)),
             "acc_none": acc_none, "model_bytes": full_size, "methods": results,

@@ -1,0 +1,150 @@
+"""Tests for imutune.bench.filterloss: the statistics, the per-class split, a
+tiny leave-one-subject-out run, and the cross-dataset path on generated .npz
+recordings with a new class set and another sample rate (tinycnn1d, very few
+epochs)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from imutune.bench.filterloss import (FilterLossBenchConfig, paired_comparison, run_filterloss_bench,
+                                      split_per_class)
+from imutune.finetune import TrainConfig
+from imutune.quality import FilterConfig
+from imutune.recordings import WATCH_CHANNELS, Recording, save_npz
+from imutune.windows import WindowConfig, Windows
+
+FAST = dict(model_name="tinycnn1d", window=WindowConfig(hop_s=2.0), seeds=(0,),
+            pretrain=TrainConfig(epochs=1, batch_size=64), finetune=TrainConfig(epochs=2, batch_size=32),
+            filter=FilterConfig(probe_steps=20, meta_iterations=2, meta_unroll_steps=10), device="cpu")
+
+
+def test_paired_comparison_matches_a_t_interval():
+    a = np.array([0.8, 0.7, 0.9, 0.65, 0.75])
+    b = np.array([0.7, 0.72, 0.85, 0.6, 0.7])
+    r = paired_comparison(a, b)
+    d = a - b
+    h = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert r["wins"] == 4 and r["losses"] == 1 and r["ties"] == 0 and r["n"] == 5
+    assert r["mean_diff"] == pytest.approx(d.mean())
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - h, d.mean() + h))
+    one = paired_comparison([0.5], [0.4])
+    assert one["ci_low"] is None and one["wins"] == 1
+    with pytest.raises(ValueError):
+        paired_comparison([], [])
+
+
+def test_split_per_class_halves_and_gap():
+    y = np.array([0] * 10 + [1] * 6 + [2])
+    rec = np.array([0] * 10 + [1] * 3 + [2] * 3 + [3])
+    w = Windows(np.zeros((17, 1, 8), np.float32), y, rec, np.array(["u"] * 17), ("a", "b", "c"), ("c0",))
+    tr, te = split_per_class(w, gap=2)
+    assert tr.tolist() == [0, 1, 2, 3, 4] + [10, 11, 12] + [16]       # a singleton class goes to training
+    assert te.tolist() == [7, 8, 9] + [13, 14, 15]                     # class a: 2 overlapping windows dropped;
+    tr0, te0 = split_per_class(w, gap=0)                               # class b: next recording, nothing dropped
+    assert te0.tolist() == [5, 6, 7, 8, 9, 13, 14, 15]
+    assert not set(tr.tolist()) & set(te.tolist())
+
+
+def test_config_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown methods"):
+        FilterLossBenchConfig(methods=("ce", "smote"))
+    with pytest.raises(ValueError):
+        FilterLossBenchConfig(ratios=(0.5,))
+    with pytest.raises(ValueError):
+        FilterLossBenchConfig(target_test_data=("x.npz",))
+    with pytest.raises(ValueError):
+        FilterLossBenchConfig(seeds=())
+
+
+def test_loso_run_writes_report_and_resumes(tmp_path):
+    cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2, 3), ratios=(10.0,),
+                                methods=("none", "ce", "class_weighted", "filterloss_cv", "filterloss_learned"), **FAST)
+    logs = []
+    res = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
+    for name in ("filterloss.json", "filterloss.md", "macro_f1.png", "filterloss_weights.png",
+                 "pretrained/subject10/model.json"):
+        assert (tmp_path / name).is_file(), name
+    assert res["cells_run"] == 5 and len(res["cells"]) == 5
+    s = res["summary"]["10"]
+    assert set(s) == {"none", "ce", "class_weighted", "filterloss_cv", "filterloss_learned"}
+    for m, v in s.items():
+        assert 0 <= v["macro_f1_mean"] <= 1 and v["restore_ratio_mean"] > 0
+    assert "weight_noisy_mean" in s["filterloss_cv"] and "selection_seconds_mean" in s["filterloss_learned"]
+    p = res["paired"]["10"]["filterloss_cv"]
+    assert p["baseline"] in ("none", "ce", "class_weighted") and p["unit"] == "seed"
+    md = (tmp_path / "filterloss.md").read_text()
+    assert "| 10 | filterloss_learned |" in md and "## Targets" in md and "Paired comparison" in md
+    data = json.loads((tmp_path / "filterloss.json").read_text())
+    assert data["targets"]["cost"]["filterloss_cv"]["finetune_s"] >= 0
+    # a rerun with the same config reuses the pretrained model and every cell
+    res2 = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
+    assert res2["cells_run"] == 0 and res2["cells_cached"] == 5 and res2["pretrain_seconds"] == 0
+    assert res2["summary"]["10"]["ce"]["macro_f1_mean"] == pytest.approx(s["ce"]["macro_f1_mean"])
+
+
+def _write_target(folder, *, rate=100.0, seconds=60.0, seed=0):
+    """Three recordings of one user with a new class set, at another sample rate than the watch data."""
+    rng = np.random.default_rng(seed)
+    classes = ("walk", "sit", "stairs")
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    paths = []
+    for k, name in enumerate(classes):
+        values = rng.normal(scale=0.1, size=(t.size, 6)).astype(np.float32)
+        values[:, k] += np.sin(2 * np.pi * (1 + k) * t)
+        values[:, 3 + k] += 0.5
+        rec = Recording(values, np.full(t.size, k), rate, WATCH_CHANNELS, classes, "newuser", name=f"rec_{name}")
+        paths.append(save_npz(rec, folder / f"rec_{name}.npz"))
+    return paths
+
+
+def test_cross_dataset_new_classes_and_sample_rate(tmp_path):
+    _write_target(tmp_path / "target")
+    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None, 3.0), seeds=(0, 1),
+                                methods=("none", "ce", "oversample", "filterloss_cv"),
+                                target_data=(str(tmp_path / "target"),), **{**FAST, "seeds": (0, 1)})
+    res = run_filterloss_bench(tmp_path / "out", cfg, progress=False, log=lambda s: None, threads=1)
+    assert res["targets_run"] == ["target"]
+    assert any("'none' needs the source class list" in s for s in res["skipped"])
+    assert set(res["summary"]) == {"natural", "3"}
+    assert set(res["summary"]["natural"]) == {"ce", "oversample", "filterloss_cv"}
+    cells = res["cells"]
+    assert len(cells) == 2 * 2 * 3
+    natural = [c for c in cells if c["ratio"] == "natural"]
+    # 60 s at 100 Hz resampled to 50 Hz, 2 s windows every 2 s: 30 windows per class, half for training
+    assert all(c["class_counts"] == [15, 15, 15] for c in natural)
+    assert all(0 <= c["accuracy"] <= 1 for c in cells)
+    assert res["paired"]["natural"]["filterloss_cv"]["unit"] == "seed"
+    assert (tmp_path / "out" / "pretrained" / "watch_all" / "model.json").is_file()
+
+
+def test_cross_dataset_with_explicit_test_recordings_and_wrong_classes(tmp_path):
+    tr = _write_target(tmp_path / "train", seed=1)
+    te = _write_target(tmp_path / "test", seed=2)
+    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None,), methods=("ce",),
+                                target_data=tuple(map(str, tr)), target_test_data=tuple(map(str, te)), **FAST)
+    res = run_filterloss_bench(tmp_path / "out", cfg, progress=False, log=lambda s: None, threads=1)
+    assert res["cells"][0]["n_train"] == 90
+    bad = Recording(np.zeros((500, 6), np.float32), np.zeros(500, np.int64), 50.0, WATCH_CHANNELS, ("x", "y"), "u")
+    save_npz(bad, tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="classes"):
+        run_filterloss_bench(tmp_path / "out", replace(cfg, target_test_data=(str(tmp_path / "bad.npz"),)),
+                             progress=False, log=lambda s: None, threads=1)
+
+
+def test_cli_bench_filterloss(tmp_path, capsys):
+    from imutune.cli import main
+
+    rc = main(["bench", "filterloss", "--out", str(tmp_path), "--model", "tinycnn1d", "--subjects", "10",
+               "--source-subjects", "1", "2", "--ratios", "10", "--seeds", "0", "--methods", "ce", "focal",
+               "--epochs", "1", "--pretrain-epochs", "1", "--threads", "1", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    assert (tmp_path / "filterloss.md").is_file()
+    rc = main(["bench", "filterloss", "--out", str(tmp_path), "--methods", "smote", "--no-progress"])
+    assert rc == 2 and "unknown methods" in capsys.readouterr().err

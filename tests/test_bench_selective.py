@@ -1,0 +1,73 @@
+"""The selective fine-tuning benchmark on a tiny configuration: outputs, resume, command line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from imutune.bench.selective import SelectiveBenchConfig, quick_config, run_selective_bench, split_halves
+from imutune.finetune import TrainConfig
+
+
+def _tiny(**kw) -> SelectiveBenchConfig:
+    base = SelectiveBenchConfig(model_name="tinycnn1d", target_users=("subject10",), subjects=(9, 10),
+                                distortions=("bias", "rotation"), levels=(2,), shots=(2,), seeds=(0,),
+                                fractions=(0.1, 0.25), pretrain=TrainConfig(epochs=1, batch_size=64, lr=3e-3),
+                                finetune=TrainConfig(epochs=2, batch_size=8, lr=1e-3), eval_every=1)
+    return SelectiveBenchConfig(**{**base.__dict__, **kw})
+
+
+def test_split_halves(watch_recordings):
+    r = watch_recordings[0]
+    a, b = split_halves([r])
+    assert a[0].n_samples + b[0].n_samples == r.n_samples
+    np.testing.assert_array_equal(np.concatenate([a[0].values, b[0].values]), r.values)
+
+
+def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
+    logs: list[str] = []
+    rep = run_selective_bench(tmp_path, _tiny(), log=logs.append)
+    for name in ("bench_selective.json", "bench_selective.md", "selective_recovery.png", "selective_curves.png",
+                 "selective_severity.png", "pretrained/model.json"):
+        assert (tmp_path / name).is_file(), name
+    assert rep["n_runs"] == 2 and len(list((tmp_path / "runs").glob("*.json"))) == 2
+    s = rep["summary"]
+    assert set(s) == {"none", "full", "layer", "random 10%", "borda 10%", "borda 25%", "borda-bn 10%"}
+    assert s["full"]["vs_full"] == pytest.approx(1.0) or s["full"]["vs_full"] is None
+    assert s["borda 10%"]["trainable_parameters"] == s["random 10%"]["trainable_parameters"] \
+        < s["borda 25%"]["trainable_parameters"] < s["full"]["trainable_parameters"]
+    assert all(v.get("frozen_drift", 0) == 0 for v in s.values())
+    assert 0 < s["borda 10%"]["patch_fraction"] < 1
+    assert set(rep["targets"]) == {"borda10_vs_full_ge_0.9", "borda10_time_to_90pct_le_half_full",
+                                   "borda10_beats_random10", "borda10_patch_le_10pct"}
+    md = (tmp_path / "bench_selective.md").read_text()
+    assert "| borda 10% |" in md and "## Targets" in md
+    data = json.loads((tmp_path / "bench_selective.json").read_text())
+    assert data["runs"][0]["methods"]["borda 10%"]["curve"][0][0] == 0
+    # resume: finished runs are reused, nothing is retrained
+    logs.clear()
+    rep2 = run_selective_bench(tmp_path, _tiny(), log=logs.append)
+    assert not any(line.startswith("[1/") for line in logs)
+    assert any("reusing" in line for line in logs)
+    assert rep2["summary"]["borda 10%"]["accuracy"] == s["borda 10%"]["accuracy"]
+
+
+def test_bench_config_errors():
+    with pytest.raises(ValueError, match="must be one of"):
+        _tiny(distortions=("blur",))
+    with pytest.raises(ValueError, match="levels"):
+        _tiny(levels=(3,))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        _tiny(fractions=(1.5,))
+    assert quick_config().seeds == (0,)
+
+
+def test_bench_selective_command(tmp_path):
+    from imutune.cli import main
+
+    rc = main(["bench", "selective", "--out", str(tmp_path), "--model", "tinycnn1d", "--targets", "subject10",
+               "--subjects", "9", "10", "--distortions", "gain", "--levels", "0", "--shots", "2", "--seeds", "0",
+               "--fractions", "0.1", "--epochs", "1", "--pretrain-epochs", "1"])
+    assert rc == 0 and (tmp_path / "bench_selective.md").is_file()
+    assert main(["bench", "selective", "--out", str(tmp_path / "x"), "--distortions", "blur"]) == 2

@@ -1,0 +1,286 @@
+"""Tests for the full sample-quality filter of imutune.quality: out-of-fold +
+kNN scoring on a constructed case with flipped labels, the category rule, the
+cross-validated weight grid, the meta-learned weights and the bad inputs."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imutune import quality as Q
+from imutune.quality import (BOUNDARY, HIGH_VALUE, NOISY, CategoryWeights, FilterConfig, QualityConfig,
+                             categorize, category_counts, class_balance_factors, filter_weights, knn_agreement,
+                             learn_weights, score_embeddings, select_weights, stratified_folds)
+
+
+def _blobs(K=4, D=16, n=50, n_flip=20, seed=0, spread=3.0):
+    """Well-separated Gaussian clusters; ``n_flip`` labels flipped to another class on purpose."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(K, D)) * spread
+    y_true = np.repeat(np.arange(K), n)
+    z = (centers[y_true] + rng.normal(size=(len(y_true), D))).astype(np.float32)
+    flip = rng.choice(len(y_true), size=n_flip, replace=False)
+    y = y_true.copy()
+    y[flip] = (y_true[flip] + rng.integers(1, K, size=n_flip)) % K
+    return z, y, y_true, flip
+
+
+class _MeanModel(nn.Module):
+    """Toy pretrained model: embedding = per-channel means and spreads of the window."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = channels
+        self.head = nn.Linear(2 * channels, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(2), x.std(2)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def _windows(K=3, n=40, C=3, T=16, n_flip=12, seed=0):
+    rng = np.random.default_rng(seed)
+    y_true = np.repeat(np.arange(K), n)
+    x = rng.normal(size=(len(y_true), C, T)).astype(np.float32)
+    x[np.arange(len(y_true)), y_true % C] += 4.0                 # class k lifts channel k
+    flip = rng.choice(len(y_true), size=n_flip, replace=False)
+    y = y_true.copy()
+    y[flip] = (y_true[flip] + 1) % K
+    return x, y, flip
+
+
+# --------------------------------------------------------------------------- scoring
+
+def test_filter_finds_flipped_labels():
+    z, y, _, flip = _blobs()
+    probs, agreement, cats = score_embeddings(z, y, 4)
+    noisy = np.flatnonzero(cats == NOISY)
+    caught = np.intersect1d(noisy, flip)
+    assert caught.size >= 0.9 * flip.size                         # recall
+    assert caught.size >= 0.9 * noisy.size                        # precision
+    assert probs.shape == (200, 4) and np.allclose(probs.sum(1), 1)
+    assert agreement[flip].max() < 0.5 and np.median(np.delete(agreement, flip)) >= 0.8
+
+
+def test_oof_probabilities_do_not_see_their_own_window():
+    # one flipped window whose label appears nowhere else nearby: in-sample it could be memorized,
+    # out-of-fold the fold model never saw it and predicts the cluster's class
+    z, y, y_true, flip = _blobs(n_flip=5, seed=3)
+    p = Q.oof_probabilities(z, y, 4, n_folds=5)
+    assert (p[flip].argmax(1) == y_true[flip]).mean() >= 0.8
+
+
+def test_knn_agreement_normalizes_rare_classes_and_singletons():
+    # cosine similarity: directions matter; class 0 near 0 deg, class 1 near 90 deg, a singleton at 225 deg
+    z = np.array([[1, 0], [1, 0.05], [0, 1], [0.05, 1], [0.1, 1], [-0.05, 1], [-1, -1]], np.float32)
+    y = np.array([0, 0, 1, 1, 1, 1, 2])
+    a = knn_agreement(z, y, k=3)
+    # class 0 has 2 windows: its one possible same-class neighbour is the nearest -> 1, not 1/3
+    np.testing.assert_allclose(a[:2], 1.0)
+    np.testing.assert_allclose(a[2:6], 1.0)
+    assert a[6] == 1.0                                            # singleton class: no evidence, documented 1
+
+
+def test_knn_agreement_rejects_nan():
+    z = np.ones((4, 2), np.float32)
+    z[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        knn_agreement(z, np.array([0, 0, 1, 1]))
+
+
+def test_stratified_folds_spread_every_class_and_reject_too_few_windows():
+    y = np.array([0] * 10 + [1] * 3 + [2])
+    f = stratified_folds(y, 5, seed=0)
+    for k in (0, 1):
+        assert len(set(f[y == k].tolist())) == min(5, (y == k).sum())
+    assert np.bincount(f[y == 0], minlength=5).tolist() == [2] * 5
+    with pytest.raises(ValueError, match="fewer than n_folds"):
+        stratified_folds(np.array([0, 1, 1]), 5)
+
+
+# --------------------------------------------------------------------------- category rule
+
+def test_categorize_full_rule_table():
+    probs = np.array([[0.9, 0.1],    # right, confident, neighbours agree      -> high-value
+                      [0.9, 0.1],    # right, confident, neighbours disagree   -> boundary
+                      [0.55, 0.45],  # right, small margin                     -> boundary
+                      [0.1, 0.9],    # confidently wrong, neighbours disagree  -> noisy
+                      [0.1, 0.9],    # confidently wrong, neighbours agree     -> boundary
+                      [0.45, 0.55]])  # unconfidently wrong                    -> boundary
+    y = np.array([0, 0, 0, 0, 0, 0])
+    a = np.array([1.0, 0.2, 1.0, 0.1, 0.9, 0.0])
+    cats = categorize(probs, y, agreement=a, config=QualityConfig(min_class_windows=1))
+    assert cats.tolist() == [HIGH_VALUE, BOUNDARY, BOUNDARY, NOISY, BOUNDARY, BOUNDARY]
+
+
+def test_categorize_never_marks_rare_classes_noisy():
+    probs = np.array([[0.05, 0.95], [0.05, 0.95], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    y = np.array([1, 0, 0, 0, 0])      # window 0 is the only one of class 1 and looks wrong
+    a = np.zeros(5)
+    cats = categorize(probs, y, agreement=a, config=QualityConfig(min_class_windows=3))
+    assert cats[0] == BOUNDARY          # protected: class 1 has 1 < 3 windows
+    assert cats[1] == NOISY             # class 0 has 4 windows: judged normally
+
+
+def test_categorize_without_agreement_is_the_first_version():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=50)
+    y = rng.integers(0, 3, 50)
+    cats = categorize(p, y)
+    pred = p.argmax(1)
+    best_other = np.where(np.eye(3)[y] == 1, -1, p).max(1)
+    assert np.all(cats[(pred != y) & (best_other >= 0.6)] == NOISY)
+    assert np.all(cats[(pred == y) & (p[np.arange(50), y] - best_other >= 0.2)] == HIGH_VALUE)
+
+
+@pytest.mark.parametrize("bad", ["nan_probs", "nan_agreement", "agreement_range", "agreement_shape"])
+def test_categorize_rejects_bad_scores(bad):
+    p = np.full((4, 2), 0.5)
+    y = np.array([0, 1, 0, 1])
+    a = np.ones(4)
+    if bad == "nan_probs":
+        p[0] = np.nan
+    elif bad == "nan_agreement":
+        a[2] = np.nan
+    elif bad == "agreement_range":
+        a[1] = 1.5
+    else:
+        a = np.ones(3)
+    with pytest.raises(ValueError):
+        categorize(p, y, agreement=a)
+
+
+def test_class_balance_factors():
+    y = np.array([0] * 10 + [1] * 2 + [2] * 5)
+    np.testing.assert_allclose(class_balance_factors(y, 4, 0.0), [1, 1, 1, 1])
+    np.testing.assert_allclose(class_balance_factors(y, 4, 1.0), [0.2, 1.0, 0.4, 1.0])   # class 3 absent -> 1
+    np.testing.assert_allclose(class_balance_factors(y, 4, 0.5), np.sqrt([0.2, 1.0, 0.4, 1.0]))
+    with pytest.raises(ValueError):
+        class_balance_factors(y, 4, float("nan"))
+
+
+# --------------------------------------------------------------------------- weight search
+
+def test_select_weights_downweights_flipped_labels():
+    z, y, _, _ = _blobs()
+    _, _, cats = score_embeddings(z, y, 4)
+    cw, beta, table = select_weights(z, y, cats, 4)
+    assert cw.noisy < cw.high_value
+    cfg = FilterConfig()
+    assert len(table) == len(cfg.weight_grid) * len(cfg.balance_grid)
+    chosen = [r for r in table if r["chosen"]]
+    assert len(chosen) == 1
+    best_f1 = max(r["macro_f1"] for r in table if r["valid"])
+    assert chosen[0]["macro_f1"] == pytest.approx(best_f1)
+    assert beta in cfg.balance_grid
+
+
+def test_select_weights_skips_all_zero_entries_and_errors_when_none_valid():
+    z, y, _, _ = _blobs(n_flip=0)
+    cats = np.full(len(y), NOISY)                          # everything noisy
+    cfg = FilterConfig(weight_grid=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5)), balance_grid=(0.0,))
+    cw, beta, table = select_weights(z, y, cats, 4, config=cfg)
+    assert [r["valid"] for r in table] == [False, True]
+    assert cw == CategoryWeights(1.0, 0.5, 0.5)
+    with pytest.raises(ValueError, match="no weight grid entry"):
+        select_weights(z, y, cats, 4, config=replace(cfg, weight_grid=((1.0, 1.0, 0.0),)))
+
+
+def test_learned_weights_downweight_noise_and_lower_the_meta_loss():
+    z, y, _, flip = _blobs()
+    _, _, cats = score_embeddings(z, y, 4)
+    cw, beta, per, trace = learn_weights(z, y, cats, 4, config=FilterConfig(mode="learned"))
+    assert cw.noisy < 0.5 * cw.high_value
+    assert per is None and 0 < beta < 1
+    assert trace["meta_loss"][-1] < trace["meta_loss"][0]
+    cw2, _, per2, _ = learn_weights(z, y, cats, 4, config=FilterConfig(mode="learned", per_sample=True))
+    assert per2.shape == (len(y),) and per2.max() == pytest.approx(1.0)
+    assert per2[flip].mean() < 0.5 * np.delete(per2, flip).mean()
+
+
+def test_filter_config_validation():
+    with pytest.raises(ValueError):
+        FilterConfig(mode="magic")
+    with pytest.raises(ValueError):
+        FilterConfig(weight_grid=((1.0, 2.0, 0.0),))
+    with pytest.raises(ValueError):
+        FilterConfig(balance_grid=(-1.0,))
+    with pytest.raises(ValueError):
+        FilterConfig(n_folds=1)
+
+
+# --------------------------------------------------------------------------- end to end on windows
+
+@pytest.mark.parametrize("mode", ["fixed", "cv", "learned"])
+def test_filter_weights_on_a_model(mode):
+    x, y, flip = _windows()
+    torch.manual_seed(0)
+    model = _MeanModel(3, 3)
+    res = filter_weights(model, x, y, config=FilterConfig(mode=mode))
+    w = res.sample_weights
+    assert w.shape == (len(y),) and w.dtype == np.float32 and np.all(np.isfinite(w)) and w.max() <= 1.0 + 1e-6
+    assert np.isin(flip, np.flatnonzero(res.categories == NOISY)).mean() >= 0.8
+    if mode != "fixed":
+        assert w[flip].mean() < np.delete(w, flip).mean()
+    s = res.summary()
+    assert set(s["category_counts"]) == {"high_value", "boundary", "noisy"}
+    assert s["scoring_seconds"] >= 0 and s["selection_seconds"] >= 0
+
+
+def test_filter_weights_bad_inputs():
+    x, y, _ = _windows()
+    model = _MeanModel(3, 3)
+    with pytest.raises(ValueError, match="fewer than n_folds"):
+        filter_weights(model, x[:4], y[:4])
+    xn = x.copy()
+    xn[3, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        filter_weights(model, xn, y)
+    with pytest.raises(ValueError, match="all sample weights are zero|all zero"):
+        filter_weights(model, x, y, config=FilterConfig(mode="fixed", fixed_weights=CategoryWeights(0, 0, 0)))
+
+    class _NanEmbed(_MeanModel):
+        def embed(self, x):
+            return super().embed(x) * float("nan")
+
+    with pytest.raises(ValueError, match="NaN"):
+        filter_weights(_NanEmbed(3, 3), x, y)
+
+
+def test_filter_weights_with_a_class_without_windows():
+    x, y, _ = _windows()
+    keep = y != 2                                            # class 2 has no target windows
+    res = filter_weights(_MeanModel(3, 3), x[keep], y[keep], num_classes=3)
+    assert np.all(np.isfinite(res.sample_weights)) and res.sample_weights.max() > 0
+    assert res.class_factors.shape == (3,)
+
+
+def test_finetune_with_filterloss_cv_and_learned():
+    from imutune.finetune import FinetuneConfig, TrainConfig, finetune, pretrain
+    from imutune.windows import WindowConfig, Windows
+
+    rng = np.random.default_rng(0)
+    x, y, _ = _windows(C=6, T=50, n=20)
+    w = Windows(x * 0.1 + rng.normal(size=x.shape).astype(np.float32) * 0.01, y, np.arange(len(y)) % 6,
+                np.array(["u"] * len(y)), ("a", "b", "c"), tuple(f"ch{i}" for i in range(6)))
+    pre = pretrain(w, model_name="tinycnn1d", window=WindowConfig(window_s=1.0), progress=False,
+                   train_config=TrainConfig(epochs=1, batch_size=16))
+    for loss in ("filterloss-cv", "filterloss-learned"):
+        cfg = FinetuneConfig(train=TrainConfig(epochs=1, batch_size=16), loss=loss,
+                             filter=FilterConfig(meta_iterations=3, probe_steps=20))
+        out = finetune(pre, w, config=cfg, progress=False)
+        assert out.info["filter_mode"] == loss.split("-")[1]
+        assert sum(out.info["category_counts"].values()) == len(y)
+        assert out.info["selection_seconds"] >= 0 and np.isfinite(out.info["loss_history"]).all()
+    with pytest.raises(ValueError):
+        FinetuneConfig(loss="filterloss-magic")
+
+
+def test_category_counts_names():
+    assert category_counts(np.array([0, 0, 2])) == {"high_value": 2, "boundary": 0, "noisy": 1}

@@ -1,0 +1,266 @@
+"""Selective filter fine-tuning: layers, Borda count, selection, bit-identical frozen entries,
+personalization and the ``personalize`` command."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imutune.finetune import TrainConfig
+from imutune.models import count_parameters, create_model
+from imutune.selective import (Selection, SelectiveConfig, activation_distances, borda_count, conv_layers,
+                               count_trainable, entry_masks, finetune_selected, full_selection,
+                               last_block_selection, personalize, random_selection, rank_filters,
+                               reference_distances, select_filters)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these tiny models only lose time to thread hand-offs on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FAST = TrainConfig(epochs=4, batch_size=8, lr=5e-3, weight_decay=1e-2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    torch.manual_seed(0)
+    m = create_model("tinycnn1d", in_channels=6, num_classes=4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 6, 32)).astype(np.float32)
+    y = np.arange(24) % 4
+    m.train()
+    with torch.no_grad():                       # give the batch norms non-trivial running statistics
+        for _ in range(3):
+            m(torch.from_numpy(x * 2 + 1))
+    m.eval()
+    xd = (x + 0.7 * rng.standard_normal(x.shape)).astype(np.float32)
+    return m, x, xd, y
+
+
+def test_conv_layers_pair_each_conv_with_its_batch_norm(model_and_data):
+    m = model_and_data[0]
+    layers = {l.name: l.bn_name for l in conv_layers(m)}
+    assert layers == {"stem.0": "stem.1", "stages.0.0.conv1": "stages.0.0.bn1", "stages.0.0.conv2": "stages.0.0.bn2",
+                      "stages.1.0.conv1": "stages.1.0.bn1", "stages.1.0.conv2": "stages.1.0.bn2",
+                      "stages.1.0.downsample.0": "stages.1.0.downsample.1"}
+    stem = conv_layers(m)[0]
+    assert stem.n_filters == 8 and stem.params_per_filter == 6 * 5 + 2
+
+
+def test_borda_count_hand_checked_example():
+    # 3 samples (voters) x 4 filters (candidates); larger distance = more affected
+    d = np.array([[0.1, 0.5, 0.3, 0.9],     # ranks 1 3 2 4 -> points 0 2 1 3
+                  [0.2, 0.1, 0.4, 0.3],     # ranks 2 1 4 3 -> points 1 0 3 2
+                  [0.5, 0.5, 0.1, 0.2]])    # tie at the top: ranks 3.5 3.5 1 2 -> points 2.5 2.5 0 1
+    np.testing.assert_array_equal(borda_count(d), [3.5, 4.5, 4.0, 6.0])
+    sel = select_filters({"layer": borda_count(d)}, 0.5)
+    np.testing.assert_array_equal(sel.filters["layer"], [False, True, False, True])
+    # 0.25 of 4 filters -> the single winner
+    np.testing.assert_array_equal(select_filters({"layer": borda_count(d)}, 0.25).filters["layer"],
+                                  [False, False, False, True])
+    with pytest.raises(ValueError):
+        borda_count(np.zeros((0, 3)))
+
+
+def test_select_filters_per_layer_and_global(model_and_data):
+    m = model_and_data[0]
+    scores = {l.name: np.arange(l.n_filters, dtype=float) for l in conv_layers(m)}
+    sel = select_filters(scores, 0.25)
+    for l in conv_layers(m):
+        k = max(1, round(0.25 * l.n_filters))
+        assert sel.filters[l.name].sum() == k
+        assert sel.filters[l.name][-k:].all()                       # the highest scores
+    # ties: lower index first
+    tie = select_filters({"a": np.ones(4)}, 0.5).filters["a"]
+    np.testing.assert_array_equal(tie, [True, True, False, False])
+    # at least one filter per layer
+    assert all(v.sum() == 1 for v in select_filters(scores, 0.01).filters.values())
+    g = select_filters({k: v / max(len(v) - 1, 1) for k, v in scores.items()}, 0.2, budget="global", model=m)
+    layers = {l.name: l for l in conv_layers(m)}
+    used = sum(layers[k].params_per_filter * v.sum() for k, v in g.filters.items())
+    total = sum(l.params_per_filter * l.n_filters for l in layers.values())
+    assert 0 < used <= 0.2 * total
+    with pytest.raises(ValueError, match="needs the model"):
+        select_filters(scores, 0.2, budget="global")
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5, float("nan"), "x"])
+def test_fraction_outside_0_1_is_an_error(model_and_data, fraction):
+    m = model_and_data[0]
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        select_filters({"stem.0": np.ones(8)}, fraction)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        random_selection(m, fraction)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        SelectiveConfig(fraction=fraction)
+
+
+def test_distances_and_ranking(model_and_data):
+    m, x, xd, _ = model_and_data
+    same = activation_distances(m, x, x)
+    assert all(np.all(v == 0) for v in same.values())
+    d = activation_distances(m, x, xd)
+    assert {k: v.shape for k, v in d.items()}["stages.1.0.conv2"] == (24, 16)
+    assert all(np.all(v > 0) for v in d.values())
+    r = reference_distances(m, xd)
+    assert set(r) == set(d) and all(np.all(v >= 0) for v in r.values())
+    s = rank_filters(m, xd, x)
+    assert all(0 <= v.min() and v.max() <= 1 for v in s.values())
+    with pytest.raises(ValueError, match="same shape"):
+        activation_distances(m, x, xd[:5])
+    with pytest.raises(ValueError, match="channels"):
+        rank_filters(m, xd[:, :3])
+
+
+def _assert_only_selected_changed(before, after, masks):
+    changed_selected = 0
+    for k, v in before.items():
+        w = after[k]
+        mk = masks[k]
+        if mk is False:
+            assert torch.equal(v, w), f"frozen entry {k} changed"
+        elif mk is not True:
+            mm = mk.expand_as(v)
+            assert torch.equal(v[~mm], w[~mm]), f"unselected rows of {k} changed"
+            changed_selected += int((v[mm] != w[mm]).sum())
+    return changed_selected
+
+
+@pytest.mark.parametrize("make", ["borda", "random", "global", "layer"])
+def test_unselected_entries_stay_bit_identical(model_and_data, make):
+    m, x, xd, y = model_and_data
+    scores = rank_filters(m, xd, x)
+    sel = {"borda": lambda: select_filters(scores, 0.25),
+           "random": lambda: random_selection(m, 0.25, seed=1),
+           "global": lambda: select_filters(scores, 0.3, budget="global", model=m),
+           "layer": lambda: last_block_selection(m)}[make]()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    tuned = copy.deepcopy(m)
+    res = finetune_selected(tuned, xd, y, sel, config=FAST)
+    after = tuned.state_dict()
+    masks = entry_masks(m, sel)
+    changed = _assert_only_selected_changed(before, after, masks)
+    assert res["frozen_drift"] == 0
+    if make != "layer":
+        assert changed > 0                                    # selected rows (and their BN stats) did move
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert res["trainable_parameters"] == count_trainable(m, sel) < count_parameters(m)
+    assert all(p.requires_grad for p in tuned.parameters())   # flags restored
+    # running statistics of a partly selected batch norm moved only on selected channels
+    bn_key = "stages.0.0.bn1.running_mean"
+    if isinstance(masks[bn_key], torch.Tensor) and make != "layer":
+        mk = masks[bn_key]
+        assert not torch.equal(before[bn_key][mk], after[bn_key][mk])
+
+
+def test_full_selection_trains_everything(model_and_data):
+    m, _, xd, y = model_and_data
+    tuned = copy.deepcopy(m)
+    res = finetune_selected(tuned, xd, y, full_selection(m), config=FAST,
+                            eval_fn=lambda mm: 0.5)
+    assert res["trainable_parameters"] == count_parameters(m)
+    assert [c[0] for c in res["curve"]] == list(range(FAST.epochs + 1))
+    assert all(not torch.equal(a, b) for (k, a), b in zip(m.state_dict().items(), tuned.state_dict().values())
+               if a.is_floating_point())
+
+
+def test_selection_errors(model_and_data):
+    m, _, xd, y = model_and_data
+    with pytest.raises(ValueError, match="not a conv layer"):
+        entry_masks(m, Selection({"nope": np.ones(3, bool)}))
+    with pytest.raises(ValueError, match="shape"):
+        entry_masks(m, Selection({"stem.0": np.ones(3, bool)}))
+    with pytest.raises(ValueError, match="trains no parameter"):
+        finetune_selected(copy.deepcopy(m), xd, y, Selection({}, ()), config=FAST)
+
+
+def test_personalize_paired_and_pairfree(model_and_data):
+    from imutune.finetune import ModelBundle
+    from imutune.windows import Normalizer, WindowConfig
+
+    m, x, xd, y = model_and_data
+    norm = Normalizer(np.zeros(6, np.float32), np.ones(6, np.float32))
+    b = ModelBundle(m, "tinycnn1d", ("a", "b", "c", "d"), tuple(f"c{i}" for i in range(6)),
+                    WindowConfig(window_s=0.64, hop_s=0.32), norm)
+    cfg = SelectiveConfig(fraction=0.25, train=FAST)
+    per, info = personalize(b, xd, y, config=cfg, x_clean=x)
+    assert info["ranking"] == "paired" and info["selected_filters"] > 0
+    assert per.model is not m and per.class_names == b.class_names
+    per2, info2 = personalize(b, xd, y, config=cfg)
+    assert info2["ranking"] == "batchnorm"
+    per3, info3 = personalize(b, xd, y, config=SelectiveConfig(fraction=0.25, train=FAST, loss="filterloss"))
+    assert info3["category_counts"] is not None
+    per4, info4 = personalize(b, xd, y % 2, config=cfg, class_names=("p", "q"))
+    assert info4["head_replaced"] and per4.model.num_classes == 2
+
+
+# --------------------------------------------------------------------------- command line
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory, watch_recordings):
+    from imutune.finetune import pretrain, save_bundle
+    from imutune.recordings import save_npz
+    from imutune.windows import WindowConfig, make_windows
+
+    root = tmp_path_factory.mktemp("personalize")
+    win = WindowConfig(hop_s=2.0)
+    src = make_windows([r for r in watch_recordings if r.user == "subject01"], win)
+    b = pretrain(src, model_name="tinycnn1d", window=win, train_config=TrainConfig(epochs=1, device="cpu"),
+                 progress=False)
+    save_bundle(b, root / "base")
+    tgt = [r for r in watch_recordings if r.user == "subject02" and r.labels[0] < 3]   # 3 exercises: small and fast
+    for part, recs in (("train", [r for r in tgt if r.meta["side"] == 0]), ("test", [r for r in tgt if r.meta["side"] == 1])):
+        for r in recs:
+            save_npz(r, root / part / f"{r.name}.npz")
+    return root
+
+
+def test_personalize_command_writes_a_small_patch(cli_setup, tmp_path):
+    from imutune.cli import main
+    from imutune.finetune import load_bundle
+    from imutune.patch import load_patch, state_hash
+
+    root = cli_setup
+    out = tmp_path / "user"
+    rc = main(["personalize", "--base", str(root / "base"), "--data", str(root / "train"), "--filters", "0.25",
+               "--out", str(out), "--test-data", str(root / "test"), "--distortion", "bias:0.3", "--epochs", "3",
+               "--write-bundle", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    rep = json.loads((out / "personalize_report.json").read_text())
+    assert rep["ranking"] == "paired" and 0 < rep["patch_fraction"] < 1
+    assert {"before", "after"} <= set(rep)
+    p = load_patch(out / "patch.safetensors")
+    assert p.base_sha256 == state_hash(load_bundle(root / "base").model)
+    assert state_hash(load_bundle(out / "model").model) == p.patched_sha256
+    # apply-patch gives the same bundle
+    rc = main(["apply-patch", "--base", str(root / "base"), "--patch", str(out / "patch.safetensors"),
+               "--out", str(tmp_path / "applied")])
+    assert rc == 0 and state_hash(load_bundle(tmp_path / "applied").model) == p.patched_sha256
+    # pair-free ranking without clean data
+    rc = main(["personalize", "--base", str(root / "base"), "--data", str(root / "train"), "--out",
+               str(tmp_path / "pf"), "--epochs", "2", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    assert json.loads((tmp_path / "pf" / "personalize_report.json").read_text())["ranking"] == "batchnorm"
+
+
+def test_personalize_command_errors(cli_setup, tmp_path, capsys):
+    from imutune.cli import main
+
+    root = cli_setup
+    base = ["personalize", "--base", str(root / "base"), "--data", str(root / "train"), "--out", str(tmp_path / "o"),
+            "--epochs", "1", "--no-progress"]
+    assert main(base + ["--filters", "1.5"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
+    assert main(base + ["--filters", "0"]) == 2
+    assert main(base + ["--distortion", "noise:99"]) == 2
+    assert "must be in" in capsys.readouterr().err
+    assert main(base + ["--distortion", "noise:10", "--clean-data", str(root / "train")]) == 2
+    assert main(base + ["--clean-data", str(root / "test")]) == 2
+    assert "same recordings" in capsys.readouterr().err
