@@ -392,3 +392,26 @@ def test_pretrain_info():
     assert b.model_name == "tinycnn1d" and b.class_names == ("a", "b") and b.window == WINDOW
     assert b.info["n_train"] + b.info["n_holdout"] == 64 and b.info["n_holdout"] > 0
     assert 0.0 <= b.info["source_accuracy"] <= 1.0 and len(b.info["loss_history"]) == 2
+
+
+def test_finetune_with_source_rehearsal_mixes_source_windows():
+    src = _windows(n=64, seed=2)
+    b = _bundle(src)
+    target = _windows(n=16, seed=3)
+    ft = finetune(b, target, config=replace(FT, rehearsal_ratio=2.0), source_windows=src, progress=False)
+    assert ft.info["n_rehearsal"] == 32 and ft.info["n_train"] == 16
+    # more source windows than exist: capped at what the source has
+    ft = finetune(b, target, config=replace(FT, rehearsal_ratio=10.0), source_windows=src, progress=False)
+    assert ft.info["n_rehearsal"] == 64
+
+
+def test_finetune_rehearsal_errors():
+    src = _windows(n=32, seed=2)
+    b = _bundle(src)
+    with pytest.raises(ValueError, match="rehearsal_ratio must be a finite number >= 0, got -1"):
+        FinetuneConfig(rehearsal_ratio=-1)
+    with pytest.raises(ValueError, match=r"rehearsal_ratio=1.0 needs source_windows"):
+        finetune(b, _windows(n=16), config=replace(FT, rehearsal_ratio=1.0), progress=False)
+    other = _windows(n=16, class_names=("a", "b", "c"))
+    with pytest.raises(ValueError, match="source_windows for rehearsal must share the target's classes"):
+        finetune(b, other, config=replace(FT, rehearsal_ratio=1.0), source_windows=src, progress=False)
