@@ -64,15 +64,16 @@ def test_config_rejects_bad_input():
 
 def test_loso_run_writes_report_and_resumes(tmp_path):
     cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2, 3), ratios=(10.0,),
-                                methods=("none", "ce", "class_weighted", "filterloss_cv", "filterloss_learned"), **FAST)
+                                methods=("none", "ce", "class_weighted", "filterloss", "filterloss_cv",
+                                         "filterloss_learned"), **FAST)
     logs = []
     res = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
     for name in ("filterloss.json", "filterloss.md", "macro_f1.png", "filterloss_weights.png",
                  "pretrained/subject10/model.json"):
         assert (tmp_path / name).is_file(), name
-    assert res["cells_run"] == 5 and len(res["cells"]) == 5
+    assert res["cells_run"] == 6 and len(res["cells"]) == 6
     s = res["summary"]["10"]
-    assert set(s) == {"none", "ce", "class_weighted", "filterloss_cv", "filterloss_learned"}
+    assert set(s) == {"none", "ce", "class_weighted", "filterloss", "filterloss_cv", "filterloss_learned"}
     for m, v in s.items():
         assert 0 <= v["macro_f1_mean"] <= 1 and v["restore_ratio_mean"] > 0
     assert "weight_noisy_mean" in s["filterloss_cv"] and "selection_seconds_mean" in s["filterloss_learned"]
@@ -80,11 +81,12 @@ def test_loso_run_writes_report_and_resumes(tmp_path):
     assert p["baseline"] in ("none", "ce", "class_weighted") and p["unit"] == "seed"
     md = (tmp_path / "filterloss.md").read_text()
     assert "| 10 | filterloss_learned |" in md and "## Targets" in md and "Paired comparison" in md
+    assert "| 10 | filterloss | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 | 0.1000 ± 0.0000 | 0.0000 ± 0.0000 |" in md
     data = json.loads((tmp_path / "filterloss.json").read_text())
     assert data["targets"]["cost"]["filterloss_cv"]["finetune_s"] >= 0
     # a rerun with the same config reuses the pretrained model and every cell
     res2 = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
-    assert res2["cells_run"] == 0 and res2["cells_cached"] == 5 and res2["pretrain_seconds"] == 0
+    assert res2["cells_run"] == 0 and res2["cells_cached"] == 6 and res2["pretrain_seconds"] == 0
     assert res2["summary"]["10"]["ce"]["macro_f1_mean"] == pytest.approx(s["ce"]["macro_f1_mean"])
 
 
@@ -106,7 +108,7 @@ def _write_target(folder, *, rate=100.0, seconds=60.0, seed=0):
 
 def test_cross_dataset_new_classes_and_sample_rate(tmp_path):
     _write_target(tmp_path / "target")
-    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None, 3.0), seeds=(0, 1),
+    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None, 3.0),
                                 methods=("none", "ce", "oversample", "filterloss_cv"),
                                 target_data=(str(tmp_path / "target"),), **{**FAST, "seeds": (0, 1)})
     res = run_filterloss_bench(tmp_path / "out", cfg, progress=False, log=lambda s: None, threads=1)

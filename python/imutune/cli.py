@@ -86,9 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--manifest", default=None, help="manifest.json (default: next to the model)")
     r.add_argument("--data", nargs="+", required=True, help="recordings to replay")
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    r.add_argument("--chunk-samples", type=int, default=1, help="samples per sensor delivery (default 1)")
-    r.add_argument("--realtime", action="store_true", help="pace at the recording's sample rate")
+    r.add_argument("--threads", type=int, default=None, help="inference threads (default 1, or the profile's)")
+    r.add_argument("--chunk-samples", default=None,
+                   help="samples per sensor delivery, or 'hop' (default 1, or the profile's)")
+    r.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                   help="pace at the sensor rate (default off, or the profile's)")
+    r.add_argument("--profile", default=None,
+                   help="device profile: phone-big-core, phone-two-cores, phone-big-core-per-sample, host")
+    r.add_argument("--smoothing-k", type=int, default=1, help="also score a majority vote over k windows")
+    r.add_argument("--stream", action="store_true", help="read recordings incrementally (constant memory)")
 
     sub.add_parser("models", help="list registered models")
 
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_bench_filterloss(bench_sub)
     _add_bench_selective(bench_sub)
+    _add_bench_latency(bench_sub)
     _add_personalize(sub)
     return ap
 
@@ -243,8 +250,56 @@ def _apply_patch(args) -> int:
     return 0
 
 
+def _add_bench_latency(bench_sub) -> None:
+    b = bench_sub.add_parser("latency", help="latency of every backend (PyTorch, ONNX Runtime fp32/int8, "
+                                             "ExecuTorch XNNPACK fp32/int8, portable) against the host's peak")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--quick", action="store_true", help="smoke run: tiny model, T=32, 1 thread, no extra sections")
+    b.add_argument("--models", nargs="+", default=None, help="registry models (default mobilecnn1d resnet1d34)")
+    b.add_argument("--windows", nargs="+", default=None,
+                   help="window lengths as T:rate_hz (default 100:50 500:100)")
+    b.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default 1 2)")
+    b.add_argument("--backends", nargs="+", default=None, help="subset of the backends (default all six)")
+    b.add_argument("--min-reps", type=int, default=None, help="calls per round at least (default 30)")
+    b.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy section")
+    b.add_argument("--accuracy-epochs", type=int, nargs=2, default=None, metavar=("MOBILE", "RESNET"),
+                   help="training epochs of mobilecnn1d and resnet1d34 for the int8 accuracy (default 15 3)")
+    b.add_argument("--stream-hours", type=float, default=None, help="long-stream section length (default 24; 0 skips)")
+
+
+def _bench_latency(args) -> int:
+    from .bench.latency import LatencyBenchConfig, quick_config, run_latency_benchmark
+
+    cfg = quick_config() if args.quick else LatencyBenchConfig()
+    over: dict = {}
+    if args.models:
+        over["models"] = tuple(args.models)
+    if args.windows:
+        try:
+            over["windows"] = tuple((int(w.split(":")[0]), float(w.split(":")[1])) for w in args.windows)
+        except (IndexError, ValueError):
+            raise ValueError(f"--windows takes T:rate_hz pairs such as 100:50, got {args.windows}") from None
+    if args.threads:
+        over["threads"] = tuple(args.threads)
+    if args.backends:
+        over["backends"] = tuple(args.backends)
+    if args.min_reps:
+        over["min_reps"] = args.min_reps
+    if args.no_accuracy:
+        over["accuracy"] = False
+    if args.accuracy_epochs:
+        over["accuracy_epochs"] = {"mobilecnn1d": args.accuracy_epochs[0], "resnet1d34": args.accuracy_epochs[1]}
+    if args.stream_hours is not None:
+        over["stream_hours"] = args.stream_hours
+    res = run_latency_benchmark(args.out, replace(cfg, **over),
+                                command="imutune bench latency " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else
+                                                                             ["--out", str(args.out)]))
+    print(json.dumps(res["targets"], indent=2))
+    return 0
+
+
 #: ``imutune bench <name>`` handlers; each benchmark adds its parser in build_parser and its entry here.
-_BENCH_HANDLERS = {"filterloss": _bench_filterloss, "selective": _bench_selective}
+_BENCH_HANDLERS = {"filterloss": _bench_filterloss, "selective": _bench_selective, "latency": _bench_latency}
 
 
 def _quiet_third_party() -> None:
@@ -326,8 +381,10 @@ def _dispatch(args) -> int:
     if args.command == "replay":
         from .jobs import run_replay
 
+        chunk = args.chunk_samples if args.chunk_samples in (None, "hop") else int(args.chunk_samples)
         s = run_replay(args.model, args.data, args.out, manifest_path=args.manifest, num_threads=args.threads,
-                       chunk_samples=args.chunk_samples, realtime=args.realtime)
+                       chunk_samples=chunk, realtime=args.realtime, profile=args.profile,
+                       smoothing_k=args.smoothing_k, stream=args.stream)
         print(json.dumps({k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "latency_ms", "deadline_misses")}))
         return 0
     if args.command == "bench":

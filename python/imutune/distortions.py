@@ -54,7 +54,7 @@ from .recordings import Recording
 __all__ = ["Distortion", "AdditiveNoise", "Bias", "GainError", "Clipping", "SampleRateMismatch",
            "AxisRotation", "DroppedSamples", "Compose", "make_distortion", "parse_distortion",
            "distort_windows", "distort_recording", "distort_recordings", "channel_kinds", "axis_triads",
-           "DISTORTION_NAMES", "SEVERITY_RANGES", "BENCH_SEVERITIES", "G", "GYRO_RANGE_PER_G"]
+           "DISTORTION_NAMES", "SEVERITY_RANGES", "SEVERITY_UNITS", "BENCH_SEVERITIES", "G", "GYRO_RANGE_PER_G"]
 
 G = 9.80665                    # standard gravity, m/s^2 per g
 GYRO_RANGE_PER_G = 250.0 / 2.0 * math.pi / 180.0   # rad/s of gyro range per g of accelerometer range (2.18)

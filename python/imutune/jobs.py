@@ -122,19 +122,41 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
 
 
 def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-               manifest_path: str | os.PathLike | None = None, num_threads: int = 1, chunk_samples: int = 1,
-               realtime: bool = False) -> dict[str, Any]:
+               manifest_path: str | os.PathLike | None = None, num_threads: int | None = None,
+               chunk_samples: int | str | None = None, realtime: bool | None = None, profile: str | None = None,
+               smoothing_k: int = 1, stream: bool = False) -> dict[str, Any]:
     """Replay recordings through an exported artifact; writes ``replay_report.json``,
-    ``replay_report.md`` and ``confusion_matrix.png`` into ``out_dir``."""
+    ``replay_report.md`` and ``confusion_matrix.png`` into ``out_dir``.
+
+    Without ``profile``: 1 thread, sample-by-sample delivery, no pacing unless
+    given. With a device ``profile`` (:mod:`imutune.profiles`) its threads,
+    pinning, pacing and delivery apply, and the arguments given explicitly
+    (not None) override them. ``chunk_samples="hop"`` delivers once per hop.
+    ``stream=True`` reads each file incrementally (:func:`imutune.streams.open_streams`)
+    instead of loading it.
+    """
     from .backends import load_backend
     from .manifest import load_manifest
     from .runtime import ReplayConfig, plot_confusion_matrix, replay_many
 
     artifact = Path(artifact)
     manifest = load_manifest(manifest_path if manifest_path is not None else artifact.parent / "manifest.json")
+    over: dict[str, Any] = {"smoothing_k": smoothing_k}
+    for key, v in (("num_threads", num_threads), ("realtime", realtime)):
+        if v is not None:
+            over[key] = v
+    if chunk_samples is not None:
+        over["chunk_samples"] = None if chunk_samples == "hop" else int(chunk_samples)
+    cfg = ReplayConfig.from_profile(profile, **over) if profile is not None else ReplayConfig(**over)
+    num_threads = cfg.num_threads
     backend = load_backend(artifact, manifest=manifest, num_threads=num_threads)
-    cfg = ReplayConfig(chunk_samples=chunk_samples, realtime=realtime, num_threads=num_threads)
-    summary = replay_many(load_many(data), backend, manifest, config=cfg)
+    if stream:
+        from .streams import open_streams
+
+        recs: list[Any] = [s for p in data for s in open_streams(p)]
+    else:
+        recs = load_many(data)
+    summary = replay_many(recs, backend, manifest, config=cfg)
     out = Path(out_dir)
     summary = {"artifact": str(artifact), "replay_config": asdict(cfg), **summary}
     write_json_atomic(out / "replay_report.json", summary)
@@ -145,7 +167,12 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
         "| windows | scored | accuracy | macro-F1 | p50 ms | p95 ms | p99 ms | deadline misses |",
         "|---|---|---|---|---|---|---|---|",
         f"| {summary['n_windows']} | {summary['n_scored']} | {acc} | {f1} | {lat['p50']:.3f} | "
-        f"{lat['p95']:.3f} | {lat['p99']:.3f} | {summary['deadline_misses']} |", ""]))
+        f"{lat['p95']:.3f} | {lat['p99']:.3f} | {summary['deadline_misses']} |", "",
+        f"Profile {summary['profile'] or 'none'}; runtime work p50 {summary['runtime_overhead_ms']['p50']:.4f} ms "
+        f"({summary['runtime_overhead_ratio']:.3f} of the model time); real-time factor "
+        f"{summary['realtime_factor']:.4g}; smoothed (k={summary['smoothing_k']}) accuracy "
+        f"{'n/a' if summary['smoothed_accuracy'] is None else format(summary['smoothed_accuracy'], '.4f')}; "
+        f"input: {summary['input']}.", ""]))
     if summary["n_scored"]:
         plot_confusion_matrix(np.asarray(summary["confusion_matrix"]), manifest.class_names,
                               out / "confusion_matrix.png", title=f"replay through {artifact.name}")

@@ -55,11 +55,20 @@ __all__ = ["DeviceProfile", "PROFILES", "get_profile", "list_profiles", "availab
            "apply_profile"]
 
 
-def available_cores() -> tuple[int, ...]:
-    """Core ids this process may run on (``os.sched_getaffinity(0)``; all cores where unsupported)."""
+def _initial_cores() -> tuple[int, ...]:
     if hasattr(os, "sched_getaffinity"):
         return tuple(sorted(os.sched_getaffinity(0)))
     return tuple(range(os.cpu_count() or 1))
+
+
+#: The process's CPU affinity when this module was imported, before any pinning by imutune.
+_INITIAL_CORES = _initial_cores()
+
+
+def available_cores() -> tuple[int, ...]:
+    """Core ids this process may run on: its CPU affinity before imutune pinned anything
+    (``os.sched_getaffinity(0)`` at import; all cores where unsupported)."""
+    return _INITIAL_CORES
 
 
 @dataclass(frozen=True)

@@ -109,9 +109,9 @@ def quantize_pt2e_xnnpack(model: Any, example_input: Any, calibration_windows: A
         Shape (B, C, T), float32: fixes the exported (static) input shape.
     calibration_windows : np.ndarray
         Array of shape (N, C, T), float32: normalized training windows, run
-        through the observed graph in batches of B (the export batch, 1 for
-        the phone); a last partial batch is left out (with N < B the windows
-        are repeated to fill one batch).
+        through the observed graph 64 at a time (the graph is traced with a
+        dynamic batch for calibration; where that fails, in batches of B,
+        the example's batch, leaving out a last partial batch).
     per_channel : bool, default True
         Per-output-channel weight scales (per-tensor otherwise).
 
@@ -137,15 +137,32 @@ def quantize_pt2e_xnnpack(model: Any, example_input: Any, calibration_windows: A
         raise ValueError(f"calibration_windows have shape {calib.shape}; expected (N, {c}, {t}) like the "
                          "example input")
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=bool(per_channel)))
-    graph = torch.export.export(model, (example_input,)).module()
-    prepared = prepare_pt2e(graph, quantizer)
+    prepared, batched = _prepare_for_calibration(model, example_input, quantizer, prepare_pt2e)
     n = calib.shape[0]
     with torch.no_grad():
-        if n < b:
-            calib, n = np.resize(calib, (b, c, t)).astype(np.float32), b
-        for start in range(0, n - b + 1, b):
-            prepared(torch.from_numpy(np.ascontiguousarray(calib[start:start + b])))
+        if batched:          # the observed graph takes any batch: calibrate 64 windows per call
+            for start in range(0, n, 64):
+                prepared(torch.from_numpy(np.ascontiguousarray(calib[start:start + 64])))
+        else:
+            if n < b:
+                calib, n = np.resize(calib, (b, c, t)).astype(np.float32), b
+            for start in range(0, n - b + 1, b):
+                prepared(torch.from_numpy(np.ascontiguousarray(calib[start:start + b])))
     return convert_pt2e(prepared)
+
+
+def _prepare_for_calibration(model, example_input, quantizer, prepare_pt2e):
+    """(observed graph, takes_any_batch): traced with a dynamic batch if possible, else the example's."""
+    import torch
+    from torch.export import Dim
+
+    x2 = example_input.repeat(2, 1, 1) if example_input.shape[0] == 1 else example_input
+    try:
+        graph = torch.export.export(model, (x2,), dynamic_shapes=({0: Dim("batch", min=1, max=4096)},)).module()
+        return prepare_pt2e(graph, quantizer), True
+    except Exception:  # a model whose graph depends on the batch size: calibrate at the example's batch
+        graph = torch.export.export(model, (example_input,)).module()
+        return prepare_pt2e(graph, quantizer), False
 
 
 # --------------------------------------------------------------------------- ONNX Runtime

@@ -58,7 +58,7 @@ __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "spl
            "paired_comparison", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_weighted", "class_balanced",
-                                    "focal", "filterloss_cv", "filterloss_learned")
+                                    "focal", "filterloss", "filterloss_cv", "filterloss_learned")
 
 
 @dataclass(frozen=True)
@@ -251,6 +251,9 @@ def _run_cell(unit: _Unit, ratio: float | None, seed: int, method: str, cfg: Fil
     for k in ("category_counts", "category_weights", "class_balance", "scoring_seconds", "selection_seconds"):
         if k in info and method.startswith("filterloss"):
             cell[k] = info[k]
+    if method == "filterloss":   # first version: fixed weights, no class balance, nothing to select
+        cell.setdefault("class_balance", 0.0)
+        cell.setdefault("selection_seconds", 0.0)
     return cell
 
 
@@ -356,7 +359,7 @@ def _targets(summary: dict, cfg: FilterLossBenchConfig) -> dict[str, Any]:
     for m in fl:
         cs = [s[m] for s in summary.values() if m in s and "scoring_seconds_mean" in s[m]]
         if cs:
-            filt = float(np.mean([c["scoring_seconds_mean"] + c["selection_seconds_mean"] for c in cs]))
+            filt = float(np.mean([c["scoring_seconds_mean"] + c.get("selection_seconds_mean", 0.0) for c in cs]))
             ft = float(np.mean([c["train_seconds_mean"] for c in cs]))
             cost[m] = {"met": filt <= ft, "scoring_plus_selection_s": filt, "finetune_s": ft}
     if cost:
@@ -409,7 +412,8 @@ def _markdown(res: dict[str, Any]) -> str:
         for m, s in ms.items():
             if "weight_high_value_mean" in s:
                 rows.append([r, m] + [_fmt_ms(s[f"weight_{n}_mean"], s[f"weight_{n}_std"]) for n in CATEGORY_NAMES]
-                            + [_fmt_ms(s["class_balance_mean"], s["class_balance_std"]),
+                            + [_fmt_ms(s["class_balance_mean"], s["class_balance_std"]) if "class_balance_mean" in s
+                               else "0 (none)",
                                " / ".join(f"{s[f'count_{n}_mean']:.1f}" for n in CATEGORY_NAMES)])
     if rows:
         lines += ["## FilterLoss weights (chosen or learned) and category counts", "",
@@ -419,8 +423,9 @@ def _markdown(res: dict[str, Any]) -> str:
     for r, ms in summ.items():
         for m, s in ms.items():
             if "scoring_seconds_mean" in s:
-                filt = s["scoring_seconds_mean"] + s["selection_seconds_mean"]
-                rows.append([r, m, f"{s['scoring_seconds_mean']:.3f}", f"{s['selection_seconds_mean']:.3f}",
+                sel = s.get("selection_seconds_mean", 0.0)
+                filt = s["scoring_seconds_mean"] + sel
+                rows.append([r, m, f"{s['scoring_seconds_mean']:.3f}", f"{sel:.3f}",
                              f"{s['train_seconds_mean']:.3f}", f"{filt / max(s['train_seconds_mean'], 1e-9):.2f}"])
     if rows:
         lines += ["## Cost per cell (seconds, mean)", "",
