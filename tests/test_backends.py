@@ -35,12 +35,14 @@ def x():
 @pytest.fixture(scope="module")
 def artifacts(model, x, tmp_path_factory):
     """model.onnx and model.pte plus a manifest listing both."""
+    """model.onnx (no embedded contract, as files exported before it existed) and model.pte (with the
+    manifest's contract embedded) plus a manifest listing both."""
     out = tmp_path_factory.mktemp("backends")
-    (out / "model.onnx").write_bytes(export_onnx(model, x[:1]).SerializeToString())
-    (out / "model.pte").write_bytes(export_pte(model, x[:1]).buffer)
     man = Manifest(model_name="mobilecnn1d", model_config={}, class_names=tuple("abcd"),
                    channels=("acc_x", "acc_y", "acc_z"), sample_rate_hz=32.0, window_s=2.0, hop_s=1.0,
                    norm_mean=(0.0,) * C, norm_std=(1.0,) * C)
+    (out / "model.onnx").write_bytes(export_onnx(model, x[:1]).SerializeToString())
+    (out / "model.pte").write_bytes(export_pte(model, x[:1], manifest=man).buffer)
     for name, fmt in [("model.onnx", "onnx"), ("model.pte", "pte")]:
         man = man.with_artifact(name, sha256=sha256_file(out / name), format=fmt, precision="fp32")
     return out, man
@@ -150,3 +152,51 @@ def test_run_fixed_batch_pads_and_trims():
     out = _run_fixed_batch(fn, x, 2)
     assert calls == [2, 2, 2]
     np.testing.assert_array_equal(out, x.sum(axis=(1, 2))[:, None])
+
+
+# --------------------------------------------------------------------------- manifest contract
+
+
+def test_embedded_contract_is_checked_on_load(artifacts):
+    out, man = artifacts
+    b = load_backend(out / "model.pte", manifest=man)
+    meta = b.embedded_metadata
+    assert meta["channels"] == ["acc_x", "acc_y", "acc_z"] and meta["sample_rate_hz"] == 32.0
+    assert meta["precision"] == "fp32" and meta["delegate"] == "xnnpack"
+    assert load_backend(out / "model.onnx", manifest=man).embedded_metadata is None   # older file: not checked
+    cases = [(dict(sample_rate_hz=16.0, window_s=4.0), r"sample_rate_hz = 32\.0, but the manifest says 16\.0"),
+             (dict(channels=("acc_x", "acc_y", "gyr_z")), r"channels = \['acc_x', 'acc_y', 'acc_z'\].*'gyr_z'"),
+             (dict(class_names=tuple("abce")), r"class_names"),
+             (dict(norm_std=(1.0, 2.0, 1.0)), r"norm_std")]
+    for change, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            load_backend(out / "model.pte", manifest=dataclasses.replace(man, **change))
+
+
+def test_manifest_entry_format_delegate_and_class_count(artifacts):
+    out, man = artifacts
+    entry = man.artifacts["model.pte"]
+    with pytest.raises(ValueError, match="delegate None"):
+        load_backend(out / "model.pte", manifest=man.with_artifact("model.pte", **entry, delegate=None))
+    with pytest.raises(ValueError, match="format 'pte'"):
+        load_backend(out / "model.onnx", manifest=man.with_artifact("model.onnx", **{**man.artifacts["model.onnx"],
+                                                                                      "format": "pte"}))
+    five = dataclasses.replace(man, class_names=tuple("abcde"))
+    for name in ("model.onnx", "model.pte"):
+        with pytest.raises(ValueError, match="class count K = 4; the manifest expects 5"):
+            load_backend(out / name, manifest=five)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pte"])
+def test_threads_in_effect_and_prepare(artifacts, model, name):
+    out, _ = artifacts
+    b1 = load_backend(out / name, num_threads=1)
+    b2 = load_backend(out / name, num_threads=2)
+    assert b2.threads_in_effect() == 2
+    b1.prepare()                  # re-applies the process-wide pool size for .pte
+    assert b1.threads_in_effect() == 1
+    t = TorchBackend(model, num_threads=2)
+    torch.set_num_threads(1)
+    t.prepare()
+    assert t.threads_in_effect() == 2
+    TorchBackend(model, num_threads=1)

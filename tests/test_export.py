@@ -216,3 +216,58 @@ def test_write_exports_validates(model, manifest, windows, tmp_path):
     with pytest.raises(ValueError, match="tolerance"):
         write_exports(model, manifest, tmp_path, windows, tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- XNNPACK rewrite, variants
+
+
+def _n_delegates(buffer: bytes) -> int:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(buffer)
+    program = getattr(pte, "program", pte)
+    return sum(len(plan.delegates) for plan in program.execution_plan)
+
+
+def test_conv1d_as_conv2d_is_equivalent_and_lowers_to_one_partition():
+    from imutune.export import _compute_pte, conv1d_as_conv2d
+
+    torch.manual_seed(0)
+    m = _randomize_bn(create_model("tinycnn1d", in_channels=3, num_classes=4, stem_pool=True)).eval()
+    m.stages.append(torch.nn.AvgPool1d(2, 1))          # another 1-D pool the rewrite must cover
+    x = torch.randn(2, 3, 40)
+    m2 = conv1d_as_conv2d(m)
+    assert not any(isinstance(mod, (torch.nn.Conv1d, torch.nn.BatchNorm1d, torch.nn.MaxPool1d)) for mod in m2.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x), m(x), rtol=1e-5, atol=1e-5)
+    rewritten, info = _compute_pte(m, x[:1], "xnnpack")
+    plain, info_plain = _compute_pte(m, x[:1], "xnnpack", rewrite=False)
+    assert info["graph_rewrite"] == "conv1d->conv2d" and info_plain["graph_rewrite"] is None
+    assert _n_delegates(rewritten.buffer) == 1 < _n_delegates(plain.buffer)
+
+
+def test_rewrite_falls_back_when_outputs_differ():
+    from imutune.export import _rewrite_for_xnnpack
+
+    class LastStep(torch.nn.Module):         # functional 1-D code: x[..., -1] differs on (N, C, 1, T)
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x)[..., -1]
+
+    m = LastStep().eval()
+    out, name = _rewrite_for_xnnpack(m, torch.randn(1, 3, 16))
+    assert out is m and name is None
+
+
+def test_write_exports_portable_variant(model, manifest, windows, tmp_path):
+    m = write_exports(model, manifest, tmp_path, windows[:4], formats=("pte-portable",))
+    e = m.artifacts["model_portable.pte"]
+    assert (e["variant"], e["delegate"], e["precision"], e["graph_rewrite"]) == ("pte-portable", None, "fp32", None)
+    b = load_backend(tmp_path / "model_portable.pte", manifest=m)
+    assert b.name == "executorch-portable" and b.delegates == [] and e["parity_max_abs_err"] <= TOL
+    assert b.embedded_metadata["channels"] == list(manifest.channels)
+    with pytest.raises(ValueError, match="formats entry"):
+        write_exports(model, manifest, tmp_path, windows[:4], formats=("tflite",))

@@ -79,7 +79,7 @@ def test_train_config_validation(kw, msg):
 
 
 def test_finetune_config_validation():
-    with pytest.raises(ValueError, match=r"loss must be one of \['filterloss', 'ce'\], got 'mse'"):
+    with pytest.raises(ValueError, match=r"loss must be one of \['filterloss', 'filterloss-cv', 'filterloss-learned', 'ce'\], got 'mse'"):
         FinetuneConfig(loss="mse")
 
 

@@ -170,3 +170,28 @@ def test_replay_rejects_backend_with_other_thread_count():
     Fake.num_threads = 1
     res = replay(rec, Fake(), man, config=ReplayConfig.from_profile("phone-big-core", realtime=False))
     assert res.profile == "phone-big-core" and res.cpu_affinity == (0,) and res.n_windows == 7
+
+
+def test_run_replay_with_profile_and_stream(thread_models, tmp_path):
+    from imutune._io import sha256_file
+    from imutune.jobs import run_replay
+    from imutune.manifest import Manifest
+    from imutune.recordings import Recording, save_npz
+
+    _, x, out = thread_models
+    chans = tuple(f"c{i}" for i in range(6))
+    man = Manifest("mobilecnn1d", {}, ("a", "b", "c", "d"), chans, 100.0, 10.24, 5.12, (0.0,) * 6, (1.0,) * 6)
+    man = man.with_artifact("m.onnx", sha256=sha256_file(out / "m.onnx"), format="onnx", precision="fp32")
+    man.save(out / "manifest.json")
+    rng = np.random.default_rng(0)
+    rec = Recording(rng.standard_normal((4096, 6)).astype(np.float32), rng.integers(0, 4, 4096), 100.0, chans,
+                    ("a", "b", "c", "d"), "u")
+    data = save_npz(rec, tmp_path / "rec.npz")
+    s = run_replay(out / "m.onnx", [data], tmp_path / "r", profile="phone-big-core", realtime=False,
+                   chunk_samples="hop", smoothing_k=3, stream=True)
+    assert s["profile"] == "phone-big-core" and s["num_threads"] == 1 and s["cpu_affinity"] == [0]
+    assert s["chunk_samples"] is None and s["realtime"] is False and s["n_windows"] == 1 + (4096 - 1024) // 512
+    assert s["replay_config"]["smoothing_k"] == 3 and (tmp_path / "r" / "replay_report.md").is_file()
+    assert "Profile phone-big-core" in (tmp_path / "r" / "replay_report.md").read_text()
+    with pytest.raises(ValueError, match="unknown"):
+        run_replay(out / "m.onnx", [data], tmp_path / "r2", profile="tablet")

@@ -385,3 +385,60 @@ def test_replay_through_onnx_export_matches_torch(tmp_path):
     np.testing.assert_array_equal(onnx_res.predictions, ob.run(batch).argmax(axis=1))
     s = replay_many([rec, rec], ob, m)
     assert s["n_windows"] == 2 * onnx_res.n_windows and s["backend"] == "onnxruntime"
+
+
+# --------------------------------------------------------------------------- delivery, smoothing, accounting
+
+
+def test_per_hop_delivery_matches_sample_by_sample():
+    m = make_manifest()
+    rec = encoded_recording(segment_labels([(0, 33), (1, 41), (2, 29)]))
+    ref = replay(rec, MajorityCodeBackend(), m, config=ReplayConfig(chunk_samples=1))
+    got = replay(rec, MajorityCodeBackend(), m, config=ReplayConfig(chunk_samples=None))
+    np.testing.assert_array_equal(got.predictions, ref.predictions)
+    np.testing.assert_array_equal(got.window_ends, ref.window_ends)
+    s = got.summary()
+    assert s["chunk_samples"] is None and s["runtime_overhead_ratio"] > 0
+    assert s["realtime_factor"] == pytest.approx((got.latencies_ms.sum() + got.runtime_overhead_ms.sum()) / 1e3
+                                                 / (rec.n_samples / m.sample_rate_hz))
+    assert s["stream_duration_s"] == pytest.approx(rec.n_samples / m.sample_rate_hz)
+    assert s["memory"]["rss_peak_mb"] >= s["memory"]["rss_start_mb"] > 0
+    assert s["input"]["samples_in"] == rec.n_samples and s["input"]["tail_samples"] == (103 - 10) % 5
+
+
+def test_smoothing_majority_vote_is_causal_and_per_segment():
+    from imutune.runtime import _smooth
+
+    pred = np.array([0, 1, 1, 0, 2, 2, 0, 0])
+    segs = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    out = _smooth(pred, segs, 3, 3)
+    # w0: [0] -> 0; w1: [0,1] tie -> current 1; w2: [0,1,1] -> 1; w3: [1,1,0] -> 1; w4: [1,0,2] tie -> current 2;
+    # w5 starts segment 1: [2] -> 2; w6: [2,0] tie -> current 0; w7: [2,0,0] -> 0
+    np.testing.assert_array_equal(out, [0, 1, 1, 1, 2, 2, 0, 0])
+    np.testing.assert_array_equal(_smooth(pred, segs, 1, 3), pred)
+    m = make_manifest()
+    labels = segment_labels([(0, 300)])
+    code = labels.copy()
+    for a in (40, 120, 200):
+        code[a:a + 8] = 2                                     # short glitches: one wrong window each
+    rec = encoded_recording(labels, code=code)
+    res = replay(rec, MajorityCodeBackend(), m, config=ReplayConfig(smoothing_k=3))
+    s = res.summary()
+    assert s["smoothing_k"] == 3 and s["accuracy"] < 1.0 and s["smoothed_accuracy"] == 1.0
+    np.testing.assert_array_equal(res.smoothed_predictions, _smooth(res.predictions, res.segments, 3, 3))
+
+
+def test_runtime_overhead_excludes_the_model_call():
+    m = make_manifest()
+    rec = encoded_recording(segment_labels([(1, 200)]))
+    res = replay(rec, ConstantBackend(sleep_s=0.002), m, config=ReplayConfig(chunk_samples=None))
+    assert res.latencies_ms.min() >= 2.0
+    assert np.median(res.runtime_overhead_ms) < 0.5          # buffering + layout + argmax, not the sleep
+
+
+def test_config_validation_new_fields():
+    for kw, pat in ((dict(smoothing_k=0), "smoothing_k"), (dict(nan_policy="zero"), "nan_policy"),
+                    (dict(gap_policy="skip"), "gap_policy"), (dict(max_hold_gap_s=-1.0), "max_hold_gap_s"),
+                    (dict(cpu_affinity=()), "cpu_affinity")):
+        with pytest.raises(ValueError, match=pat):
+            ReplayConfig(**kw)

@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="bundle folder (model.json + model.safetensors)")
     e.add_argument("--data", nargs="+", required=True, help="recordings whose windows are used for the parity check")
     e.add_argument("--out", required=True, help="output folder")
-    e.add_argument("--formats", nargs="+", default=["onnx", "pte"], choices=("onnx", "pte"))
+    e.add_argument("--formats", nargs="+", default=["onnx", "pte"],
+                   choices=("onnx", "pte", "onnx-int8", "pte-int8", "pte-portable"),
+                   help="variants; int8 ones are calibrated on the --data windows (default onnx pte)")
+    e.add_argument("--eval-data", nargs="+", default=(),
+                   help="held-out recordings: record each artifact's accuracy and the int8 change vs fp32")
 
     r = sub.add_parser("replay", help="stream recordings through an exported model")
     r.add_argument("--model", required=True, help="model.onnx or model.pte (manifest.json next to it)")
@@ -291,9 +295,14 @@ def _bench_latency(args) -> int:
         over["accuracy_epochs"] = {"mobilecnn1d": args.accuracy_epochs[0], "resnet1d34": args.accuracy_epochs[1]}
     if args.stream_hours is not None:
         over["stream_hours"] = args.stream_hours
-    res = run_latency_benchmark(args.out, replace(cfg, **over),
-                                command="imutune bench latency " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else
-                                                                             ["--out", str(args.out)]))
+    cmd = ["imutune bench latency --out", str(args.out)] + (["--quick"] if args.quick else [])
+    for flag, v in (("--models", args.models), ("--windows", args.windows), ("--threads", args.threads),
+                    ("--backends", args.backends), ("--min-reps", args.min_reps),
+                    ("--accuracy-epochs", args.accuracy_epochs), ("--stream-hours", args.stream_hours)):
+        if v is not None:
+            cmd += [flag, *(str(x) for x in (v if isinstance(v, list) else [v]))]
+    cmd += ["--no-accuracy"] if args.no_accuracy else []
+    res = run_latency_benchmark(args.out, replace(cfg, **over), command=" ".join(cmd))
     print(json.dumps(res["targets"], indent=2))
     return 0
 
@@ -374,8 +383,10 @@ def _dispatch(args) -> int:
     if args.command == "export":
         from .jobs import run_export
 
-        m = run_export(args.model, args.data, args.out, formats=args.formats)
-        print(json.dumps({k: {"sha256": v["sha256"][:16], "parity_max_abs_err": v.get("parity_max_abs_err")}
+        m = run_export(args.model, args.data, args.out, formats=args.formats, eval_data=args.eval_data)
+        print(json.dumps({k: {"sha256": v["sha256"][:16], "parity_max_abs_err": v.get("parity_max_abs_err"),
+                              **{f: v[f] for f in ("parity_top1_agreement", "eval_accuracy",
+                                                   "accuracy_change_vs_fp32_points") if f in v}}
                           for k, v in m.artifacts.items()}))
         return 0
     if args.command == "replay":

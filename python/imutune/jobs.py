@@ -109,16 +109,26 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
 
 def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                formats: Sequence[str] = ("onnx", "pte"), max_parity_windows: int = 256,
-               tolerance: float = 1e-4) -> Manifest:
-    """Export a bundle to ONNX / ExecuTorch with parity checked on real windows from ``data``."""
+               tolerance: float = 1e-4, eval_data: Sequence[str | os.PathLike] = ()) -> Manifest:
+    """Export a bundle to ONNX / ExecuTorch with parity checked on real windows from ``data``.
+
+    int8 variants (``"onnx-int8"``, ``"pte-int8"``) are calibrated on the windows of ``data`` (use
+    training recordings); with ``eval_data`` (held-out recordings) every artifact's accuracy and the
+    int8 change against fp32 are recorded in the manifest."""
     from .export import write_exports
 
     bundle = load_bundle(model_dir)
     w = make_windows(load_many(data), bundle.window, channels=bundle.channels)
     x = bundle.normalizer(w.x[:max_parity_windows])
+    ev = None
+    if eval_data:
+        we = make_windows(load_many(eval_data), bundle.window, channels=bundle.channels)
+        ev = (bundle.normalizer(we.x), we.y)
+    calib = bundle.normalizer(w.x) if any(str(f).endswith("-int8") for f in formats) else None
     return write_exports(bundle.model.cpu(), manifest_for(bundle), out_dir, x, formats=tuple(formats),
-                         tolerance=tolerance, config={"model_dir": str(model_dir), "data": [str(p) for p in data],
-                                                      "formats": list(formats)})
+                         tolerance=tolerance, calibration_windows=calib, eval_windows=ev,
+                         config={"model_dir": str(model_dir), "data": [str(p) for p in data],
+                                 "formats": list(formats), "eval_data": [str(p) for p in eval_data]})
 
 
 def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,

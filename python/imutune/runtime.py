@@ -14,10 +14,29 @@ on the (resampled, channel-selected) recording: window ``w`` covers samples
 ``[w * hop, w * hop + T)``, so a recording of ``S`` samples yields
 ``1 + (S - T) // hop`` windows, independently of the delivery chunk size.
 
-Timing: only the ``backend.run`` call is timed as model latency; the runtime's
-own work (ring-buffer pushes since the previous window, reading the window,
-normalization, layout, argmax and bookkeeping) is timed separately as runtime
-overhead. Ground-truth scoring and realtime sleeping are in neither.
+Streams: :func:`replay` takes an in-memory :class:`~imutune.recordings.Recording`;
+:func:`replay_stream` reads a file block by block (:mod:`imutune.streams`:
+generic ``.npz``, CSV, SHL-2018 layout) so a recording of any length replays
+in constant memory, resampling on the fly when its rate differs from the
+manifest's. Bad input is repaired or rejected per :class:`ReplayConfig`
+(``nan_policy``, ``gap_policy``) and counted in the result's ``input_report``.
+
+Device profiles (:mod:`imutune.profiles`, :meth:`ReplayConfig.from_profile`):
+thread count (enforced on the backend), CPU pinning, real-time pacing at the
+sensor rate and the sensor delivery size; the deadline of every window is the
+hop period.
+
+Timing: only the ``backend.run`` call is timed as model latency. The
+runtime's own work -- per block: channel selection, NaN/gap repair,
+resampling, normalization into channel-first layout; per delivery: the copy
+into the window buffer; per window: the (1, C, T) layout copy, the logits
+check, argmax and bookkeeping -- is timed separately as runtime overhead
+(everything between two model calls minus what is excluded). Excluded:
+reading the file (the sensor's part), mapping and scoring ground-truth
+labels, memory sampling and real-time sleeping. Per window the result also
+holds the segment and a causal majority vote over the last ``smoothing_k``
+windows; :meth:`ReplayResult.summary` adds the real-time factor, the
+overhead ratio, deadline misses and memory (RSS).
 """
 from __future__ import annotations
 

@@ -44,7 +44,6 @@ equals the offline resampling of the whole stream up to float rounding).
 from __future__ import annotations
 
 import csv
-import io
 import os
 import tempfile
 import zipfile

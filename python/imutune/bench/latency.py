@@ -56,7 +56,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -420,9 +420,8 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
     import torch
 
     from ..export import write_exports
-    from ..finetune import TrainConfig, split_holdout, train
+    from ..finetune import ModelBundle, TrainConfig, split_holdout, train
     from ..jobs import manifest_for
-    from ..finetune import ModelBundle
     from ..models import create_model
     from ..recordings import load_watch
     from ..windows import Normalizer, WindowConfig, make_windows
@@ -446,7 +445,9 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
         torch.manual_seed(cfg.seed)
         model = create_model(name, in_channels=len(w.channels), num_classes=w.num_classes)
         t = time.perf_counter()
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+        from ..profiles import available_cores
+
+        torch.set_num_threads(len(available_cores()))          # training uses every core
         train(model, xtr, ytr, config=TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=cfg.seed,
                                                   device="cpu"), progress=False)
         train_s = time.perf_counter() - t
@@ -497,6 +498,7 @@ def _overhead_replay(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
         for chunk in (None, 1):
             rc = ReplayConfig.from_profile("phone-big-core", realtime=False, chunk_samples=chunk)
             backend = load_backend(d / "model.pte", manifest=man, num_threads=rc.num_threads)
+            replay(rec, backend, man, config=replace(rc, max_windows=300))       # warm-up
             s = replay(rec, backend, man, config=rc).summary()
             row = {"T": T, "sample_rate_hz": fs, "hop_samples": man.hop_samples, "chunk_samples": chunk,
                    "profile": "phone-big-core", "n_windows": s["n_windows"],
@@ -547,16 +549,23 @@ def _long_stream(cfg: LatencyBenchConfig, work: Path, log) -> dict:
         man = write_exports(model, man, work / "long_stream_model", rng.standard_normal((4, 6, 200)).astype(np.float32),
                             formats=("pte",))
     rc = ReplayConfig.from_profile("phone-big-core", realtime=False, smoothing_k=5)
-    stream = NpzStream(path)
+    model_path = work / "long_stream_model" / "model.pte"
+    # pass 1: timings and RSS; pass 2: the same replay under tracemalloc (which slows every allocation,
+    # so its timings are not used)
+    t = time.perf_counter()
+    res = replay_stream(NpzStream(path), model_path, man, config=rc)
+    wall = time.perf_counter() - t
     tracemalloc.start()
     t = time.perf_counter()
-    res = replay_stream(stream, work / "long_stream_model" / "model.pte", man, config=rc)
-    wall = time.perf_counter() - t
+    traced = replay_stream(NpzStream(path), model_path, man, config=rc)
+    traced_wall = time.perf_counter() - t
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    if traced.n_windows != res.n_windows or not np.array_equal(traced.predictions, res.predictions):
+        raise AssertionError("the traced replay differs from the timed one")
     s = res.summary()
     out = {"hours": cfg.stream_hours, "samples": S, "channels_in_file": C_file, "file_mb": size_mb,
-           "write_s": write_s, "replay_wall_s": wall, "n_windows": s["n_windows"],
+           "write_s": write_s, "replay_wall_s": wall, "traced_replay_wall_s": traced_wall, "n_windows": s["n_windows"],
            "traced_peak_mb": traced_peak / 2**20, "memory": s["memory"], "latency_ms": s["latency_ms"],
            "runtime_overhead_ms": s["runtime_overhead_ms"], "runtime_overhead_ratio": s["runtime_overhead_ratio"],
            "realtime_factor": s["realtime_factor"], "input": s["input"],
@@ -631,11 +640,33 @@ def _targets(rows: list[dict], acc: list[dict], ovh: list[dict], cfg: LatencyBen
     return out
 
 
+def _cpu_details() -> dict:
+    """CPU vendor, family, model and stepping from /proc/cpuinfo (the model name alone may be generic under a VM)."""
+    keys = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping",
+            "cpu MHz": "mhz", "cache size": "cache"}
+    out: dict[str, Any] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            k, _, v = line.partition(":")
+            if k.strip() in keys:
+                out[keys[k.strip()]] = v.strip()
+    except OSError:
+        pass
+    flags = _cpu_flags()
+    out["vector_isa"] = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "asimd") if f in flags]
+    return out
+
+
 def _markdown(res: dict) -> str:
     h, pk, cfg = res["host"], res["peak"], res["config"]
     fma = pk["fma"]
+    cd = res.get("cpu_details", {})
+    cpu_line = ", ".join(f"{k} {cd[k]}" for k in ("vendor", "family", "model", "stepping", "mhz") if k in cd)
     lines = ["# Latency benchmark", "",
-             f"Host: **{h['cpu']}**, {h['cores']} cores usable, Python {h['python']}, torch {h['torch']}, "
+             f"Host: **{h['cpu']}** ({cpu_line}; {' '.join(cd.get('vector_isa', []))}), "
+             f"{h['cores']} cores usable, Python {h['python']}, torch {h['torch']}, "
              f"onnxruntime {res['versions'].get('onnxruntime')}, executorch {res['versions'].get('executorch')}.",
              "",
              f"Single-core fp32 peak: **{pk['peak_gflops']:.1f} GFLOP/s** (the larger of: {pk['matmul_n']}x"
@@ -694,9 +725,10 @@ def _markdown(res: dict) -> str:
                   f"{s['hours']:g} h at 100 Hz, {s['channels_in_file']} channels ({s['samples']} samples, "
                   f"{s['file_mb']:.0f} MB .npz written in {s['write_s']:.1f} s), replayed with NpzStream through "
                   f"mobilecnn1d (ET XNNPACK, T = 200, hop 50, 6 of 9 channels) under phone-big-core without pacing: "
-                  f"{s['n_windows']} windows in {s['replay_wall_s']:.1f} s; Python allocations peaked at "
-                  f"{s['traced_peak_mb']:.1f} MB (tracemalloc; {s['result_arrays_mb']:.1f} MB of it the per-window "
-                  f"results), process RSS {_fmt(s['memory'].get('rss_start_mb'), 0)} -> peak "
+                  f"{s['n_windows']} windows in {s['replay_wall_s']:.1f} s; in a second, identical replay under "
+                  f"tracemalloc, Python allocations peaked at {s['traced_peak_mb']:.1f} MB "
+                  f"({s['result_arrays_mb']:.1f} MB of it the per-window results); process RSS "
+                  f"{_fmt(s['memory'].get('rss_start_mb'), 0)} -> peak "
                   f"{_fmt(s['memory'].get('rss_peak_mb'), 0)} MB. Model p50 {s['latency_ms']['p50'] * 1e3:.1f} us, "
                   f"runtime work p50 {s['runtime_overhead_ms']['p50'] * 1e3:.1f} us "
                   f"(ratio of means {s['runtime_overhead_ratio']:.3f}); real-time factor {s['realtime_factor']:.5f}.",
@@ -773,7 +805,8 @@ def run_latency_benchmark(out_dir: str | os.PathLike, config: LatencyBenchConfig
     acc = _train_eval_int8(config, work, log) if config.accuracy else []
     ovh = _overhead_replay(config, work, log) if config.overhead_replay else []
     stream = _long_stream(config, work, log) if config.stream_hours > 0 else None
-    res = {"config": asdict(config), "host": host, "versions": versions, "peak": peak, "rows": rows,
+    res = {"config": asdict(config), "host": host, "cpu_details": _cpu_details(), "versions": versions,
+           "peak": peak, "rows": rows,
            "exports": exports, "accuracy": acc, "runtime_work": ovh, "stream": stream, "command": command}
     res["targets"] = _targets(rows, acc, ovh, config)
     res["wall_time_s"] = time.perf_counter() - t_start
