@@ -754,32 +754,39 @@ def _condition(stream: Any, manifest: Manifest, config: ReplayConfig, clock: _Cl
 
 
 def _smooth(pred: np.ndarray, segs: np.ndarray, k: int, K: int) -> np.ndarray:
-    """Causal majority vote over the last ``k`` windows of the same segment."""
+    """Causal majority vote over the last ``k`` windows of the same segment.
+
+    Ties go to the current window's class, then to the lower class index.
+    Memory: a (W, k) int16 matrix of lagged predictions, not (W, K) counts.
+    """
     if k <= 1 or pred.size == 0:
         return pred.copy()
     W = pred.shape[0]
-    onehot = np.zeros((W + 1, K), dtype=np.int64)
-    onehot[np.arange(1, W + 1), pred] = 1
-    csum = np.cumsum(onehot, axis=0)                       # csum[i] = counts over pred[:i]
-    starts = np.flatnonzero(np.r_[True, segs[1:] != segs[:-1]])
-    seg_start = starts[np.searchsorted(starts, np.arange(W), side="right") - 1]
-    lo = np.maximum(np.arange(W) - k + 1, seg_start)
-    counts = csum[np.arange(1, W + 1)] - csum[lo]          # (W, K) votes in [lo, w]
-    score = counts * 2
-    score[np.arange(W), pred] += 1                         # ties: the current window's class
-    return score.argmax(axis=1).astype(np.int64)
+    p16 = pred.astype(np.int16)
+    lagged = np.full((W, k), -1, dtype=np.int16)           # lagged[w, j] = pred[w - j] (same segment) or -1
+    for j in range(k):
+        same = segs[j:] == segs[:W - j]
+        lagged[j:, j] = np.where(same, p16[:W - j], -1)
+    best = np.zeros(W, dtype=np.int64)
+    best_score = np.full(W, -1, dtype=np.int32)
+    for c in range(K):
+        score = 2 * (lagged == c).sum(axis=1, dtype=np.int32) + (pred == c)
+        better = score > best_score
+        best[better] = c
+        best_score[better] = score[better]
+    return best
 
 
 def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, clock: _Clock, report: dict, *,
             rid: str, resampled: bool, max_windows: int | None, n_hint: int | None) -> ReplayResult:
     """The online loop: deliveries -> ring buffer -> window -> model -> prediction.
 
-    Each incoming block is normalized once, vectorized, into channel-first
-    layout (runtime work, counted); each delivery is then one slice copy into
-    a linear (C, L) buffer, L = 2T + 32 min(hop, T), whose last T columns
-    are the current window, so laying a window out as (1, C, T) is one more
-    copy; when the buffer is full its last T - 1 columns move to the front
-    (once every ~32 windows).
+    Buffering is done per block, vectorized: each incoming block is
+    normalized once into channel-first layout and joined to the last T - 1
+    normalized samples of the segment (runtime work, counted). A window is
+    then a slice of that array, and laying it out as (1, C, T) is a single
+    copy. Deliveries only decide when windows fire (and, with pacing, when
+    the loop waits for the sensor).
     """
     T, H = manifest.window_samples, manifest.hop_samples
     C, K = len(manifest.channels), len(manifest.class_names)
@@ -790,8 +797,7 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
     realtime = bool(config.realtime)
     mean = np.asarray(manifest.norm_mean, dtype=np.float32).reshape(C, 1)
     std = np.asarray(manifest.norm_std, dtype=np.float32).reshape(C, 1)
-    L = 2 * T + 32 * min(H, T)
-    buf = np.zeros((C, L), dtype=np.float32)        # normalized samples; the newest end at column bpos
+    tail = np.empty((C, 0), dtype=np.float32)       # the segment's last <= T - 1 normalized samples
     x_in = np.empty((1, C, T), dtype=np.float32)     # model input, reused every window
     xv = x_in[0]                                     # (C, T) view
     shape1k = (1, K)
@@ -799,7 +805,7 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
     if max_windows is not None:
         cap = min(cap, max_windows)
     cap = max(cap, 1)
-    preds = np.empty(cap, np.int64)
+    preds = np.empty(cap, np.int64)                  # per-window results; doubled when full
     trues = np.empty(cap, np.int64)
     ends = np.empty(cap, np.int64)
     segs = np.empty(cap, np.int64)
@@ -812,7 +818,6 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
     rss0 = _rss_mb()
     rss_peak = rss0 or 0.0
     w = 0
-    bpos = 0            # buffer column of the next sample
     seg = 0             # segment index (a reset gap starts a new one)
     seg_n = 0           # samples in the current segment
     seg_windows = 0     # windows in the current segment
@@ -820,6 +825,7 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
     abs_n = 0           # samples since the stream start at the manifest rate, gaps included
     late = 0
     stop = False
+    wmax = max_windows if max_windows is not None else np.iinfo(np.int64).max
     carry = np.empty(0, np.int64)   # labels of the current segment's last T - 1 samples (scoring only)
     it = iter(events)
     t0 = perf()
@@ -838,16 +844,20 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
         if ev[0] == "reset":
             report["samples_dropped"] += seg_n - covered(seg_windows)
             seg += 1
-            seg_n = seg_windows = bpos = 0
+            seg_n = seg_windows = 0
             next_end = T
             abs_n += ev[1]
             carry = carry[:0]
+            tail = tail[:, :0]
             continue
         values, labels = ev[1], ev[2]
         n = values.shape[0]
         vt = np.subtract(values.T, mean)             # (C, n) normalized, channel-first (runtime work)
         np.divide(vt, std, out=vt)
-        block_wins = []                              # (window index, end offset in this block)
+        if tail.shape[1]:
+            vt = np.concatenate([tail, vt], axis=1)  # + the segment's previous T - 1 samples
+        off = vt.shape[1] - n                        # column of this block's first sample
+        w_first = w
         i = 0
         while i < n:
             to_end = next_end - seg_n
@@ -856,53 +866,42 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
                 to_boundary = chunk - abs_n % chunk
                 if to_boundary < piece:
                     piece = to_boundary
-                delivery_end = abs_n + to_boundary
-            else:
-                delivery_end = abs_n + to_end
             if realtime:
                 ts = perf()
-                _sleep_until(t0 + delivery_end / fs)
+                _sleep_until(t0 + (abs_n + (to_end if chunk is None else chunk - abs_n % chunk)) / fs)
                 excl += perf() - ts
-            # -- buffering (runtime work)
-            if piece >= T:                                # only the last T samples matter
-                buf[:, :T] = vt[:, i + piece - T:i + piece]
-                bpos = T
-            else:
-                if bpos + piece > L:                      # full: keep the last T - 1 samples
-                    buf[:, :T - 1] = buf[:, bpos - T + 1:bpos]
-                    bpos = T - 1
-                buf[:, bpos:bpos + piece] = vt[:, i:i + piece]
-                bpos += piece
             seg_n += piece
             abs_n += piece
             i += piece
             if seg_n != next_end:
                 continue
             # -- a window is complete: lay it out as (1, C, T) and run the model
-            copyto(xv, buf[:, bpos - T:bpos])
+            e = off + i
+            copyto(xv, vt[:, e - T:e])
             tb = perf()
             logits = run(x_in)
             tc = perf()
-            if getattr(logits, "shape", None) != shape1k:
+            if type(logits) is np.ndarray and logits.shape == shape1k:
+                cls = int(logits.argmax())
+            else:
                 logits = np.asarray(logits)
                 if logits.shape != shape1k:
                     raise ValueError(f"backend {name!r} returned logits of shape {logits.shape} for a (1, {C}, {T}) "
                                      f"window; expected (1, {K}) for the manifest's {K} classes")
-            cls = int(logits.argmax()) if type(logits) is np.ndarray else int(np.argmax(logits))
+                cls = int(logits.argmax())
             if not isfinite(float(logits[0, cls])):
                 raise ValueError(f"backend {name!r} returned non-finite logits {np.asarray(logits)[0].tolist()} for "
                                  f"the window ending at sample {abs_n} of recording {rid!r}")
-            if w == preds.shape[0]:
-                preds, trues, ends, segs, lat, ovh = (np.resize(a, 2 * a.shape[0])
-                                                      for a in (preds, trues, ends, segs, lat, ovh))
+            if w == cap:
+                cap *= 2
+                preds, trues, ends, segs, lat, ovh = (np.resize(a, cap) for a in (preds, trues, ends, segs, lat, ovh))
             preds[w] = cls
             ends[w] = abs_n
             segs[w] = seg
             td = perf()
-            lat[w] = (tc - tb) * 1e3
-            ovh[w] = ((tb - t_last) - excl + (td - tc)) * 1e3
+            lat[w] = tc - tb
+            ovh[w] = (tb - t_last) - excl + (td - tc)
             # -- harness (untimed): lateness, memory; ground truth after the block
-            block_wins.append((w, i))
             if realtime and td > t0 + (abs_n + H) / fs:
                 late += 1
             if (w & 255) == 0:
@@ -912,21 +911,25 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
             w += 1
             seg_windows += 1
             next_end += H
-            if max_windows is not None and w >= max_windows:
+            if w >= wmax:
                 stop = True
                 report["windows_capped"] = True
                 break
             t_last = perf()
             excl = 0.0
+        # buffering for the next block: keep the segment's last T - 1 samples (runtime work)
+        tail = vt[:, max(0, vt.shape[1] - (T - 1)):].copy()
         # -- ground truth of this block's windows (harness, untimed)
         ts = perf()
         lab = np.concatenate([carry, labels]) if carry.size else labels
-        off = carry.shape[0]
-        for wi, e in block_wins:
-            lw = lab[off + e - T:off + e]
+        loff = lab.shape[0] - n                          # label index of this block's first sample
+        block_start = abs_n - i                          # absolute index of this block's first sample
+        for wi in range(w_first, w):
+            e = loff + int(ends[wi]) - block_start
+            lw = lab[e - T:e]
             lw = lw[lw >= 0]
             trues[wi] = int(np.bincount(lw, minlength=K).argmax()) if lw.size else -1
-        carry = lab[-(T - 1):].copy() if T > 1 else lab[:0].copy()
+        carry = lab[max(0, lab.shape[0] - (T - 1)):].copy()
         excl += perf() - ts
     wall = perf() - t0
     if not stop:
@@ -935,7 +938,8 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
     rss1 = _rss_mb()
     memory = {"rss_start_mb": rss0, "rss_peak_mb": max(rss_peak, rss1 or 0.0), "rss_end_mb": rss1,
               "maxrss_mb": _maxrss_mb()}
-    preds, trues, ends, segs, lat, ovh = (a[:w].copy() for a in (preds, trues, ends, segs, lat, ovh))
+    preds, trues, ends, segs = (a[:w].copy() for a in (preds, trues, ends, segs))
+    lat, ovh = lat[:w] * 1e3, ovh[:w] * 1e3                # seconds -> ms
     return ReplayResult(
         predictions=preds, true_labels=trues, window_ends=ends, latencies_ms=lat, runtime_overhead_ms=ovh,
         deadline_misses=int(np.sum(lat > hop_period_ms)), hop_period_ms=float(hop_period_ms),
@@ -1039,7 +1043,8 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
     (equal to offline resampling up to float rounding); bad input is
     repaired or rejected per ``config`` and counted. Memory use does not
     grow with the recording's length, apart from the per-window results
-    (six numbers, 48 bytes, per window: about 8 MB for a day at a 0.5 s hop).
+    (seven numbers, 56 bytes, per window: about 10 MB for a day at a 0.5 s
+    hop) and, with ``smoothing_k > 1``, a transient (W, k) int16 matrix.
 
     Parameters
     ----------

@@ -633,10 +633,11 @@ def _targets(rows: list[dict], acc: list[dict], ovh: list[dict], cfg: LatencyBen
     for key in ("executorch-xnnpack-fp32", "onnxruntime-fp32", "torch"):
         r = L.get(("resnet1d34", 500, 1, key))
         if r:
+            ref = key == "torch"          # eager PyTorch is the reference point, not a deployment runtime
             out.append({"target": f"resnet1d34 fp32 within 2x of its compute floor (T=500, 1 thread, "
-                                  f"{BACKEND_LABELS[key]})",
+                                  f"{BACKEND_LABELS[key]}{', for reference' if ref else ''})",
                         "measured": f"{r['p50']:.3f} ms vs floor {r['floor_ms']:.3f} ms = {r['x_floor']:.2f}x",
-                        "met": r["x_floor"] <= 2.0})
+                        "met": None if ref else r["x_floor"] <= 2.0})
     return out
 
 
@@ -734,7 +735,7 @@ def _markdown(res: dict) -> str:
                   f"(ratio of means {s['runtime_overhead_ratio']:.3f}); real-time factor {s['realtime_factor']:.5f}.",
                   ""]
     lines += ["## Targets", ""]
-    body = [[t["target"], t["measured"], {True: "met", False: "NOT met", None: "n/a"}[t["met"]]]
+    body = [[t["target"], t["measured"], {True: "met", False: "NOT met", None: "info"}[t["met"]]]
             for t in res["targets"]]
     lines += [markdown_table(["target", "measured", "status"], body), ""]
     lines += [f"Wall time {res['wall_time_s']:.0f} s. Command: `{res['command']}`."]
