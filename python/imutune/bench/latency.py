@@ -498,7 +498,7 @@ def _overhead_replay(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
         for chunk in (None, 1):
             rc = ReplayConfig.from_profile("phone-big-core", realtime=False, chunk_samples=chunk)
             backend = load_backend(d / "model.pte", manifest=man, num_threads=rc.num_threads)
-            replay(rec, backend, man, config=replace(rc, max_windows=300))       # warm-up
+            replay(rec, backend, man, config=replace(rc, max_windows=2000))      # warm-up
             s = replay(rec, backend, man, config=rc).summary()
             row = {"T": T, "sample_rate_hz": fs, "hop_samples": man.hop_samples, "chunk_samples": chunk,
                    "profile": "phone-big-core", "n_windows": s["n_windows"],
@@ -803,8 +803,9 @@ def run_latency_benchmark(out_dir: str | os.PathLike, config: LatencyBenchConfig
         f"GFLOP/s; FMA {peak['fma']['formula']} = {_fmt(peak['fma']['gflops'], 1)} GFLOP/s -> peak "
         f"{peak['peak_gflops']:.1f} GFLOP/s")
     rows, exports = _bench_models(config, work, peak["peak_gflops"], log)
-    acc = _train_eval_int8(config, work, log) if config.accuracy else []
+    # the replay right after the latency rows, before training heats the host up
     ovh = _overhead_replay(config, work, log) if config.overhead_replay else []
+    acc = _train_eval_int8(config, work, log) if config.accuracy else []
     stream = _long_stream(config, work, log) if config.stream_hours > 0 else None
     res = {"config": asdict(config), "host": host, "cpu_details": _cpu_details(), "versions": versions,
            "peak": peak, "rows": rows,
