@@ -479,22 +479,7 @@ def parity_max_abs_err(model: Any, backend: Any, windows: Any, *, batch_size: in
 
 
 def _compute_parity(model, backend, x: np.ndarray, batch_size: int) -> float:
-    import torch
-
-    worst = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        chunk = np.ascontiguousarray(x[start:start + batch_size])
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(chunk)).detach().float().numpy()
-        got = np.asarray(backend.run(chunk), dtype=np.float32)
-        if got.shape != ref.shape:
-            raise ValueError(f"backend {getattr(backend, 'name', type(backend).__name__)!r} returned logits of "
-                             f"shape {got.shape}; torch returned {ref.shape}")
-        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-        if not np.all(np.isfinite(diff)):
-            return float("inf")
-        worst = max(worst, float(diff.max(initial=0.0)))
-    return worst
+    return _compute_parity_agreement(model, backend, x, batch_size)[0]
 
 
 # --------------------------------------------------------------------------- writer
@@ -698,7 +683,7 @@ def _compute_parity_agreement(model, backend, x: np.ndarray, batch_size: int) ->
             return float("inf"), 0.0
         worst = max(worst, float(diff.max(initial=0.0)))
         same += int(np.sum(ref.argmax(1) == got.argmax(1)))
-    return worst, same / x.shape[0]
+    return worst, same / max(x.shape[0], 1)
 
 
 def _record_eval(manifest: Manifest, model, backends: dict, ev: tuple[np.ndarray, np.ndarray]) -> Manifest:

@@ -55,7 +55,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import _validation as V
-from .recordings import Recording
+from .recordings import Recording, _is_float, _is_int
 
 __all__ = ["StreamBlock", "Stream", "RecordingStream", "NpzStream", "CsvStream", "Shl2018Stream",
            "NpzStreamWriter", "StreamResampler", "open_stream", "open_streams", "DEFAULT_BLOCK_SAMPLES"]
@@ -604,22 +604,6 @@ class CsvStream(Stream):
                     pending_gap = 0
                 last_t = float(t[-1])
                 first_row = rowno + 1
-
-
-def _is_int(s: str) -> bool:
-    try:
-        int(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- SHL-2018
