@@ -76,22 +76,10 @@ def calibration_subset(windows: Any, *, max_windows: int = DEFAULT_MAX_CALIBRATI
 
 
 def _as_windows(name: str, windows: Any) -> np.ndarray:
-    try:
-        import torch
+    """Float32 (N, C, T) finite windows as a contiguous numpy array (the export's input check)."""
+    from .export import _check_example
 
-        if isinstance(windows, torch.Tensor):
-            windows = windows.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(windows, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array or torch tensor of shape (N, C, T), float32; "
-                         f"got {type(windows).__name__}")
-    if windows.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {windows.dtype}")
-    if windows.ndim != 3 or windows.shape[0] < 1:
-        raise ValueError(f"{name} must have shape (N, C, T) with N >= 1, got shape {windows.shape}")
-    V.check_finite_array(name, windows)
-    return np.ascontiguousarray(windows)
+    return _check_example(name, windows).numpy()
 
 
 # --------------------------------------------------------------------------- ExecuTorch / PT2E
