@@ -14,21 +14,24 @@ and test on arm side 1. Writes rehearsal.json / rehearsal.md / rehearsal.png.
 from __future__ import annotations
 
 import argparse
-import json
 import copy
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from imutune._io import write_json_atomic
 from imutune.bench.report import host_info, markdown_table, write_report
-from imutune.demo import DemoConfig, evaluate_bundle, split_target
-from imutune.finetune import FinetuneConfig, TrainConfig, finetune, load_bundle, pretrain, save_bundle, train
-from imutune.recordings import load_watch
-from imutune.windows import longtail_subsample, make_windows
+from imutune.data.recordings import load_watch
+from imutune.demo import DemoConfig
+from imutune.personalize.finetune import finetune
+from imutune.personalize.protocols import split_target
+from imutune.signal.windows import longtail_subsample, make_windows
+from imutune.train.bundle import evaluate_bundle, load_bundle, save_bundle
+from imutune.train.loop import train
+from imutune.train.pretrain import pretrain
 
 METHODS = ("none", "filterloss", "filterloss+rehearsal", "ce+rehearsal", "source-only")
 

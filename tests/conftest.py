@@ -1,11 +1,10 @@
 """Shared fixtures: tiny on-disk data sets written into ``tmp_path``."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Sequence
-
 import importlib.util
 import sys
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -60,6 +59,6 @@ def shl_folder(tmp_path) -> Callable[..., dict]:
 @pytest.fixture(scope="session")
 def watch_recordings():
     """The embedded watch data set, loaded once per session."""
-    from imutune.recordings import load_watch
+    from imutune.data.recordings import load_watch
 
     return load_watch()

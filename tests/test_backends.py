@@ -12,11 +12,16 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
 
 from imutune._io import sha256_file  # noqa: E402
-from imutune.backends import (OnnxBackend, PteBackend, TorchBackend, _run_fixed_batch,  # noqa: E402
-                              load_backend)
-from imutune.export import export_onnx, export_pte  # noqa: E402
-from imutune.manifest import Manifest  # noqa: E402
-from imutune.models import create_model  # noqa: E402
+from imutune.deploy.backends import (
+    OnnxBackend,
+    PteBackend,
+    TorchBackend,
+    _run_fixed_batch,
+    load_backend,
+)
+from imutune.deploy.export import export_onnx, export_pte  # noqa: E402
+from imutune.deploy.manifest import Manifest  # noqa: E402
+from imutune.models.resnet1d import create_model  # noqa: E402
 
 C, K, T = 3, 4, 64
 

@@ -8,13 +8,25 @@ import math
 import numpy as np
 import pytest
 import torch
+from imutune.personalize.baselines import (
+    BASELINES,
+    FILTERLOSS_METHODS,
+    METHODS,
+    no_finetune,
+    resample_windows,
+    run_method,
+)
+from imutune.personalize.quality import FilterConfig
+from imutune.signal.windows import WindowConfig, Windows
+from imutune.train.loop import TrainConfig, predict_logits
+from imutune.train.losses import (
+    ClassBalancedLoss,
+    FocalLoss,
+    effective_number_weights,
+    inverse_frequency_weights,
+)
+from imutune.train.pretrain import pretrain
 from torch.nn import functional as F
-
-from imutune.baselines import (BASELINES, FILTERLOSS_METHODS, METHODS, no_finetune, resample_windows, run_method)
-from imutune.finetune import TrainConfig, pretrain, predict_logits
-from imutune.losses import (ClassBalancedLoss, FocalLoss, effective_number_weights, inverse_frequency_weights)
-from imutune.quality import FilterConfig
-from imutune.windows import WindowConfig, Windows
 
 CHANNELS = tuple(f"ch{i}" for i in range(3))
 

@@ -10,14 +10,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from imutune.bench.filterloss import (
+    FilterLossBenchConfig,
+    paired_comparison,
+    run_filterloss_bench,
+    split_per_class,
+)
+from imutune.data.recordings import WATCH_CHANNELS, Recording, save_npz
+from imutune.personalize.quality import FilterConfig
+from imutune.signal.windows import WindowConfig, Windows
+from imutune.train.loop import TrainConfig
 from scipy import stats
-
-from imutune.bench.filterloss import (FilterLossBenchConfig, paired_comparison, run_filterloss_bench,
-                                      split_per_class)
-from imutune.finetune import TrainConfig
-from imutune.quality import FilterConfig
-from imutune.recordings import WATCH_CHANNELS, Recording, save_npz
-from imutune.windows import WindowConfig, Windows
 
 FAST = dict(model_name="tinycnn1d", window=WindowConfig(hop_s=2.0), seeds=(0,),
             pretrain=TrainConfig(epochs=1, batch_size=64), finetune=TrainConfig(epochs=2, batch_size=32),

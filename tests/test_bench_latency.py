@@ -5,9 +5,16 @@ import json
 import time
 
 import pytest
-
-from imutune.bench.latency import (BACKENDS, LatencyBenchConfig, _targets, count_flops, fma_peak, near_empty_model,
-                                   quick_config, time_calls)
+from imutune.bench.latency import (
+    BACKENDS,
+    LatencyBenchConfig,
+    _targets,
+    count_flops,
+    fma_peak,
+    near_empty_model,
+    quick_config,
+    time_calls,
+)
 
 
 def test_time_calls_statistics():

@@ -5,9 +5,13 @@ import json
 
 import numpy as np
 import pytest
-
-from imutune.bench.selective import SelectiveBenchConfig, quick_config, run_selective_bench, split_halves
-from imutune.finetune import TrainConfig
+from imutune.bench.selective import (
+    SelectiveBenchConfig,
+    quick_config,
+    run_selective_bench,
+    split_halves,
+)
+from imutune.train.loop import TrainConfig
 
 
 def _tiny(**kw) -> SelectiveBenchConfig:

@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-
 from imutune.cli import main
-from imutune.recordings import Recording, load_npz, save_npz
-from imutune.windows import resample_recording
+from imutune.data.recordings import Recording, load_npz, save_npz
+from imutune.signal.windows import resample_recording
 
 COMMON = ["--no-progress", "--device", "cpu", "--seed", "0"]
 

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
-import numpy as np
 import pytest
-
-from imutune.demo import DemoConfig, quick_config, run_demo, split_target
-from imutune.finetune import FinetuneConfig, TrainConfig
-from imutune.manifest import load_manifest, verify_artifact
-from imutune.windows import WindowConfig
+from imutune.demo import DemoConfig, quick_config, run_demo
+from imutune.deploy.manifest import load_manifest, verify_artifact
+from imutune.personalize.finetune import FinetuneConfig
+from imutune.personalize.protocols import split_target
+from imutune.signal.windows import WindowConfig
+from imutune.train.loop import TrainConfig
 
 TINY = DemoConfig(target_user="subject10", model_name="tinycnn1d", subjects=(1, 2, 10),
                   window=WindowConfig(window_s=2.0, hop_s=1.0),

@@ -5,11 +5,25 @@ import math
 
 import numpy as np
 import pytest
-
-from imutune.distortions import (G, GYRO_RANGE_PER_G, AdditiveNoise, AxisRotation, Bias, Clipping, Compose,
-                                 DroppedSamples, GainError, SampleRateMismatch, axis_triads, channel_kinds,
-                                 distort_recording, distort_windows, make_distortion, parse_distortion)
-from imutune.recordings import Recording
+from imutune.data.recordings import Recording
+from imutune.signal.distortions import (
+    GYRO_RANGE_PER_G,
+    AdditiveNoise,
+    AxisRotation,
+    Bias,
+    Clipping,
+    Compose,
+    DroppedSamples,
+    G,
+    GainError,
+    SampleRateMismatch,
+    axis_triads,
+    channel_kinds,
+    distort_recording,
+    distort_windows,
+    make_distortion,
+    parse_distortion,
+)
 
 CH = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
 FS = 50.0

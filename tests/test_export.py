@@ -12,11 +12,15 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
 
 from imutune._io import sha256_file  # noqa: E402
-from imutune.backends import OnnxBackend, PteBackend, load_backend  # noqa: E402
-from imutune.export import (export_onnx, export_pte, parity_max_abs_err,  # noqa: E402
-                            write_exports)
-from imutune.manifest import Manifest, load_manifest  # noqa: E402
-from imutune.models import create_model  # noqa: E402
+from imutune.deploy.backends import OnnxBackend, PteBackend, load_backend  # noqa: E402
+from imutune.deploy.export import (
+    export_onnx,
+    export_pte,
+    parity_max_abs_err,
+    write_exports,
+)
+from imutune.deploy.manifest import Manifest, load_manifest  # noqa: E402
+from imutune.models.resnet1d import create_model  # noqa: E402
 
 C, K, T = 6, 5, 100
 TOL = 1e-4
@@ -230,7 +234,7 @@ def _n_delegates(buffer: bytes) -> int:
 
 
 def test_conv1d_as_conv2d_is_equivalent_and_lowers_to_one_partition():
-    from imutune.export import _compute_pte, conv1d_as_conv2d
+    from imutune.deploy.export import _compute_pte, conv1d_as_conv2d
 
     torch.manual_seed(0)
     m = _randomize_bn(create_model("tinycnn1d", in_channels=3, num_classes=4, stem_pool=True)).eval()
@@ -247,7 +251,7 @@ def test_conv1d_as_conv2d_is_equivalent_and_lowers_to_one_partition():
 
 
 def test_rewrite_falls_back_when_outputs_differ():
-    from imutune.export import _rewrite_for_xnnpack
+    from imutune.deploy.export import _rewrite_for_xnnpack
 
     class LastStep(torch.nn.Module):         # functional 1-D code: x[..., -1] differs on (N, C, 1, T)
         def __init__(self):

@@ -7,13 +7,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from imutune.finetune import (FinetuneConfig, ModelBundle, TrainConfig, finetune, load_bundle, predict_logits,
-                              predict_proba, pretrain, resolve_device, save_bundle, split_holdout, train)
-from imutune.losses import FilterLoss, WeightedCrossEntropy
-from imutune.models import create_model
-from imutune.quality import CategoryWeights
-from imutune.windows import Normalizer, WindowConfig, Windows
+from imutune.models.resnet1d import create_model
+from imutune.personalize.finetune import FinetuneConfig, finetune
+from imutune.personalize.quality import CategoryWeights
+from imutune.signal.windows import Normalizer, WindowConfig, Windows
+from imutune.train.bundle import ModelBundle, load_bundle, save_bundle
+from imutune.train.loop import (
+    TrainConfig,
+    predict_logits,
+    predict_proba,
+    resolve_device,
+    train,
+)
+from imutune.train.losses import FilterLoss, WeightedCrossEntropy
+from imutune.train.pretrain import pretrain, split_holdout
 
 C, T = 3, 32
 WINDOW = WindowConfig(window_s=0.64, hop_s=0.32, sample_rate_hz=50.0)   # T = 32 samples

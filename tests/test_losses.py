@@ -5,9 +5,8 @@ import math
 
 import pytest
 import torch
+from imutune.train.losses import FilterLoss, WeightedCrossEntropy
 from torch.nn import functional as F
-
-from imutune.losses import FilterLoss, WeightedCrossEntropy
 
 
 def _data(n=6, k=4, seed=0):

@@ -6,10 +6,21 @@ import json
 
 import numpy as np
 import pytest
-
-from imutune._io import (save_torch_atomic, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic,
-                         write_text_atomic, write_with_atomic)
-from imutune.manifest import MANIFEST_VERSION, Manifest, load_manifest, verify_artifact
+from imutune._io import (
+    save_torch_atomic,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+    write_with_atomic,
+)
+from imutune.deploy.manifest import (
+    MANIFEST_VERSION,
+    Manifest,
+    load_manifest,
+    verify_artifact,
+)
 
 
 def _manifest(**over) -> Manifest:

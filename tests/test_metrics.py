@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from imutune.metrics import (
+    accuracy,
+    confusion_matrix,
+    latency_summary,
+    macro_f1,
+    restore_ratio,
+)
 from sklearn.metrics import f1_score
-
-from imutune.metrics import accuracy, confusion_matrix, latency_summary, macro_f1, restore_ratio
 
 
 def test_accuracy_exact():

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from imutune.models.resnet1d import (
+    ResNet1d,
+    ResNet1dConfig,
+    count_parameters,
+    create_model,
+    default_config,
+    list_models,
+    register_model,
+    replace_head,
+)
 from torch import nn
-
-from imutune.models import (ResNet1d, ResNet1dConfig, count_parameters, create_model, default_config,
-                            list_models, register_model, replace_head)
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +147,7 @@ def test_register_model():
         m = create_model("_test_micro", in_channels=1, num_classes=2)
         assert m(torch.randn(2, 1, 32)).shape == (2, 2)
     finally:
-        from imutune import models
+        from imutune.models import resnet1d as models
 
         models._REGISTRY.pop("_test_micro", None)
     assert "_test_micro" not in list_models()

@@ -7,13 +7,26 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from imutune.finetune import ModelBundle, TrainConfig, load_bundle, save_bundle
-from imutune.models import create_model
-from imutune.patch import (Patch, apply_patch, apply_patch_bundle, load_patch, make_patch, model_bytes,
-                           patch_bytes, save_patch, state_hash)
-from imutune.selective import finetune_selected, full_selection, random_selection
-from imutune.windows import Normalizer, WindowConfig
+from imutune.models.resnet1d import create_model
+from imutune.personalize.patch import (
+    Patch,
+    apply_patch,
+    apply_patch_bundle,
+    load_patch,
+    make_patch,
+    model_bytes,
+    patch_bytes,
+    save_patch,
+    state_hash,
+)
+from imutune.personalize.selective import (
+    finetune_selected,
+    full_selection,
+    random_selection,
+)
+from imutune.signal.windows import Normalizer, WindowConfig
+from imutune.train.bundle import ModelBundle, load_bundle, save_bundle
+from imutune.train.loop import TrainConfig
 
 FAST = TrainConfig(epochs=3, batch_size=8, lr=5e-3, device="cpu")
 
@@ -126,9 +139,9 @@ def test_corrupt_or_foreign_files(base_and_tuned, tmp_path):
 
 
 def test_new_class_set_and_bundle_export(base_and_tuned, tmp_path):
-    from imutune.export import write_exports
-    from imutune.jobs import manifest_for
-    from imutune.models import replace_head
+    from imutune.deploy.export import write_exports
+    from imutune.deploy.manifest import manifest_for
+    from imutune.models.resnet1d import replace_head
 
     base, _, x = base_and_tuned
     bundle = ModelBundle(base, "tinycnn1d", ("a", "b", "c", "d"), tuple(f"c{i}" for i in range(6)),

@@ -6,10 +6,16 @@ import time
 
 import numpy as np
 import pytest
-
-from imutune.profiles import (PROFILES, DeviceProfile, apply_profile, available_cores, get_profile, list_profiles,
-                              pin_process)
-from imutune.runtime import ReplayConfig
+from imutune.runtime.profiles import (
+    PROFILES,
+    DeviceProfile,
+    apply_profile,
+    available_cores,
+    get_profile,
+    list_profiles,
+    pin_process,
+)
+from imutune.runtime.replay import ReplayConfig
 
 HAS_AFFINITY = hasattr(os, "sched_setaffinity")
 
@@ -116,8 +122,8 @@ def thread_models(tmp_path_factory):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("executorch")
-    from imutune.export import export_onnx, export_pte
-    from imutune.models import create_model
+    from imutune.deploy.export import export_onnx, export_pte
+    from imutune.models.resnet1d import create_model
 
     torch.manual_seed(0)
     model = create_model("mobilecnn1d", in_channels=6, num_classes=4).eval()
@@ -130,7 +136,7 @@ def thread_models(tmp_path_factory):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc per-thread CPU times")
 def test_every_backend_obeys_the_profiles_thread_count(thread_models):
-    from imutune.backends import OnnxBackend, PteBackend, TorchBackend
+    from imutune.deploy.backends import OnnxBackend, PteBackend, TorchBackend
 
     model, x, out = thread_models
     makers = {"onnxruntime": lambda n: OnnxBackend(out / "m.onnx", num_threads=n),
@@ -153,9 +159,9 @@ def test_every_backend_obeys_the_profiles_thread_count(thread_models):
 
 
 def test_replay_rejects_backend_with_other_thread_count():
-    from imutune.manifest import Manifest
-    from imutune.recordings import Recording
-    from imutune.runtime import replay
+    from imutune.data.recordings import Recording
+    from imutune.deploy.manifest import Manifest
+    from imutune.runtime.replay import replay
 
     class Fake:
         name, num_threads = "fake", 2
@@ -174,9 +180,9 @@ def test_replay_rejects_backend_with_other_thread_count():
 
 def test_run_replay_with_profile_and_stream(thread_models, tmp_path):
     from imutune._io import sha256_file
+    from imutune.data.recordings import Recording, save_npz
+    from imutune.deploy.manifest import Manifest
     from imutune.jobs import run_replay
-    from imutune.manifest import Manifest
-    from imutune.recordings import Recording, save_npz
 
     _, x, out = thread_models
     chans = tuple(f"c{i}" for i in range(6))

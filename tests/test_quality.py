@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from imutune.quality import (BOUNDARY, CATEGORY_NAMES, HIGH_VALUE, NOISY, CategoryWeights, QualityConfig,
-                             categorize, category_counts, sample_weights)
+from imutune.personalize.quality import (
+    BOUNDARY,
+    CATEGORY_NAMES,
+    HIGH_VALUE,
+    NOISY,
+    CategoryWeights,
+    QualityConfig,
+    categorize,
+    category_counts,
+    sample_weights,
+)
 
 
 def test_category_constants():

@@ -8,12 +8,25 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from imutune.personalize import quality as Q
+from imutune.personalize.quality import (
+    BOUNDARY,
+    HIGH_VALUE,
+    NOISY,
+    CategoryWeights,
+    FilterConfig,
+    QualityConfig,
+    categorize,
+    category_counts,
+    class_balance_factors,
+    filter_weights,
+    knn_agreement,
+    learn_weights,
+    score_embeddings,
+    select_weights,
+    stratified_folds,
+)
 from torch import nn
-
-from imutune import quality as Q
-from imutune.quality import (BOUNDARY, HIGH_VALUE, NOISY, CategoryWeights, FilterConfig, QualityConfig,
-                             categorize, category_counts, class_balance_factors, filter_weights, knn_agreement,
-                             learn_weights, score_embeddings, select_weights, stratified_folds)
 
 
 def _blobs(K=4, D=16, n=50, n_flip=20, seed=0, spread=3.0):
@@ -262,8 +275,10 @@ def test_filter_weights_with_a_class_without_windows():
 
 
 def test_finetune_with_filterloss_cv_and_learned():
-    from imutune.finetune import FinetuneConfig, TrainConfig, finetune, pretrain
-    from imutune.windows import WindowConfig, Windows
+    from imutune.personalize.finetune import FinetuneConfig, finetune
+    from imutune.signal.windows import WindowConfig, Windows
+    from imutune.train.loop import TrainConfig
+    from imutune.train.pretrain import pretrain
 
     rng = np.random.default_rng(0)
     x, y, _ = _windows(C=6, T=50, n=20)

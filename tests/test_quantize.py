@@ -9,10 +9,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
 
-from imutune.backends import load_backend  # noqa: E402
-from imutune.export import export_pte, write_exports  # noqa: E402
-from imutune.manifest import Manifest  # noqa: E402
-from imutune.quantize import calibration_subset, int8_accuracy_report, quantize_onnx  # noqa: E402
+from imutune.deploy.backends import load_backend  # noqa: E402
+from imutune.deploy.export import export_pte, write_exports  # noqa: E402
+from imutune.deploy.manifest import Manifest  # noqa: E402
+from imutune.deploy.quantize import (  # noqa: E402
+    calibration_subset,
+    int8_accuracy_report,
+    quantize_onnx,
+)
 
 C, T, K = 3, 32, 3
 #: int8 parity tolerance stated for these tests: top-1 agreement with fp32 >= 95% and at most 2 points of
@@ -33,8 +37,8 @@ def _synthetic(n, seed):
 
 @pytest.fixture(scope="module")
 def trained():
-    from imutune.finetune import TrainConfig, train
-    from imutune.models import create_model
+    from imutune.models.resnet1d import create_model
+    from imutune.train.loop import TrainConfig, train
 
     xtr, ytr = _synthetic(480, 0)
     xte, yte = _synthetic(120, 1)

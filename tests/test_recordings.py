@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from imutune.recordings import (SHL_CLASS_NAMES, WATCH_CHANNELS, WATCH_CLASS_NAMES, Recording, load_csv,
-                                load_npz, load_recordings, load_shl2018, load_watch, save_npz)
-
 from conftest import write_shl_folder
+from imutune.data.recordings import (
+    SHL_CLASS_NAMES,
+    WATCH_CHANNELS,
+    WATCH_CLASS_NAMES,
+    Recording,
+    load_csv,
+    load_npz,
+    load_recordings,
+    load_shl2018,
+    load_watch,
+    save_npz,
+)
 
 
 def _rec(n=20, *, name="r1", labels=None, values=None, sample_rate_hz=50.0, class_names=("a", "b", "c")):

@@ -5,11 +5,17 @@ import time
 
 import numpy as np
 import pytest
-
-from imutune.manifest import Manifest
-from imutune.recordings import Recording
-from imutune.runtime import RingBuffer, ReplayConfig, ReplayResult, plot_confusion_matrix, replay, replay_many
-from imutune.windows import window_starts
+from imutune.data.recordings import Recording
+from imutune.deploy.manifest import Manifest
+from imutune.runtime.replay import (
+    ReplayConfig,
+    ReplayResult,
+    RingBuffer,
+    plot_confusion_matrix,
+    replay,
+    replay_many,
+)
+from imutune.signal.windows import window_starts
 
 CLASSES = ("still", "walk", "run")
 CHANNELS = ("acc_x", "acc_y", "gyr_z")
@@ -361,7 +367,7 @@ def _tiny_model(torch):
 def test_replay_through_onnx_export_matches_torch(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    backends = pytest.importorskip("imutune.backends")
+    backends = pytest.importorskip("imutune.deploy.backends")
     from imutune._io import sha256_file
 
     m = make_manifest()
@@ -407,7 +413,7 @@ def test_per_hop_delivery_matches_sample_by_sample():
 
 
 def test_smoothing_majority_vote_is_causal_and_per_segment():
-    from imutune.runtime import _smooth
+    from imutune.runtime.replay import _smooth
 
     pred = np.array([0, 1, 1, 0, 2, 2, 0, 0])
     segs = np.array([0, 0, 0, 0, 0, 1, 1, 1])

@@ -8,13 +8,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from imutune.models.resnet1d import count_parameters, create_model
+from imutune.personalize.selective import (
+    Selection,
+    SelectiveConfig,
+    activation_distances,
+    borda_count,
+    conv_layers,
+    count_trainable,
+    entry_masks,
+    finetune_selected,
+    full_selection,
+    last_block_selection,
+    personalize,
+    random_selection,
+    rank_filters,
+    reference_distances,
+    select_filters,
+)
+from imutune.train.loop import TrainConfig
 
-from imutune.finetune import TrainConfig
-from imutune.models import count_parameters, create_model
-from imutune.selective import (Selection, SelectiveConfig, activation_distances, borda_count, conv_layers,
-                               count_trainable, entry_masks, finetune_selected, full_selection,
-                               last_block_selection, personalize, random_selection, rank_filters,
-                               reference_distances, select_filters)
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -182,8 +195,8 @@ def test_selection_errors(model_and_data):
 
 
 def test_personalize_paired_and_pairfree(model_and_data):
-    from imutune.finetune import ModelBundle
-    from imutune.windows import Normalizer, WindowConfig
+    from imutune.signal.windows import Normalizer, WindowConfig
+    from imutune.train.bundle import ModelBundle
 
     m, x, xd, y = model_and_data
     norm = Normalizer(np.zeros(6, np.float32), np.ones(6, np.float32))
@@ -205,9 +218,10 @@ def test_personalize_paired_and_pairfree(model_and_data):
 
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory, watch_recordings):
-    from imutune.finetune import pretrain, save_bundle
-    from imutune.recordings import save_npz
-    from imutune.windows import WindowConfig, make_windows
+    from imutune.data.recordings import save_npz
+    from imutune.signal.windows import WindowConfig, make_windows
+    from imutune.train.bundle import save_bundle
+    from imutune.train.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("personalize")
     win = WindowConfig(hop_s=2.0)
@@ -224,8 +238,8 @@ def cli_setup(tmp_path_factory, watch_recordings):
 
 def test_personalize_command_writes_a_small_patch(cli_setup, tmp_path):
     from imutune.cli import main
-    from imutune.finetune import load_bundle
-    from imutune.patch import load_patch, state_hash
+    from imutune.personalize.patch import load_patch, state_hash
+    from imutune.train.bundle import load_bundle
 
     root = cli_setup
     out = tmp_path / "user"

@@ -7,13 +7,28 @@ import zipfile
 
 import numpy as np
 import pytest
-
-from imutune.manifest import Manifest
-from imutune.recordings import Recording, load_csv, load_npz, load_shl2018, save_npz
-from imutune.runtime import ReplayConfig, replay, replay_many, replay_stream
-from imutune.streams import (CsvStream, NpzStream, NpzStreamWriter, RecordingStream, Shl2018Stream, Stream,
-                             StreamBlock, StreamResampler, open_stream, open_streams)
-from imutune.windows import resample
+from imutune.data.recordings import (
+    Recording,
+    load_csv,
+    load_npz,
+    load_shl2018,
+    save_npz,
+)
+from imutune.data.streams import (
+    CsvStream,
+    NpzStream,
+    NpzStreamWriter,
+    RecordingStream,
+    Shl2018Stream,
+    Stream,
+    StreamBlock,
+    StreamResampler,
+    open_stream,
+    open_streams,
+)
+from imutune.deploy.manifest import Manifest
+from imutune.runtime.replay import ReplayConfig, replay, replay_many, replay_stream
+from imutune.signal.windows import resample
 
 CLASSES = ("still", "walk", "run")
 CHANNELS = ("acc_x", "acc_y", "gyr_z")

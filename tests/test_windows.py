@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from imutune.recordings import Recording
-from imutune.windows import (Normalizer, WindowConfig, longtail_subsample, make_windows, resample,
-                             resample_recording, window_starts)
+from imutune.data.recordings import Recording
+from imutune.signal.windows import (
+    Normalizer,
+    WindowConfig,
+    longtail_subsample,
+    make_windows,
+    resample,
+    resample_recording,
+    window_starts,
+)
 
 CLASSES = ("a", "b", "c")
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 __all__ = [
     "check_positive", "check_fraction", "check_in_range", "check_finite_array",
     "check_array_2d", "check_labels", "check_file", "check_dir", "check_int_at_least",
-    "check_choice",
+    "check_choice", "check_windows",
 ]
 
 
@@ -127,3 +127,34 @@ def check_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
     if not p.is_dir():
         raise FileNotFoundError(f"{what} {str(p)!r} does not exist or is not a folder")
     return p
+
+
+def check_windows(name: str, x: Any, *, in_channels: int | None = None, window_samples: int | None = None,
+                  expected_by: str = "the manifest", finite: bool = False, allow_tensor: bool = True) -> np.ndarray:
+    """Require a float32 array (or CPU tensor) of windows, shape (N, C, T) with N >= 1.
+
+    ``in_channels`` / ``window_samples`` pin C and T; ``expected_by`` names who expects them in the
+    message. Returns a C-contiguous float32 numpy array. Raises ``ValueError`` naming ``name``.
+    """
+    if allow_tensor and hasattr(x, "detach") and hasattr(x, "numpy"):       # a torch.Tensor, without importing torch here
+        x = x.detach().cpu()
+        if str(x.dtype) != "torch.float32":
+            raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
+        x = x.numpy()
+    if not isinstance(x, np.ndarray):
+        kinds = "a numpy array or torch.Tensor" if allow_tensor else "a numpy array"
+        raise ValueError(f"{name} must be {kinds} of shape (N, C, T), float32; got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, C, T), got shape {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one window, got shape {x.shape}")
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels (shape {x.shape}); {expected_by} expects C={in_channels}")
+    if window_samples is not None and x.shape[2] != window_samples:
+        raise ValueError(f"{name} has windows of {x.shape[2]} samples (shape {x.shape}); "
+                         f"{expected_by} expects T={window_samples}")
+    if finite:
+        check_finite_array(name, x)
+    return np.ascontiguousarray(x)

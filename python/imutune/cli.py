@@ -137,7 +137,11 @@ def _add_bench_filterloss(bench_sub) -> None:
 
 
 def _bench_filterloss(args) -> int:
-    from .bench.filterloss import FilterLossBenchConfig, quick_config, run_filterloss_bench
+    from .bench.filterloss import (
+        FilterLossBenchConfig,
+        quick_config,
+        run_filterloss_bench,
+    )
 
     cfg = quick_config() if args.quick else FilterLossBenchConfig()
     over: dict = {"device": args.device, "target_data": tuple(args.target_data),
@@ -232,7 +236,7 @@ def _add_personalize(sub) -> None:
 
 
 def _personalize(args) -> int:
-    from .selective import SelectiveConfig, run_personalize
+    from .personalize.selective import SelectiveConfig, run_personalize
 
     cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, train=_train_config(args), loss=args.loss)
     res = run_personalize(args.base, args.data, args.out, config=cfg, clean_data=args.clean_data,
@@ -245,8 +249,8 @@ def _personalize(args) -> int:
 
 
 def _apply_patch(args) -> int:
-    from .finetune import load_bundle, save_bundle
-    from .patch import apply_patch_bundle
+    from .personalize.patch import apply_patch_bundle
+    from .train.bundle import load_bundle, save_bundle
 
     b = apply_patch_bundle(load_bundle(args.base), args.patch)
     save_bundle(b, args.out)
@@ -338,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_config(args):
-    from .finetune import TrainConfig
+    from .train.loop import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
 
@@ -363,7 +367,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "pretrain":
         from .jobs import run_pretrain
-        from .windows import WindowConfig
+        from .signal.windows import WindowConfig
 
         w = WindowConfig(args.window_s, args.hop_s, args.sample_rate_hz, args.min_purity)
         b = run_pretrain(args.data, args.out, model_name=args.model, window=w, train_config=_train_config(args),
@@ -371,8 +375,8 @@ def _dispatch(args) -> int:
         print(json.dumps({k: b.info.get(k) for k in ("source_accuracy", "source_macro_f1", "n_train", "n_holdout")}))
         return 0
     if args.command == "finetune":
-        from .finetune import FinetuneConfig
         from .jobs import run_finetune
+        from .personalize.finetune import FinetuneConfig
 
         cfg = FinetuneConfig(train=_train_config(args), loss=args.loss, rehearsal_ratio=args.rehearsal_ratio)
         res = run_finetune(args.base, args.data, args.out, config=cfg, imbalance_ratio=args.imbalance_ratio,
@@ -405,7 +409,7 @@ def _dispatch(args) -> int:
     if args.command == "apply-patch":
         return _apply_patch(args)
     if args.command == "models":
-        from .models import count_parameters, create_model, list_models
+        from .models.resnet1d import count_parameters, create_model, list_models
 
         for n in list_models():
             print(f"{n}\t{count_parameters(create_model(n, in_channels=6, num_classes=8))} parameters (6 ch, 8 classes)")

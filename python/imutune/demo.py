@@ -16,25 +16,26 @@ paper's target-only setting.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import _validation as V
 from ._io import write_json_atomic, write_text_atomic
-from .finetune import (FinetuneConfig, ModelBundle, TrainConfig, finetune, predict_logits, pretrain,
-                       resolve_device, save_bundle)
-from .metrics import accuracy, macro_f1, restore_ratio
-from .recordings import Recording, load_watch
-from .windows import WindowConfig, Windows, longtail_subsample, make_windows
+from .data.recordings import load_watch
+from .metrics import restore_ratio
+from .personalize.finetune import FinetuneConfig, finetune
+from .personalize.protocols import split_target
+from .signal.windows import WindowConfig, longtail_subsample, make_windows
+from .train.bundle import evaluate_bundle, save_bundle
+from .train.loop import TrainConfig, resolve_device
+from .train.pretrain import pretrain
 
-__all__ = ["DemoConfig", "quick_config", "split_target", "run_demo", "evaluate_bundle"]
+__all__ = ["DemoConfig", "quick_config", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -71,37 +72,6 @@ def quick_config(**overrides: Any) -> DemoConfig:
     return replace(base, **overrides)
 
 
-def split_target(recordings: Sequence[Recording], target_user: str, *, train_side: int = 0
-                 ) -> tuple[list[Recording], list[Recording], list[Recording]]:
-    """Split watch recordings into (source, target_train, target_test).
-
-    Target training data are the target's recordings of arm ``train_side``;
-    its other arm side is the test set.
-
-    Raises
-    ------
-    ValueError
-        If the target user is unknown or lacks recordings of either side.
-    """
-    users = sorted({r.user for r in recordings})
-    if target_user not in users:
-        raise ValueError(f"target_user {target_user!r} not found; users are {users}")
-    source = [r for r in recordings if r.user != target_user]
-    tgt = [r for r in recordings if r.user == target_user]
-    train = [r for r in tgt if r.meta.get("side") == train_side]
-    test = [r for r in tgt if r.meta.get("side") != train_side]
-    if not train or not test or not source:
-        raise ValueError(f"target_user {target_user!r} needs recordings on both arm sides and source users; got "
-                         f"{len(train)} train, {len(test)} test, {len(source)} source recordings")
-    return source, train, test
-
-
-def evaluate_bundle(bundle: ModelBundle, windows: Windows, *, device: str = "auto") -> dict[str, float]:
-    """Accuracy and macro-F1 of ``bundle`` on ``windows`` (in [0, 1])."""
-    pred = predict_logits(bundle.model, bundle.normalizer(windows.x), device=device).argmax(1)
-    return {"accuracy": accuracy(windows.y, pred), "macro_f1": macro_f1(windows.y, pred, windows.num_classes)}
-
-
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, progress: bool = True,
              log=print) -> dict[str, Any]:
     """Run the whole job on the embedded watch data and write its artifacts.
@@ -117,10 +87,10 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     dict
         The report (also ``report.json``); see README for the fields.
     """
-    from .backends import load_backend
-    from .export import write_exports
-    from .jobs import manifest_for
-    from .runtime import ReplayConfig, plot_confusion_matrix, replay_many
+    from .deploy.backends import load_backend
+    from .deploy.export import write_exports
+    from .deploy.manifest import manifest_for
+    from .runtime.replay import ReplayConfig, plot_confusion_matrix, replay_many
 
     t_start = time.perf_counter()
     out = Path(out_dir)

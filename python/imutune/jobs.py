@@ -11,40 +11,22 @@ atomically together with the config it ran with (``*_config.json``):
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._io import write_json_atomic, write_text_atomic
-from .finetune import (FinetuneConfig, ModelBundle, TrainConfig, finetune, load_bundle, pretrain,
-                       save_bundle)
-from .manifest import Manifest
-from .recordings import Recording, load_recordings
-from .windows import WindowConfig, longtail_subsample, make_windows
+from .data.recordings import load_many
+from .deploy.manifest import Manifest, manifest_for
+from .personalize.finetune import FinetuneConfig, finetune
+from .signal.windows import WindowConfig, longtail_subsample, make_windows
+from .train.bundle import ModelBundle, load_bundle, save_bundle
+from .train.loop import TrainConfig
+from .train.pretrain import pretrain
 
-__all__ = ["load_many", "manifest_for", "run_pretrain", "run_finetune", "run_export", "run_replay"]
-
-
-def load_many(paths: Sequence[str | os.PathLike]) -> list[Recording]:
-    """Recordings from every path (``.npz``, ``.csv``, SHL-2018 folder, folder of files, or ``"watch"``)."""
-    if not paths:
-        raise ValueError("no data paths were given; expected at least one recording file or folder")
-    recs: list[Recording] = []
-    for p in paths:
-        recs.extend(load_recordings(p))
-    return recs
-
-
-def manifest_for(bundle: ModelBundle) -> Manifest:
-    """The export manifest of a bundle (artifacts filled in by :func:`imutune.export.write_exports`)."""
-    w = bundle.window
-    return Manifest(model_name=bundle.model_name, model_config=asdict(bundle.model.config),
-                    class_names=tuple(bundle.class_names), channels=tuple(bundle.channels),
-                    sample_rate_hz=w.sample_rate_hz, window_s=w.window_s, hop_s=w.hop_s,
-                    norm_mean=tuple(float(v) for v in bundle.normalizer.mean),
-                    norm_std=tuple(float(v) for v in bundle.normalizer.std))
+__all__ = ["run_pretrain", "run_finetune", "run_export", "run_replay"]
 
 
 def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model_name: str = "mobilecnn1d",
@@ -79,7 +61,7 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     windows (for experiments). With ``test_data``, accuracy and macro-F1 before
     and after are measured and returned.
     """
-    from .demo import evaluate_bundle
+    from .train.bundle import evaluate_bundle
 
     bundle = load_bundle(base)
     recs = load_many(data)
@@ -115,7 +97,7 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
     int8 variants (``"onnx-int8"``, ``"pte-int8"``) are calibrated on the windows of ``data`` (use
     training recordings); with ``eval_data`` (held-out recordings) every artifact's accuracy and the
     int8 change against fp32 are recorded in the manifest."""
-    from .export import write_exports
+    from .deploy.export import write_exports
 
     bundle = load_bundle(model_dir)
     w = make_windows(load_many(data), bundle.window, channels=bundle.channels)
@@ -145,9 +127,9 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     ``stream=True`` reads each file incrementally (:func:`imutune.streams.open_streams`)
     instead of loading it.
     """
-    from .backends import load_backend
-    from .manifest import load_manifest
-    from .runtime import ReplayConfig, plot_confusion_matrix, replay_many
+    from .deploy.backends import load_backend
+    from .deploy.manifest import load_manifest
+    from .runtime.replay import ReplayConfig, plot_confusion_matrix, replay_many
 
     artifact = Path(artifact)
     manifest = load_manifest(manifest_path if manifest_path is not None else artifact.parent / "manifest.json")
@@ -161,7 +143,7 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     num_threads = cfg.num_threads
     backend = load_backend(artifact, manifest=manifest, num_threads=num_threads)
     if stream:
-        from .streams import open_streams
+        from .data.streams import open_streams
 
         recs: list[Any] = [s for p in data for s in open_streams(p)]
     else:

@@ -40,7 +40,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,10 +48,12 @@ import numpy as np
 
 from .. import _validation as V
 from .._io import write_json_atomic
-from ..baselines import BASELINES, FILTERLOSS_METHODS, METHODS, run_method
-from ..finetune import ModelBundle, TrainConfig, load_bundle, pretrain, resolve_device, save_bundle
-from ..quality import CATEGORY_NAMES, FilterConfig
-from ..windows import WindowConfig, Windows, longtail_subsample, make_windows
+from ..personalize.baselines import BASELINES, FILTERLOSS_METHODS, METHODS, run_method
+from ..personalize.quality import CATEGORY_NAMES, FilterConfig
+from ..signal.windows import WindowConfig, Windows, longtail_subsample, make_windows
+from ..train.bundle import ModelBundle, load_bundle, save_bundle
+from ..train.loop import TrainConfig, resolve_device
+from ..train.pretrain import pretrain
 from .report import host_info, markdown_table, write_report
 
 __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "split_per_class",
@@ -184,9 +186,8 @@ def _pretrained(out: Path, name: str, source: Windows, cfg: FilterLossBenchConfi
 
 def _units(out: Path, cfg: FilterLossBenchConfig, progress: bool, log: Callable[[str], None]):
     """Yield one :class:`_Unit` per target (pretraining lazily, so progress shows)."""
-    from ..demo import split_target
-    from ..jobs import load_many
-    from ..recordings import load_watch
+    from ..data.recordings import load_many, load_watch
+    from ..personalize.protocols import split_target
 
     if cfg.target_data:
         source = make_windows(load_watch(subjects=cfg.source_subjects), cfg.window)
@@ -231,8 +232,8 @@ def _subsample(w: Windows, ratio: float | None, seed: int) -> Windows:
 # --------------------------------------------------------------------------- one cell
 
 def _run_cell(unit: _Unit, ratio: float | None, seed: int, method: str, cfg: FilterLossBenchConfig) -> dict:
-    from ..demo import evaluate_bundle
     from ..metrics import restore_ratio
+    from ..train.bundle import evaluate_bundle
 
     w = _subsample(unit.train, ratio, seed)
     tc = replace(cfg.finetune, seed=seed, device=cfg.device)

@@ -265,7 +265,7 @@ def measure_peak(*, n: int = 2048, repeats: int = 5, fma_units: int = 2) -> dict
     """
     import torch
 
-    from ..profiles import available_cores, pin_process
+    from ..runtime.profiles import available_cores, pin_process
 
     prev = pin_process(available_cores()[:1])
     old_threads = torch.get_num_threads()
@@ -309,7 +309,7 @@ def _timed(fn) -> float:
 
 
 def _manifest(model_name: str, C: int, K: int, T: int, fs: float):
-    from ..manifest import Manifest
+    from ..deploy.manifest import Manifest
 
     return Manifest(model_name=model_name, model_config={}, class_names=tuple(f"class{k}" for k in range(K)),
                     channels=tuple(f"ch{c}" for c in range(C)), sample_rate_hz=fs, window_s=T / fs,
@@ -319,7 +319,7 @@ def _manifest(model_name: str, C: int, K: int, T: int, fs: float):
 def _export_all(model, model_name: str, out: Path, T: int, fs: float, cfg: LatencyBenchConfig,
                 calib: np.ndarray, log) -> tuple[Any, dict]:
     """Write every file variant the configured backends need; returns (manifest, seconds per variant)."""
-    from ..export import write_exports
+    from ..deploy.export import write_exports
 
     variants = [_VARIANT[b] for b in cfg.backends if b in _VARIANT]
     man = _manifest(model_name, cfg.in_channels, cfg.num_classes, T, fs)
@@ -346,12 +346,12 @@ def _export_all(model, model_name: str, out: Path, T: int, fs: float, cfg: Laten
 
 
 def _load(backend_key: str, model, out: Path, manifest, threads: int, T: int):
-    from ..backends import TorchBackend, load_backend
+    from ..deploy.backends import TorchBackend, load_backend
 
     if backend_key == "torch":
         return TorchBackend(model, num_threads=threads, window_samples=T)
     v = _VARIANT[backend_key]
-    from ..export import ARTIFACT_NAMES
+    from ..deploy.export import ARTIFACT_NAMES
 
     name = ARTIFACT_NAMES[v]
     man = replace(manifest, artifacts={name: manifest.artifacts[name]})
@@ -364,8 +364,8 @@ def _load(backend_key: str, model, out: Path, manifest, threads: int, T: int):
 def _bench_models(cfg: LatencyBenchConfig, work: Path, peak: float, log) -> tuple[list[dict], list[dict]]:
     import torch
 
-    from ..models import create_model
-    from ..profiles import DeviceProfile, apply_profile, available_cores
+    from ..models.resnet1d import create_model
+    from ..runtime.profiles import DeviceProfile, apply_profile, available_cores
 
     rows, exports = [], []
     cores = available_cores()
@@ -395,7 +395,7 @@ def _bench_models(cfg: LatencyBenchConfig, work: Path, peak: float, log) -> tupl
                         backend = _load(key, model, out, manifest, n, T)
                         backend.prepare()
                         eff = backend.threads_in_effect()
-                        st = time_calls(lambda: backend.run(x), min_reps=cfg.min_reps, round_s=cfg.round_s,
+                        st = time_calls(lambda b=backend: b.run(x), min_reps=cfg.min_reps, round_s=cfg.round_s,
                                         rounds=cfg.rounds, max_s=cfg.max_config_s)
                         row = {"model": name, "T": T, "sample_rate_hz": fs, "threads": n, "backend": key,
                                "threads_in_effect": eff, "flops": flops, **{k: st[k] for k in st}}
@@ -419,12 +419,14 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
     """fp32 vs int8 accuracy of the same weights on held-out watch windows."""
     import torch
 
-    from ..export import write_exports
-    from ..finetune import ModelBundle, TrainConfig, split_holdout, train
-    from ..jobs import manifest_for
-    from ..models import create_model
-    from ..recordings import load_watch
-    from ..windows import Normalizer, WindowConfig, make_windows
+    from ..data.recordings import load_watch
+    from ..deploy.export import write_exports
+    from ..deploy.manifest import manifest_for
+    from ..models.resnet1d import create_model
+    from ..signal.windows import Normalizer, WindowConfig, make_windows
+    from ..train.bundle import ModelBundle
+    from ..train.loop import TrainConfig, train
+    from ..train.pretrain import split_holdout
 
     recs = load_watch()
     wcfg = WindowConfig()          # 2 s at 50 Hz (T = 100), hop 0.5 s
@@ -445,7 +447,7 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
         torch.manual_seed(cfg.seed)
         model = create_model(name, in_channels=len(w.channels), num_classes=w.num_classes)
         t = time.perf_counter()
-        from ..profiles import available_cores
+        from ..runtime.profiles import available_cores
 
         torch.set_num_threads(len(available_cores()))          # training uses every core
         train(model, xtr, ytr, config=TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=cfg.seed,
@@ -479,10 +481,10 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
 
 def _overhead_replay(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
     """Runtime work vs model call: mobilecnn1d XNNPACK fp32 under phone-big-core, pacing off."""
-    from ..backends import load_backend
-    from ..manifest import load_manifest
-    from ..recordings import Recording
-    from ..runtime import ReplayConfig, replay
+    from ..data.recordings import Recording
+    from ..deploy.backends import load_backend
+    from ..deploy.manifest import load_manifest
+    from ..runtime.replay import ReplayConfig, replay
 
     out = []
     rng = np.random.default_rng(cfg.seed)
@@ -517,13 +519,13 @@ def _long_stream(cfg: LatencyBenchConfig, work: Path, log) -> dict:
     """Write ``stream_hours`` of 9-channel 100 Hz data to .npz (streamed) and replay it from disk."""
     import tracemalloc
 
-    from ..export import write_exports
-    from ..models import create_model
-    from ..runtime import ReplayConfig, replay_stream
-    from ..streams import NpzStream, NpzStreamWriter
-    from ..manifest import Manifest
-
     import torch
+
+    from ..data.streams import NpzStream, NpzStreamWriter
+    from ..deploy.export import write_exports
+    from ..deploy.manifest import Manifest
+    from ..models.resnet1d import create_model
+    from ..runtime.replay import ReplayConfig, replay_stream
 
     fs, C_file = 100.0, 9
     channels = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z", "mag_x", "mag_y", "mag_z")

@@ -51,7 +51,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,11 +59,19 @@ import numpy as np
 
 from .. import _validation as V
 from .._io import write_json_atomic
-from ..distortions import BENCH_SEVERITIES, DISTORTION_NAMES, SEVERITY_UNITS, distort_windows, make_distortion
-from ..finetune import ModelBundle, TrainConfig, load_bundle, predict_logits, pretrain, save_bundle
+from ..data.recordings import Recording, load_watch
 from ..metrics import accuracy
-from ..recordings import Recording, load_watch
-from ..windows import WindowConfig, Windows, make_windows
+from ..signal.distortions import (
+    BENCH_SEVERITIES,
+    DISTORTION_NAMES,
+    SEVERITY_UNITS,
+    distort_windows,
+    make_distortion,
+)
+from ..signal.windows import WindowConfig, Windows, make_windows
+from ..train.bundle import ModelBundle, load_bundle, save_bundle
+from ..train.loop import TrainConfig, predict_logits
+from ..train.pretrain import pretrain
 from .report import host_info, markdown_table, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
@@ -177,9 +185,15 @@ def _pretrained(out: Path, cfg: SelectiveBenchConfig, source: Windows, log) -> M
 
 def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str,
              level: int, shots: int, seed: int, user_index: int) -> dict[str, Any]:
-    from ..patch import make_patch, model_bytes, patch_bytes
-    from ..selective import (count_trainable, finetune_selected, full_selection, last_block_selection,
-                             random_selection, rank_filters, select_filters)
+    from ..personalize.patch import make_patch, model_bytes, patch_bytes
+    from ..personalize.selective import (
+        finetune_selected,
+        full_selection,
+        last_block_selection,
+        random_selection,
+        rank_filters,
+        select_filters,
+    )
 
     severity = BENCH_SEVERITIES[distortion][level]
     dist = make_distortion(distortion, severity)

@@ -14,7 +14,7 @@ filter is one output channel of a ``Conv1d`` plus its ``BatchNorm1d`` entries
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _validation as V
-from ._io import write_bytes_atomic
+from .. import _validation as V
+from .._io import write_bytes_atomic
 
 __all__ = ["PATCH_FORMAT", "PATCH_VERSION", "Patch", "state_hash", "make_patch", "save_patch", "load_patch",
            "patch_bytes", "apply_patch", "apply_patch_bundle", "model_bytes"]
@@ -218,7 +218,7 @@ def apply_patch(base_model: nn.Module, patch: Patch | str | os.PathLike, *, veri
         raise ValueError(f"patch entries {unknown} are not in the base model's state dict")
     head_w = patch.tensors.get("head.weight")
     if head_w is not None and "head.weight" not in patch.rows and tuple(head_w.shape) != tuple(state["head.weight"].shape):
-        from .models import replace_head
+        from ..models.resnet1d import replace_head
 
         replace_head(model, int(head_w.shape[0]))
         state = _state(model)

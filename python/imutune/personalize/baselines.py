@@ -40,7 +40,6 @@ classes).
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, replace
 from typing import Any, Callable
 
@@ -48,10 +47,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .finetune import FinetuneConfig, ModelBundle, TrainConfig, finetune, train
-from .losses import ClassBalancedLoss, FocalLoss, WeightedCrossEntropy, inverse_frequency_weights
+from ..signal.windows import Windows
+from ..train.bundle import ModelBundle
+from ..train.loop import TrainConfig, train
+from ..train.losses import (
+    ClassBalancedLoss,
+    FocalLoss,
+    WeightedCrossEntropy,
+    inverse_frequency_weights,
+)
+from .finetune import FinetuneConfig, finetune
 from .quality import FilterConfig
-from .windows import Windows
 
 __all__ = ["METHODS", "BASELINES", "FILTERLOSS_METHODS", "run_method", "no_finetune", "finetune_ce",
            "finetune_oversample", "finetune_undersample", "finetune_class_weighted", "finetune_class_balanced",
@@ -77,7 +83,7 @@ def _fit(bundle: ModelBundle, windows: Windows, method: str, train_config: Train
     model = copy.deepcopy(bundle.model)
     head_replaced = tuple(windows.class_names) != tuple(bundle.class_names)
     if head_replaced:
-        from .models import replace_head
+        from ..models.resnet1d import replace_head
 
         torch.manual_seed(train_config.seed)
         replace_head(model, windows.num_classes)

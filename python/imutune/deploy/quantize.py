@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _validation as V
-from . import metrics
+from .. import _validation as V
+from .. import metrics
 
 __all__ = ["calibration_subset", "quantize_pt2e_xnnpack", "quantize_onnx", "predict_backend",
            "int8_accuracy_report", "ONNX_ACTIVATION_TYPES", "DEFAULT_MAX_CALIBRATION_WINDOWS"]
@@ -77,9 +77,8 @@ def calibration_subset(windows: Any, *, max_windows: int = DEFAULT_MAX_CALIBRATI
 
 def _as_windows(name: str, windows: Any) -> np.ndarray:
     """Float32 (N, C, T) finite windows as a contiguous numpy array (the export's input check)."""
-    from .export import _check_example
 
-    return _check_example(name, windows).numpy()
+    return V.check_windows(name, windows, finite=True)
 
 
 # --------------------------------------------------------------------------- ExecuTorch / PT2E
@@ -115,8 +114,10 @@ def quantize_pt2e_xnnpack(model: Any, example_input: Any, calibration_windows: A
         If the calibration windows do not match the example's (C, T).
     """
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     calib = _as_windows("calibration_windows", calibration_windows)
@@ -187,8 +188,13 @@ def quantize_onnx(model: Any, calibration_windows: Any, *, per_channel: bool = T
     import json
 
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     V.check_choice("activation_type", activation_type, ONNX_ACTIVATION_TYPES)

@@ -85,7 +85,6 @@ from class probabilities alone (for example of the pretrained model):
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,7 +92,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _validation as V
+from .. import _validation as V
 
 __all__ = ["HIGH_VALUE", "BOUNDARY", "NOISY", "CATEGORY_NAMES", "QualityConfig", "CategoryWeights",
            "categorize", "sample_weights", "category_counts", "knn_agreement", "stratified_folds",
@@ -365,7 +364,7 @@ def embed_windows(model: nn.Module, x: np.ndarray, *, batch_size: int = 512, dev
     ValueError
         If the model has no ``embed`` method or the features are not finite.
     """
-    from .finetune import resolve_device
+    from ..train.loop import resolve_device
 
     if not hasattr(model, "embed"):
         raise ValueError(f"{type(model).__name__} has no embed(x) method; the quality filter needs the "
@@ -480,7 +479,7 @@ def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, num_classes: i
         Array of shape (N, K), float64, rows sum to 1: row ``i`` comes from the
         fold model that did not see window ``i``.
     """
-    from .finetune import resolve_device
+    from ..train.loop import resolve_device
 
     z, y = _check_embeddings(embeddings, labels, num_classes)
     folds = stratified_folds(y, n_folds, seed=seed)
@@ -512,7 +511,7 @@ def _oof_full(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int, 
     """Step 2 with ``oof="full"``: each fold's whole model fine-tuned from the pretrained weights."""
     import copy
 
-    from .finetune import TrainConfig, predict_proba, train
+    from ..train.loop import TrainConfig, predict_proba, train
 
     folds = stratified_folds(y, config.n_folds, seed=config.seed)
     probs = np.zeros((len(y), num_classes))
@@ -643,8 +642,8 @@ def select_weights(embeddings: np.ndarray, labels: np.ndarray, categories: np.nd
     ValueError
         If there are fewer windows than ``config.cv_folds`` or no grid entry is valid.
     """
-    from .finetune import resolve_device
-    from .metrics import macro_f1
+    from ..metrics import macro_f1
+    from ..train.loop import resolve_device
 
     z, y = _check_embeddings(embeddings, labels, num_classes)
     cats = _check_categories(categories, y.shape[0])
@@ -732,7 +731,7 @@ def learn_weights(embeddings: np.ndarray, labels: np.ndarray, categories: np.nda
         If there are fewer windows than ``config.cv_folds`` or the meta loss
         becomes NaN/Inf.
     """
-    from .finetune import resolve_device
+    from ..train.loop import resolve_device
 
     z, y = _check_embeddings(embeddings, labels, num_classes)
     cats = _check_categories(categories, y.shape[0])

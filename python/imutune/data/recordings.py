@@ -25,10 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _validation as V
-from ._io import write_with_atomic
+from .. import _validation as V
+from .._io import write_with_atomic
 
-__all__ = ["Recording", "load_watch", "load_npz", "save_npz", "load_csv", "load_shl2018",
+__all__ = ["load_many", "Recording", "load_watch", "load_npz", "save_npz", "load_csv", "load_shl2018",
            "load_recordings", "WATCH_CLASS_NAMES", "WATCH_CHANNELS", "WATCH_SAMPLE_RATE_HZ",
            "SHL_CLASS_NAMES"]
 
@@ -658,3 +658,13 @@ def load_recordings(path: str | os.PathLike, **kwargs) -> list[Recording]:
         return [load_csv(p, **kwargs)]
     raise ValueError(f"recording file {str(p)!r} has suffix {p.suffix!r}; expected '.npz' or '.csv', a folder, "
                      "or the string 'watch'")
+
+
+def load_many(paths: Sequence[str | os.PathLike]) -> list[Recording]:
+    """Recordings from every path (``.npz``, ``.csv``, SHL-2018 folder, folder of files, or ``"watch"``)."""
+    if not paths:
+        raise ValueError("no data paths were given; expected at least one recording file or folder")
+    recs: list[Recording] = []
+    for p in paths:
+        recs.extend(load_recordings(p))
+    return recs

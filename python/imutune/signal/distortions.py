@@ -48,8 +48,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _validation as V
-from .recordings import Recording
+from .. import _validation as V
+from ..data.recordings import Recording
 
 __all__ = ["Distortion", "AdditiveNoise", "Bias", "GainError", "Clipping", "SampleRateMismatch",
            "AxisRotation", "DroppedSamples", "Compose", "make_distortion", "parse_distortion",

@@ -51,8 +51,8 @@ from __future__ import annotations
 import copy
 import os
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -60,8 +60,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import _validation as V
-from .finetune import ModelBundle, TrainConfig, predict_proba, resolve_device
+from .. import _validation as V
+from ..train.bundle import ModelBundle
+from ..train.loop import TrainConfig, predict_proba, resolve_device
 
 __all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "reference_distances", "borda_count",
            "rank_filters", "select_filters", "random_selection", "last_block_selection", "full_selection",
@@ -567,7 +568,7 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
         value]``, epoch 0 first; empty without ``eval_fn``),
         ``trainable_parameters``, ``frozen_drift``, ``device``.
     """
-    from .losses import WeightedCrossEntropy
+    from ..train.losses import WeightedCrossEntropy
 
     x = _check_x("x", x, model)
     y = np.asarray(y, dtype=np.int64)
@@ -736,9 +737,10 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
         "batchnorm"), ``selection`` (layer -> filter indices), ``scores``,
         ``trainable_parameters``, ``train_seconds``, ``loss_history``, ``curve``.
     """
-    from .losses import FilterLoss
-    from .models import replace_head
-    from .quality import categorize, category_counts, sample_weights as _weights
+    from ..models.resnet1d import replace_head
+    from ..train.losses import FilterLoss
+    from .quality import categorize, category_counts
+    from .quality import sample_weights as _weights
 
     model = copy.deepcopy(bundle.model).cpu()
     xn = bundle.normalizer(x)
@@ -803,13 +805,12 @@ def run_personalize(base: str | os.PathLike, data: Sequence[str | os.PathLike], 
         On a bad fraction or distortion spec, clean data that does not pair
         with the data, or both ``clean_data`` and ``distortion``.
     """
-    from ._io import write_json_atomic
-    from .demo import evaluate_bundle
-    from .distortions import distort_windows, parse_distortion
-    from .finetune import load_bundle, save_bundle
-    from .jobs import load_many
+    from .._io import write_json_atomic
+    from ..data.recordings import load_many
+    from ..signal.distortions import distort_windows, parse_distortion
+    from ..signal.windows import Windows, make_windows
+    from ..train.bundle import evaluate_bundle, load_bundle, save_bundle
     from .patch import apply_patch_bundle, make_patch, model_bytes, save_patch
-    from .windows import Windows, make_windows
 
     if clean_data and distortion:
         raise ValueError("give either clean_data (recorded pairs) or distortion (simulated device), not both")

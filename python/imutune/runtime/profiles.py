@@ -49,7 +49,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
-from . import _validation as V
+from .. import _validation as V
 
 __all__ = ["DeviceProfile", "PROFILES", "get_profile", "list_profiles", "available_cores", "pin_process",
            "apply_profile"]

@@ -58,8 +58,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _validation as V
-from ._io import sha256_file, write_bytes_atomic, write_json_atomic
+from .. import _validation as V
+from .._io import sha256_file, write_bytes_atomic, write_json_atomic
 from .manifest import Manifest
 
 __all__ = ["export_onnx", "export_pte", "parity_max_abs_err", "write_exports", "conv1d_as_conv2d",
@@ -97,28 +97,11 @@ def _check_model(model: Any):
 
 
 def _check_example(name: str, x: Any, *, in_channels: int | None = None, window_samples: int | None = None):
-    """Require a float32 (N, C, T) tensor or array; return a float32 torch tensor."""
+    """Require a float32 (N, C, T) tensor or array of finite values; return a float32 torch tensor."""
     import torch
 
-    if isinstance(x, np.ndarray):
-        if x.dtype != np.float32:
-            raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or numpy array of shape (N, C, T), float32; "
-                         f"got {type(x).__name__}")
-    if x.dtype != torch.float32:
-        raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
-    if x.ndim != 3 or x.shape[0] < 1:
-        raise ValueError(f"{name} must have shape (N, C, T) with N >= 1, got shape {tuple(x.shape)}")
-    if in_channels is not None and x.shape[1] != in_channels:
-        raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}); expected "
-                         f"C={in_channels} from the manifest")
-    if window_samples is not None and x.shape[2] != window_samples:
-        raise ValueError(f"{name} has windows of {x.shape[2]} samples (shape {tuple(x.shape)}); expected "
-                         f"T={window_samples} from the manifest")
-    V.check_finite_array(name, x.detach().cpu().numpy())
-    return x.detach().contiguous()
+    return torch.from_numpy(V.check_windows(name, x, in_channels=in_channels, window_samples=window_samples,
+                                            finite=True))
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -427,7 +410,9 @@ def _compute_pte(model, x, delegate: str | None, *, precision: str = "fp32", cal
     exported = torch.export.export(model, (x,))
     partitioner = None
     if delegate == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
 
         partitioner = [XnnpackPartitioner()]
     constant_methods = None
@@ -690,7 +675,7 @@ def _record_eval(manifest: Manifest, model, backends: dict, ev: tuple[np.ndarray
     """Add held-out accuracy to every artifact entry, and the int8 change against fp32."""
     import torch
 
-    from . import metrics
+    from .. import metrics
     from .quantize import predict_backend
 
     x, y = ev

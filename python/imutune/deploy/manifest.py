@@ -19,15 +19,18 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _validation as V
-from ._io import sha256_file, write_json_atomic
-from .windows import seconds_to_samples
+from .. import _validation as V
+from .._io import sha256_file, write_json_atomic
+from ..signal.windows import seconds_to_samples
 
-__all__ = ["Manifest", "load_manifest", "verify_artifact", "MANIFEST_VERSION"]
+if TYPE_CHECKING:
+    from ..train.bundle import ModelBundle
+
+__all__ = ["manifest_for", "Manifest", "load_manifest", "verify_artifact", "MANIFEST_VERSION"]
 
 MANIFEST_VERSION = 1
 
@@ -169,3 +172,13 @@ def verify_artifact(manifest: Manifest, artifact_path: str | os.PathLike) -> dic
         raise ValueError(f"model artifact {str(p)!r} has sha256 {digest[:16]}...; the manifest expects "
                          f"{str(entry.get('sha256'))[:16]}... (file changed or belongs to another export)")
     return entry
+
+
+def manifest_for(bundle: ModelBundle) -> Manifest:
+    """The export manifest of a bundle (artifacts filled in by :func:`imutune.deploy.export.write_exports`)."""
+    w = bundle.window
+    return Manifest(model_name=bundle.model_name, model_config=asdict(bundle.model.config),
+                    class_names=tuple(bundle.class_names), channels=tuple(bundle.channels),
+                    sample_rate_hz=w.sample_rate_hz, window_s=w.window_s, hop_s=w.hop_s,
+                    norm_mean=tuple(float(v) for v in bundle.normalizer.mean),
+                    norm_std=tuple(float(v) for v in bundle.normalizer.std))

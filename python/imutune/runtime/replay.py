@@ -51,11 +51,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _validation as V
-from . import metrics
-from ._io import write_bytes_atomic
-from .manifest import Manifest
-from .recordings import Recording
+from .. import _validation as V
+from .. import metrics
+from .._io import write_bytes_atomic
+from ..data.recordings import Recording
+from ..deploy.manifest import Manifest
 
 __all__ = ["RingBuffer", "ReplayConfig", "ReplayResult", "replay", "replay_stream", "replay_many",
            "plot_confusion_matrix", "NAN_POLICIES", "GAP_POLICIES"]
@@ -517,7 +517,7 @@ def _rec_id(rec: Recording) -> str:
 
 def _prepare(recording: Recording, manifest: Manifest) -> tuple[Recording, bool]:
     """Select channels, map labels to the manifest's classes and resample to its rate."""
-    from .windows import resample_recording
+    from ..signal.windows import resample_recording
 
     if not isinstance(recording, Recording):
         raise ValueError(f"recording must be an imutune Recording, got {type(recording).__name__}")
@@ -559,7 +559,7 @@ def _class_mapping(class_names: Sequence[str], manifest: Manifest) -> np.ndarray
 
 def _resolve_backend(backend: Any, manifest: Manifest, config: ReplayConfig) -> Any:
     if isinstance(backend, (str, os.PathLike)):
-        from .backends import load_backend
+        from ..deploy.backends import load_backend
 
         return load_backend(backend, manifest=manifest, num_threads=config.num_threads)
     if not callable(getattr(backend, "run", None)):
@@ -663,7 +663,7 @@ def _condition(stream: Any, manifest: Manifest, config: ReplayConfig, clock: _Cl
     Yields ``("data", values (n, C) float32, labels (n,) int64)`` and
     ``("reset", skipped samples at the manifest rate)``.
     """
-    from .streams import StreamResampler
+    from ..data.streams import StreamResampler
 
     rid = stream.name or stream.user
     idx = _channel_index(stream.channels, manifest, rid)
@@ -953,7 +953,7 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
 
 def _replay_prepared(rec: Recording, backend: Any, manifest: Manifest, config: ReplayConfig, *, resampled: bool,
                      max_windows: int | None) -> ReplayResult:
-    from .streams import RecordingStream
+    from ..data.streams import RecordingStream
 
     clock, report = _Clock(), _new_report()
     events = _condition(RecordingStream(rec, block_samples=config.block_samples), manifest, config, clock, report)
@@ -1076,7 +1076,7 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
         and gaps with ``gap_policy="error"`` (the message gives the sample
         index); a file that is truncated or malformed (from the reader).
     """
-    from .streams import Stream, open_stream
+    from ..data.streams import Stream, open_stream
 
     _check_manifest(manifest)
     if isinstance(stream, Recording):
@@ -1127,7 +1127,7 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
         If ``recordings`` is empty, any recording fails the checks of
         :func:`replay` (channels, classes), or no recording yields a window.
     """
-    from .streams import Stream
+    from ..data.streams import Stream
 
     recordings = list(recordings)
     if not recordings:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validation as V
+from .. import _validation as V
 
 __all__ = ["OnnxBackend", "PteBackend", "TorchBackend", "load_backend", "BACKEND_SUFFIXES",
            "PTE_METADATA_METHOD", "CONTRACT_FIELDS", "check_embedded_metadata"]
@@ -60,29 +60,6 @@ CONTRACT_FIELDS = ("channels", "class_names", "sample_rate_hz", "window_s", "inp
 
 def _check_num_threads(num_threads: int) -> int:
     return V.check_int_at_least("num_threads", num_threads, 1)
-
-
-def _check_windows(x: Any, in_channels: int | None, window_samples: int | None, *, where: str) -> np.ndarray:
-    """Require ``x`` to be a float32 array of shape (N, C, T) with matching C and T.
-
-    Returns a C-contiguous view/copy of ``x``.
-    """
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"x for {where} must be a numpy array of shape (N, C, T), float32; "
-                         f"got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ValueError(f"x for {where} must have dtype float32, got {x.dtype}")
-    if x.ndim != 3:
-        raise ValueError(f"x for {where} must have shape (N, C, T), got shape {x.shape}")
-    if x.shape[0] < 1:
-        raise ValueError(f"x for {where} must hold at least one window, got shape {x.shape}")
-    if in_channels is not None and x.shape[1] != in_channels:
-        raise ValueError(f"x for {where} has {x.shape[1]} channels (shape {x.shape}); "
-                         f"the model expects C={in_channels}")
-    if window_samples is not None and x.shape[2] != window_samples:
-        raise ValueError(f"x for {where} has windows of {x.shape[2]} samples (shape {x.shape}); "
-                         f"the model expects T={window_samples}")
-    return np.ascontiguousarray(x)
 
 
 class _Backend:
@@ -123,7 +100,9 @@ class _Backend:
         ValueError
             If ``x`` is not a float32 3-D array or its C / T differ from the model's.
         """
-        x = _check_windows(x, self.in_channels, self.window_samples, where=self._where())
+        x = V.check_windows(f"x for {self._where()}", x, in_channels=self.in_channels,
+                            window_samples=self.window_samples, expected_by="the model",
+                            allow_tensor=False)
         out = np.asarray(self._compute_logits(x), dtype=np.float32)
         if out.ndim != 2 or out.shape[0] != x.shape[0]:
             raise ValueError(f"{self._where()} returned logits of shape {out.shape}; "

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _validation as V
-from .recordings import Recording
+from .. import _validation as V
+from ..data.recordings import Recording
 
 __all__ = ["seconds_to_samples", "WindowConfig", "Windows", "make_windows", "resample", "resample_recording",
            "Normalizer", "longtail_subsample", "window_starts"]

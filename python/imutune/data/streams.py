@@ -54,7 +54,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import _validation as V
+from .. import _validation as V
 from .recordings import Recording, _is_float, _is_int
 
 __all__ = ["StreamBlock", "Stream", "RecordingStream", "NpzStream", "CsvStream", "Shl2018Stream",
@@ -640,8 +640,15 @@ class Shl2018Stream(Stream):
     def __init__(self, folder: str | os.PathLike, *, channels: Sequence[str] | None = None,
                  order_file: str | os.PathLike | None = None, user: str = "shl-user1",
                  sample_rate_hz: float = 100.0) -> None:
-        from .recordings import (SHL_CLASS_NAMES, SHL_LABEL_FILE, _SHL_DEFAULT_CHANNELS, _read_shl_order,
-                                 _shl_channel_files, _shl_frame_length, _shl_order_path)
+        from .recordings import (
+            _SHL_DEFAULT_CHANNELS,
+            SHL_CLASS_NAMES,
+            SHL_LABEL_FILE,
+            _read_shl_order,
+            _shl_channel_files,
+            _shl_frame_length,
+            _shl_order_path,
+        )
 
         root = V.check_dir(folder, what="SHL folder")
         channels = tuple(_SHL_DEFAULT_CHANNELS if channels is None else
