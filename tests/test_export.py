@@ -206,8 +206,8 @@ def test_write_exports_parity_failure_leaves_nothing(manifest, windows, tmp_path
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"parity check failed for model\.pte.*expected <= 0\.0001"):
         write_exports(_ExportMismatch().eval(), manifest, out, windows[:4], config={"a": 1})
-    # model.onnx passed its own check but is not left behind either; no staging folder remains
-    assert list(out.iterdir()) == []
+    # model.onnx passed its own check but is not left behind either; no staging folder or lock remains
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_exports_validates(model, manifest, windows, tmp_path):
@@ -275,3 +275,155 @@ def test_write_exports_portable_variant(model, manifest, windows, tmp_path):
     assert b.embedded_metadata["channels"] == list(manifest.channels)
     with pytest.raises(ValueError, match="formats entry"):
         write_exports(model, manifest, tmp_path, windows[:4], formats=("tflite",))
+
+
+# --------------------------------------------------------------------------- folder switch, lock, progress
+
+
+def _export_state(out) -> str:
+    """The ONNX sha256 of ``out`` after checking that every manifest entry matches its file."""
+    m = load_manifest(out / "manifest.json")
+    for name, entry in m.artifacts.items():
+        assert sha256_file(out / name) == entry["sha256"], f"{name} does not match manifest.json"
+    return m.artifacts["model.onnx"]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def old_export(manifest, windows, tmp_path_factory):
+    """An ONNX-only export of a tiny model (the 'old' folder content)."""
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("old") / "out"
+    m = write_exports(create_model("tinycnn1d", in_channels=C, num_classes=K).eval(), manifest, out, windows[:4],
+                      formats=("onnx",))
+    return out, m.artifacts["model.onnx"]["sha256"]
+
+
+_EXPORT_KILLER = '''
+import os, signal, sys
+import numpy as np, torch
+from imutune import _io
+from imutune.deploy.export import write_exports
+from imutune.deploy.manifest import Manifest
+from imutune.models.resnet1d import create_model
+out, point = sys.argv[1], sys.argv[2]
+def step(name):
+    if name == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+_io._step = step
+torch.manual_seed(2)
+model = create_model("tinycnn1d", in_channels=6, num_classes=5).eval()
+man = Manifest(model_name="mobilecnn1d", model_config={"layers": [1, 1, 1]},
+               class_names=tuple(f"c{i}" for i in range(5)),
+               channels=("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"),
+               sample_rate_hz=50.0, window_s=2.0, hop_s=1.0, norm_mean=(0.0,) * 6, norm_std=(1.0,) * 6)
+x = np.random.default_rng(0).standard_normal((4, 6, 100)).astype(np.float32)
+write_exports(model, man, out, x, formats=("onnx",))
+sys.exit(3)
+'''
+
+
+@pytest.mark.parametrize("point, expect_new", [("staged", False), ("exchanged", True)])
+def test_write_exports_killed_between_staging_and_switch(old_export, manifest, windows, tmp_path, point,
+                                                         expect_new):
+    """SIGKILL after the parity checks (staged) or mid-switch (exchanged): the folder holds one complete set."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from imutune._io import StaleLockWarning
+
+    out = tmp_path / "out"
+    shutil.copytree(old_export[0], out)
+    script = tmp_path / "kill_export.py"
+    script.write_text(_EXPORT_KILLER)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), point], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    state = _export_state(out)  # consistent right after the kill, before any recovery
+    assert (state != old_export[1]) == expect_new
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    debris = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert debris and ".out.lock" in debris
+    # the rerun takes over the dead writer's lock, tidies up and writes its own complete set
+    torch.manual_seed(3)
+    with pytest.warns(StaleLockWarning, match=rf"pid {proc.pid}\) is no longer running"):
+        m = write_exports(create_model("tinycnn1d", in_channels=C, num_classes=K).eval(), manifest, out,
+                          windows[:4], formats=("onnx",))
+    assert _export_state(out) == m.artifacts["model.onnx"]["sha256"] not in (state, old_export[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kill_export.py", "out"]
+
+
+def test_write_exports_refuses_a_second_writer(old_export, manifest, windows, tmp_path):
+    import os
+    import shutil
+
+    from imutune._io import FolderLockedError, folder_lock
+
+    out = tmp_path / "out"
+    shutil.copytree(old_export[0], out)
+    with folder_lock(out):  # another export is running into the same folder
+        with pytest.raises(FolderLockedError, match=rf"being written by another process \(pid {os.getpid()}\b"
+                                                    rf".*lock file '.*\.out\.lock'"):
+            write_exports(create_model("tinycnn1d", in_channels=C, num_classes=K).eval(), manifest, out,
+                          windows[:4], formats=("onnx",))
+    assert _export_state(out) == old_export[1]
+
+
+def test_write_exports_keeps_other_files_drops_stale_variants_and_shows_progress(old_export, manifest, windows,
+                                                                                 tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(old_export[0], out)
+    (out / "replay_report.json").write_text("{}")
+    (out / "model_int8.onnx").write_bytes(b"from an earlier export")
+    (out / ".model.onnx.abc.tmp").write_bytes(b"debris of an interrupted writer")
+    m = write_exports(create_model("tinycnn1d", in_channels=C, num_classes=K).eval(), manifest, out, windows[:4],
+                      formats=("onnx",), progress=True)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "replay_report.json"]
+    assert _export_state(out) == m.artifacts["model.onnx"]["sha256"]
+    err = capsys.readouterr().err
+    assert "export" in err and "onnx: reload + parity" in err
+    write_exports(create_model("tinycnn1d", in_channels=C, num_classes=K).eval(), manifest, out, windows[:4],
+                  formats=("onnx",))
+    assert capsys.readouterr().err == ""  # progress=False (the default): silent
+
+
+# --------------------------------------------------------------------------- ExecuTorch native log lines
+
+_NATIVE_NOISE = ("cpuinfo_utils.cpp", "Failed to open midr file", "threadpool.cpp")
+
+
+def test_pte_load_and_export_print_no_native_noise(model, manifest, windows, tmp_path, capfd):
+    from executorch.extension.pybindings import portable_lib
+
+    m = write_exports(model, manifest, tmp_path / "out", windows[:2], formats=("pte",))
+    n = portable_lib._threadpool_get_thread_count()
+    capfd.readouterr()
+    # a thread count other than the current one makes the runtime reset its pool (and log it)
+    backend = PteBackend(tmp_path / "out" / "model.pte", num_threads=n + 1)
+    backend.prepare()
+    load_backend(tmp_path / "out" / "model.pte", manifest=m, num_threads=n).run(windows[:1])
+    err = capfd.readouterr().err
+    assert not [ln for ln in err.splitlines() if any(k in ln for k in _NATIVE_NOISE)], err
+
+
+def test_quiet_executorch_keeps_real_native_errors(capfd):
+    import os
+
+    from imutune.deploy._quiet import quiet_executorch
+
+    with quiet_executorch():
+        os.write(2, b"[cpuinfo_utils.cpp:87] Failed to open midr file /sys/x\n"
+                    b"[threadpool.cpp:66] Resetting threadpool to 3 threads.\n"
+                    b"[method.cpp:100] Missing operator: aten::foo\n")
+    err = capfd.readouterr().err
+    assert err == "[method.cpp:100] Missing operator: aten::foo\n"
+    with pytest.raises(RuntimeError, match="load failed") as info:
+        with quiet_executorch():
+            os.write(2, b"[program.cpp:7] Program identifier 'XXXX' != expected 'ET12'\n")
+            raise RuntimeError("load failed")
+    assert "Program identifier" in capfd.readouterr().err
+    assert any("Program identifier" in note for note in info.value.__notes__)

@@ -118,3 +118,54 @@ def test_weighted_cross_entropy_class_weights_buffer():
     assert m.class_weights.dtype == torch.float32
     assert "class_weights" in m.state_dict()
     assert WeightedCrossEntropy().class_weights is None
+
+
+# --------------------------------------------------------------------------- noise-robust losses (issue 16)
+
+def test_gce_hand_computed_and_limits():
+    from imutune.train.losses import GeneralizedCrossEntropy
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2])
+    p = torch.softmax(logits, 1)[torch.arange(2), y]
+    q = 0.7
+    exp = ((1 - p ** q) / q).mean()
+    assert torch.allclose(GeneralizedCrossEntropy(q)(logits, y, torch.ones(2)), exp)
+    # q = 1 is the mean absolute error 1 - p_y; tiny q approaches cross-entropy
+    assert torch.allclose(GeneralizedCrossEntropy(1.0)(logits, y), (1 - p).mean())
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(GeneralizedCrossEntropy(1e-4)(logits, y), ce, atol=1e-3)
+    w = torch.tensor([1.0, 0.0])
+    assert torch.allclose(GeneralizedCrossEntropy(q)(logits, y, w), (1 - p[0] ** q) / q)
+    with pytest.raises(ValueError, match="q must be in"):
+        GeneralizedCrossEntropy(0.0)
+    with pytest.raises(ValueError, match="all zero"):
+        GeneralizedCrossEntropy()(logits, y, torch.zeros(2))
+
+
+def test_gce_bounded_on_confidently_wrong_label():
+    from imutune.train.losses import GeneralizedCrossEntropy
+
+    logits = torch.tensor([[20.0, -20.0]])
+    y = torch.tensor([1])
+    assert float(GeneralizedCrossEntropy(0.7)(logits, y)) <= 1 / 0.7 + 1e-6
+    assert float(torch.nn.functional.cross_entropy(logits, y)) > 30
+
+
+def test_sce_hand_computed():
+    from imutune.train.losses import SymmetricCrossEntropy
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2])
+    sm = torch.softmax(logits, 1)
+    py = sm[torch.arange(2), y]
+    # RCE from the definition -sum_k p_k log q_k with log 0 := -4
+    logq = torch.full_like(sm, -4.0)
+    logq[torch.arange(2), y] = 0.0
+    rce = -(sm * logq).sum(1)
+    exp = (0.1 * -torch.log(py) + 1.0 * rce).mean()
+    assert torch.allclose(SymmetricCrossEntropy()(logits, y, torch.ones(2)), exp, atol=1e-6)
+    with pytest.raises(ValueError, match="not both 0"):
+        SymmetricCrossEntropy(0.0, 0.0)
+    with pytest.raises(ValueError, match="log_zero"):
+        SymmetricCrossEntropy(log_zero=1.0)

@@ -1,6 +1,7 @@
 """Tests for imutune.manifest and imutune._io: manifest round trip, artifact verification, atomic writes."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -16,14 +17,17 @@ from imutune._io import (
     write_with_atomic,
 )
 from imutune.deploy.manifest import (
+    MANIFEST_KEYS,
     MANIFEST_VERSION,
     Manifest,
     load_manifest,
     verify_artifact,
 )
+from imutune.signal.contract import CONTRACT_KEYS, Preprocessing
 
 
 def _manifest(**over) -> Manifest:
+    """A manifest from the flat contract keywords (the form other tests use)."""
     kw = dict(model_name="tinycnn1d", model_config={"layers": [1, 1], "widths": [8, 16]},
               class_names=("walk", "run", "still"), channels=("acc_x", "acc_y"), sample_rate_hz=50.0,
               window_s=2.0, hop_s=0.5, norm_mean=(0.1, -0.2), norm_std=(1.5, 0.25))
@@ -31,27 +35,49 @@ def _manifest(**over) -> Manifest:
     return Manifest(**kw)
 
 
+def _spec(*, units=None, norm=True) -> Preprocessing:
+    return Preprocessing(channels=("acc_x", "acc_y"), class_names=("walk", "run", "still"), sample_rate_hz=50.0,
+                         window_s=2.0, hop_s=0.5, units=units, norm_mean=(0.1, -0.2) if norm else None,
+                         norm_std=(1.5, 0.25) if norm else None)
+
+
 # --------------------------------------------------------------------------- Manifest
 
 def test_derived_sample_counts_and_to_dict():
     m = _manifest()
     assert (m.window_samples, m.hop_samples) == (100, 25)
+    assert isinstance(m.preprocessing, Preprocessing) and m.preprocessing.hop_s == 0.5
     d = m.to_dict()
     assert d["window_samples"] == 100 and d["hop_samples"] == 25
     assert d["class_names"] == ["walk", "run", "still"] and d["channels"] == ["acc_x", "acc_y"]
-    assert d["version"] == MANIFEST_VERSION == 1
+    assert d["units"] is None and d["min_purity"] == 0.8
+    assert d["version"] == MANIFEST_VERSION == 2
     assert (d["input_layout"], d["input_name"], d["output_name"]) == ("NCT", "x", "logits")
+    assert set(d) == set(MANIFEST_KEYS) | set(CONTRACT_KEYS)
     json.dumps(d)  # JSON-ready
 
 
+def test_manifest_for_carries_the_bundle_contract():
+    """manifest_for copies nothing by hand: the manifest holds the bundle's contract object."""
+    from imutune.deploy.manifest import manifest_for
+    from imutune.models.resnet1d import create_model
+    from imutune.train.bundle import ModelBundle
+
+    spec = _spec(units=("g", "rad/s"))
+    bundle = ModelBundle(create_model("tinycnn1d", in_channels=2, num_classes=3), "tinycnn1d", spec, {})
+    m = manifest_for(bundle)
+    assert m.preprocessing is spec and m.units == ("g", "rad/s") and m.hop_s == 0.5
+
+
 def test_round_trip(tmp_path):
-    m = _manifest().with_artifact("model.onnx", sha256="ab" * 32, format="onnx", precision="fp32",
-                                  parity_max_abs_err=1e-6)
+    m = _manifest(units=("g", None)).with_artifact("model.onnx", sha256="ab" * 32, format="onnx",
+                                                   precision="fp32", parity_max_abs_err=1e-6)
     p = m.save(tmp_path / "out" / "manifest.json")
     assert p == tmp_path / "out" / "manifest.json"
     back = load_manifest(p)
     assert back == m
     assert back.class_names == ("walk", "run", "still") and isinstance(back.channels, tuple)
+    assert back.units == ("g", None)
     assert back.artifacts["model.onnx"]["precision"] == "fp32"
     assert sorted(q.name for q in p.parent.iterdir()) == ["manifest.json"]  # no temp file left
 
@@ -64,14 +90,19 @@ def test_with_artifact_returns_copy():
     assert m3.artifacts["a.pte"]["sha256"] == "11" and m2.artifacts["a.pte"]["sha256"] == "00"
 
 
+def test_replace_changes_contract_fields():
+    m = _manifest()
+    m2 = dataclasses.replace(m, hop_s=1.0)
+    assert m2.hop_samples == 50 and m.hop_samples == 25 and m2.preprocessing.window_s == 2.0
+    with pytest.raises(ValueError, match=r"unexpected fields \['colour'\]"):
+        dataclasses.replace(m, colour="blue")
+
+
 def test_metadata_props():
     m = _manifest().with_artifact("model.onnx", sha256="ab", format="onnx")
     props = m.metadata_props()
-    expected_keys = {"model_name", "model_config", "class_names", "channels", "sample_rate_hz", "window_s",
-                     "hop_s", "norm_mean", "norm_std", "input_layout", "input_name", "output_name", "version",
-                     "window_samples", "hop_samples"}
-    assert set(props) == {f"imutune.{k}" for k in expected_keys}
-    assert "imutune.artifacts" not in props
+    assert set(props) == {f"imutune.{k}" for k in set(MANIFEST_KEYS) | set(CONTRACT_KEYS) if k != "artifacts"}
+    assert "imutune.artifacts" not in props and "imutune.hop_s" in props and "imutune.units" in props
     assert all(isinstance(v, str) for v in props.values())
     assert json.loads(props["imutune.class_names"]) == ["walk", "run", "still"]
     assert json.loads(props["imutune.norm_std"]) == [1.5, 0.25]
@@ -88,25 +119,53 @@ def test_normalize_channel_last():
 
 
 def test_manifest_norm_length_mismatch():
-    with pytest.raises(ValueError, match=r"manifest normalization has 3 means and 2 stds; expected 2 \(one per channel\)"):
+    with pytest.raises(ValueError, match=r"normalization norm_mean in preprocessing has 3 values; expected 2"):
         _manifest(norm_mean=(0.0, 0.0, 0.0))
-    with pytest.raises(ValueError, match=r"has 2 means and 1 stds; expected 2"):
+    with pytest.raises(ValueError, match=r"norm_std in preprocessing has 1 values; expected 2"):
         _manifest(norm_std=(1.0,))
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+@pytest.mark.parametrize("bad", [0.0, -1.0])
 def test_manifest_norm_std_positive(bad):
-    with pytest.raises(ValueError, match=r"manifest norm_std must be > 0 per channel"):
+    with pytest.raises(ValueError, match=r"norm_std\[1\] in preprocessing must be > 0"):
         _manifest(norm_std=(1.0, bad))
+
+
+def test_manifest_norm_not_finite():
+    with pytest.raises(ValueError, match=r"norm_std\[1\] in preprocessing must be a finite number, got nan"):
+        _manifest(norm_std=(1.0, float("nan")))
+
+
+def test_manifest_needs_normalization():
+    with pytest.raises(ValueError, match=r"manifest preprocessing needs norm_mean / norm_std"):
+        Manifest("tinycnn1d", {}, _spec(norm=False))
 
 
 @pytest.mark.parametrize("field", ["sample_rate_hz", "window_s", "hop_s"])
 def test_manifest_positive_fields(field):
-    with pytest.raises(ValueError, match=rf"{field} in manifest must be a positive number, got 0"):
+    with pytest.raises(ValueError, match=rf"{field} in preprocessing must be a positive number, got 0"):
         _manifest(**{field: 0})
 
 
+def test_manifest_minimum_window_is_the_package_rule():
+    """Today's Manifest accepts a 1-sample window; the one rule (>= 8 samples) now applies to it too."""
+    with pytest.raises(ValueError, match=r"gives 5 samples per window; expected >= 8"):
+        _manifest(window_s=0.1)
+
+
+@pytest.mark.parametrize("name", ["../model.onnx", "sub/model.onnx", "", ".."])
+def test_manifest_refuses_artifact_paths(name):
+    with pytest.raises(ValueError, match=r"is not a plain file name"):
+        _manifest().with_artifact(name, sha256="ab" * 32, format="onnx")
+
+
 # --------------------------------------------------------------------------- load_manifest errors
+
+def _write(tmp_path, d) -> object:
+    p = tmp_path / "manifest.json"
+    p.write_text(json.dumps(d))
+    return p
+
 
 def test_load_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"manifest .*nope\.json' does not exist"):
@@ -133,41 +192,95 @@ def test_load_empty_file(tmp_path):
         load_manifest(tmp_path / "manifest.json")
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_load_not_utf8(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=r"manifest .*manifest\.json' is not UTF-8 text"):
+        load_manifest(tmp_path / "manifest.json")
+
+
+@pytest.mark.parametrize("version", [1, 3, 0, None, "2", True])
 def test_load_wrong_version(tmp_path, version):
     d = _manifest().to_dict()
     d["version"] = version
-    write_json_atomic(tmp_path / "manifest.json", d)
-    with pytest.raises(ValueError, match=rf"has version {version!r}; expected 1"):
-        load_manifest(tmp_path / "manifest.json")
+    with pytest.raises(ValueError, match=rf"has version {version!r}; expected 2"):
+        load_manifest(_write(tmp_path, d))
+
+
+def test_load_old_manifest_names_the_missing_fields(tmp_path):
+    """A manifest of the previous layout (no units, no min_purity) gets a clear error naming them."""
+    d = _manifest().to_dict()
+    del d["units"], d["min_purity"]
+    with pytest.raises(ValueError, match=r"manifest '.*manifest\.json' is missing or has unexpected fields: "
+                                         r"missing \['units', 'min_purity'\]"):
+        load_manifest(_write(tmp_path, d))
 
 
 def test_load_missing_field(tmp_path):
     d = _manifest().to_dict()
     del d["channels"]
-    write_json_atomic(tmp_path / "manifest.json", d)
-    with pytest.raises(ValueError, match=r"is missing or has unexpected fields \('channels'\)"):
-        load_manifest(tmp_path / "manifest.json")
+    with pytest.raises(ValueError, match=r"is missing or has unexpected fields: missing \['channels'\]"):
+        load_manifest(_write(tmp_path, d))
     d = _manifest().to_dict()
     del d["sample_rate_hz"]
-    write_json_atomic(tmp_path / "manifest.json", d)
-    with pytest.raises(ValueError, match=r"is missing or has unexpected fields .*sample_rate_hz"):
-        load_manifest(tmp_path / "manifest.json")
+    with pytest.raises(ValueError, match=r"is missing or has unexpected fields: missing \['sample_rate_hz'\]"):
+        load_manifest(_write(tmp_path, d))
 
 
 def test_load_unexpected_field(tmp_path):
     d = _manifest().to_dict()
     d["colour"] = "blue"
-    write_json_atomic(tmp_path / "manifest.json", d)
-    with pytest.raises(ValueError, match=r"is missing or has unexpected fields .*colour"):
-        load_manifest(tmp_path / "manifest.json")
+    with pytest.raises(ValueError, match=r"is missing or has unexpected fields: missing \[\], unknown \['colour'\]"):
+        load_manifest(_write(tmp_path, d))
 
 
 def test_load_norm_mismatch_in_file(tmp_path):
     d = _manifest().to_dict()
     d["norm_mean"] = [0.0]
-    write_json_atomic(tmp_path / "manifest.json", d)
-    with pytest.raises(ValueError, match=r"manifest normalization has 1 means and 2 stds"):
+    with pytest.raises(ValueError, match=r"manifest '.*manifest\.json': normalization norm_mean in .* has 1 values; "
+                                         r"expected 2"):
+        load_manifest(_write(tmp_path, d))
+
+
+@pytest.mark.parametrize("field, value", [("window_samples", 99), ("hop_samples", 50), ("window_samples", 100.0),
+                                          ("hop_samples", True)])
+def test_load_verifies_stored_sample_counts(tmp_path, field, value):
+    """window_samples / hop_samples were written and never checked: a mismatch with the seconds is refused."""
+    d = _manifest().to_dict()
+    d[field] = value
+    with pytest.raises(ValueError, match=rf"manifest '.*': {field} is {value!r} but window_s/hop_s at "
+                                         r"sample_rate_hz give"):
+        load_manifest(_write(tmp_path, d))
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("channels", "acc_x", r"channels in .* must be a list of names, got str"),
+    ("channels", ["acc_x", "acc_x"], r"channels in .* lists \['acc_x'\] more than once"),
+    ("class_names", [], r"class_names in .* has 0 entries"),
+    ("sample_rate_hz", "50", r"sample_rate_hz in .* must be a positive number, got '50'"),
+    ("sample_rate_hz", 1e308, r"window_s \* sample_rate_hz in .* is inf samples"),
+    ("sample_rate_hz", True, r"sample_rate_hz in .* must be a positive number, got True"),
+    ("hop_s", -0.5, r"hop_s in .* must be a positive number, got -0.5"),
+    ("norm_std", [1.0, "x"], r"norm_std\[1\] in .* must be a number, got 'x'"),
+    ("norm_mean", [10 ** 400, 0.0], r"norm_mean\[0\] in .* must be a finite number"),
+    ("units", "g", r"units in .* must be null or a list of 2 unit strings"),
+    ("units", ["g"], r"units in .* has 1 entries; expected 2"),
+    ("min_purity", 1.5, r"min_purity must be in \(0, 1\]"),
+    ("model_config", [], r"manifest model_config must be a dict, got list"),
+    ("artifacts", {"m.onnx": "x"}, r"artifacts\['m\.onnx'\] is a str; expected an object"),
+    ("artifacts", {"m.onnx": {"format": "onnx"}}, r"artifacts\['m\.onnx'\] has sha256 None"),
+    ("input_layout", 3, r"input_layout must be a non-empty str, got 3"),
+])
+def test_load_invalid_values_name_file_and_field(tmp_path, field, value, pattern):
+    d = _manifest().to_dict()
+    d[field] = value
+    with pytest.raises(ValueError, match=r"manifest '.*manifest\.json'.*" + pattern):
+        load_manifest(_write(tmp_path, d))
+
+
+def test_load_nan_in_file(tmp_path):
+    text = json.dumps(_manifest().to_dict()).replace('"norm_std": [1.5, 0.25]', '"norm_std": [NaN, 0.25]')
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(ValueError, match=r"manifest '.*': norm_std\[0\] in preprocessing must be a finite number"):
         load_manifest(tmp_path / "manifest.json")
 
 

@@ -26,7 +26,8 @@ def _one_torch_thread():
 
 
 def test_list_models():
-    assert list_models() == ["mobilecnn1d", "resnet1d18", "resnet1d34", "tinycnn1d"]
+    assert list_models() == ["mobilecnn1d", "mobilecnn1d-train", "resnet1d18", "resnet1d34", "tinycnn1d",
+                             "tinycnn1d-train"]
 
 
 @pytest.mark.parametrize("name", ["mobilecnn1d", "resnet1d18", "resnet1d34", "tinycnn1d"])

@@ -23,18 +23,29 @@ def _add_window_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-purity", type=float, default=0.8, help="minimum majority-label fraction per window")
 
 
-def _add_train_args(p: argparse.ArgumentParser, *, epochs: int, lr: float, batch_size: int) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
-    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"windows per step (default {batch_size})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="training device; auto uses CUDA when present (default auto)")
+def _add_train_args(p: argparse.ArgumentParser, *, preset: str) -> None:
+    """Training flags whose defaults come from ``imutune.train.config`` preset ``preset`` (PRETRAIN / FINETUNE)."""
+    from .train import config as tc
+
+    c = getattr(tc, preset)
+    p.set_defaults(train_preset=preset)
+    p.add_argument("--epochs", type=int, default=c.epochs, help=f"training epochs (default {c.epochs})")
+    p.add_argument("--lr", type=float, default=c.lr, help=f"peak learning rate (default {c.lr:g})")
+    p.add_argument("--batch-size", type=int, default=c.batch_size, help=f"windows per step (default {c.batch_size})")
+    p.add_argument("--seed", type=int, default=c.seed, help=f"random seed (default {c.seed})")
+    p.add_argument("--device", default=c.device, choices=("auto", "cpu", "cuda"),
+                   help=f"training device; auto uses CUDA when present (default {c.device})")
+    p.add_argument("--threads", type=int, default=c.threads,
+                   help="torch threads while training (default: 1 for models under 1M parameters on the CPU, "
+                        "else torch's default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="imutune", description="On-device personalization of IMU sensor models.")
+    ap.add_argument("--version", action="version", version=f"imutune {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="pretrain, personalize with FilterLoss, export and replay on the embedded watch data")
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", nargs="+", default=None, help="channel names in model order (default: all)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="source recordings held out for source accuracy")
     _add_window_args(p)
-    _add_train_args(p, epochs=20, lr=3e-3, batch_size=64)
+    _add_train_args(p, preset="PRETRAIN")
 
     f = sub.add_parser("finetune", help="personalize a pretrained bundle for one user with FilterLoss")
     f.add_argument("--base", required=True, help="pretrained bundle folder")
@@ -73,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source windows mixed in per target window (needs --source-data; default 0)")
     f.add_argument("--imbalance-ratio", type=float, default=None,
                    help="long-tail subsample the target windows to this ratio (experiments)")
-    _add_train_args(f, epochs=30, lr=1e-3, batch_size=32)
+    _add_train_args(f, preset="FINETUNE")
 
     e = sub.add_parser("export", help="export a bundle to ONNX and ExecuTorch (.pte) with parity checks")
     e.add_argument("--model", required=True, help="bundle folder (model.json + model.safetensors)")
@@ -108,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_selective(bench_sub)
     _add_bench_latency(bench_sub)
     _add_personalize(sub)
+    _add_fleet(sub, bench_sub)
+    _add_codec(sub, bench_sub)
     return ap
 
 
@@ -227,7 +240,7 @@ def _add_personalize(sub) -> None:
     p.add_argument("--test-data", nargs="+", default=(), help="the user's held-out recordings (accuracy before/after)")
     p.add_argument("--loss", default="ce", choices=("ce", "filterloss"))
     p.add_argument("--write-bundle", action="store_true", help="also write the patched model as a bundle in OUT/model")
-    _add_train_args(p, epochs=30, lr=1e-3, batch_size=32)
+    _add_train_args(p, preset="FINETUNE")
 
     a = sub.add_parser("apply-patch", help="apply a personalize patch to its base bundle; writes a full bundle")
     a.add_argument("--base", required=True, help="base bundle folder")
@@ -311,8 +324,194 @@ def _bench_latency(args) -> int:
     return 0
 
 
+def _add_fleet(sub, bench_sub) -> None:
+    """``imutune fleet`` and ``imutune bench fleet`` (defaults live in imutune.fleet.worker.FleetConfig)."""
+    from .fleet import EXPORT_KINDS, FLEET_METHODS
+
+    f = sub.add_parser("fleet", help="personalize every user of a fleet on Ray (local or a cluster); resumable")
+    f.add_argument("--base", required=True, help="base bundle folder (model.json + model.safetensors)")
+    f.add_argument("--users", required=True,
+                   help="folder of per-user folders, or a .json/.csv manifest of user ids and recordings")
+    f.add_argument("--out", required=True, help="output folder (users/<id>/ patch, metrics, done marker; report)")
+    f.add_argument("--address", default=None,
+                   help="Ray cluster: 'auto' (this machine's cluster) or 'ray://host:10001'; default: a private "
+                        "local Ray instance")
+    f.add_argument("--cpus-per-user", type=int, default=1, help="CPUs (and torch threads) per user task (default 1)")
+    f.add_argument("--workers", type=int, default=None,
+                   help="users in flight at once (default: cluster CPUs // --cpus-per-user)")
+    f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    f.add_argument("--method", default=None, choices=FLEET_METHODS, help="personalization method (default filterloss-cv)")
+    f.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the method's preset)")
+    f.add_argument("--seed", type=int, default=None, help="fleet seed; each user's seed derives from it and the id")
+    f.add_argument("--calibration-fraction", type=float, default=None,
+                   help="calibrate-then-use: share of each recording that calibrates (default 0.5)")
+    f.add_argument("--max-calibration-windows", type=int, default=None,
+                   help="subsample calibration windows to at most this many (default: all)")
+    f.add_argument("--export", nargs="+", default=(), choices=EXPORT_KINDS,
+                   help="also write per user: the patched bundle ('bundle') and/or an ONNX export ('onnx')")
+    f.add_argument("--limit", type=int, default=None, help="compute at most this many users in this run")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    b = bench_sub.add_parser("fleet", help="simulated fleet on Ray: users/core-hour, 1 vs 2 workers, killed "
+                                           "worker and killed fleet recovery")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--users", type=int, default=None, help="simulated users (default 200; --quick 20)")
+    b.add_argument("--quick", action="store_true", help="20 users, shorter pretraining")
+    b.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default 2)")
+    b.add_argument("--no-kill", action="store_true", help="skip the killed-worker and killed-fleet phases")
+    b.add_argument("--no-kill-driver", action="store_true", help="skip the killed-fleet phase only")
+    b.add_argument("--no-progress", action="store_true")
+
+
+def _fleet_config(args):
+    from .fleet.worker import FleetConfig
+
+    cfg = FleetConfig()
+    over: dict = {}
+    if args.method:
+        over["method"] = args.method
+    if args.seed is not None:
+        over["seed"] = args.seed
+    if args.calibration_fraction is not None:
+        over["calibration_fraction"] = args.calibration_fraction
+    if args.max_calibration_windows is not None:
+        over["max_calibration_windows"] = args.max_calibration_windows
+    if args.export:
+        over["exports"] = tuple(args.export)
+    if args.epochs is not None:
+        over["finetune"] = replace(cfg.finetune, train=replace(cfg.finetune.train, epochs=args.epochs))
+        over["selective"] = replace(cfg.selective, train=replace(cfg.selective.train, epochs=args.epochs))
+    return replace(cfg, **over)
+
+
+def _fleet(args) -> int:
+    from .fleet.run import run_fleet
+
+    cmd = f"imutune fleet --base {args.base} --users {args.users} --out {args.out}"
+    rep = run_fleet(args.base, args.users, args.out, config=_fleet_config(args), address=args.address,
+                    workers=args.workers, cpus_per_user=args.cpus_per_user, num_cpus=args.num_cpus, limit=args.limit,
+                    progress=not args.no_progress, command=cmd)
+    t = rep["throughput"]
+    print(json.dumps({"counts": rep["counts"], "failures_by_reason": rep["failures_by_reason"],
+                      "users_per_hour": t.get("users_per_hour"), "users_per_core_hour": t.get("users_per_core_hour"),
+                      "gain_macro_f1_mean": (rep["quality"]["gain_macro_f1"] or {}).get("mean"),
+                      "report": str(args.out) + "/fleet_report.md"}))
+    return 0
+
+
+def _bench_fleet(args) -> int:
+    from .bench.fleet import FleetBenchConfig, quick_config, run_fleet_bench
+
+    cfg = quick_config() if args.quick else FleetBenchConfig()
+    over: dict = {}
+    if args.users:
+        over["n_users"] = args.users
+    if args.num_cpus:
+        over["num_cpus"] = args.num_cpus
+    if args.no_kill:
+        over.update(kill_worker=False, kill_driver=False)
+    if args.no_kill_driver:
+        over["kill_driver"] = False
+    cmd = ["imutune bench fleet --out", str(args.out)] + (["--quick"] if args.quick else [])
+    cmd += [f"--users {args.users}"] if args.users else []
+    cmd += [f"--num-cpus {args.num_cpus}"] if args.num_cpus else []
+    cmd += ["--no-kill"] if args.no_kill else []
+    cmd += ["--no-kill-driver"] if args.no_kill_driver else []
+    res = run_fleet_bench(args.out, replace(cfg, **over), command=" ".join(cmd), progress=not args.no_progress)
+    print(json.dumps(res["targets"], indent=2))
+    return 0
+
+
 #: ``imutune bench <name>`` handlers; each benchmark adds its parser in build_parser and its entry here.
 _BENCH_HANDLERS = {"filterloss": _bench_filterloss, "selective": _bench_selective, "latency": _bench_latency}
+_BENCH_HANDLERS["fleet"] = _bench_fleet
+
+
+# --------------------------------------------------------------------------- codec (issue 10)
+
+def _add_codec(sub, bench_sub) -> None:
+    c = sub.add_parser("codec", help="learned sensor codec: train, encode to .imz, decode to .npz")
+    cs = c.add_subparsers(dest="codec_command", required=True)
+    t = cs.add_parser("train", help="train a codec (codec-only, for a frozen classifier, or joint)")
+    t.add_argument("--data", nargs="+", required=True, help="training recordings (.npz, .csv, folders) or 'watch'")
+    t.add_argument("--out", required=True, help="output codec folder")
+    t.add_argument("--mode", default="codec", choices=("codec", "classifier", "joint"),
+                   help="codec: rate + lambda*MSE; classifier: + beta*CE of the frozen classifier; joint: both trained")
+    t.add_argument("--classifier", default=None, help="classifier bundle folder (needed by classifier and joint)")
+    t.add_argument("--init", default=None, help="codec folder to fine-tune from")
+    t.add_argument("--lmbda", type=float, default=None, help="MSE weight against the rate (default 8)")
+    t.add_argument("--beta", type=float, default=None, help="CE weight on decoded windows (default 0.5)")
+    t.add_argument("--latent-channels", type=int, default=None, help="latent channels L (default 8)")
+    t.add_argument("--epochs", type=int, default=None, help="training epochs (default 15)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--no-export", action="store_true", help="skip the encoder .onnx/.pte export")
+    t.add_argument("--no-progress", action="store_true")
+    e = cs.add_parser("encode", help="encode recordings into .imz streams")
+    e.add_argument("--codec", required=True, help="codec folder")
+    e.add_argument("--data", nargs="+", required=True, help="recording(s) to encode")
+    e.add_argument("--out", required=True, help="FILE.imz for one recording, else a folder")
+    d = cs.add_parser("decode", help="decode an .imz stream into a .npz recording")
+    d.add_argument("--codec", required=True, help="codec folder")
+    d.add_argument("--in", dest="in_file", required=True, help=".imz stream")
+    d.add_argument("--out", required=True, help="output REC.npz")
+
+    b = bench_sub.add_parser("codec", help="learned codec vs classic codecs on the watch data: rate, distortion, "
+                                           "classifier and personalization macro-F1, encode latency")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--quick", action="store_true", help="reduced run (few users, epochs and operating points)")
+    b.add_argument("--lambdas", type=float, nargs="+", default=None, help="lambda sweep of the learned codec")
+    b.add_argument("--epochs", type=int, default=None, help="codec training epochs")
+    b.add_argument("--test-subjects", type=int, nargs="+", default=None, help="held-out watch subjects")
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+
+
+def _codec(args) -> int:
+    if args.codec_command == "train":
+        from .codec.jobs import run_codec_train
+        from .codec.model import CodecConfig
+        from .codec.train import CodecTrainConfig
+
+        over = {k: getattr(args, k) for k in ("lmbda", "beta", "epochs") if getattr(args, k) is not None}
+        cfg = CodecTrainConfig(mode=args.mode, seed=args.seed, device=args.device, **over)
+        ccfg = CodecConfig(latent_channels=args.latent_channels) if args.latent_channels else None
+        res = run_codec_train(args.data, args.out, config=cfg, codec_config=ccfg, classifier=args.classifier,
+                              init=args.init, export=not args.no_export, progress=not args.no_progress)
+    elif args.codec_command == "encode":
+        from .codec.jobs import run_codec_encode
+
+        res = run_codec_encode(args.codec, args.data, args.out)
+    else:
+        from .codec.jobs import run_codec_decode
+
+        res = run_codec_decode(args.codec, args.in_file, args.out)
+    print(json.dumps(res))
+    return 0
+
+
+def _bench_codec(args) -> int:
+    from .bench.codec import CodecBenchConfig, quick_config, run_codec_bench
+
+    cfg = quick_config() if args.quick else CodecBenchConfig()
+    over: dict = {"threads": args.threads}
+    if args.lambdas:
+        over["lambdas"] = tuple(args.lambdas)
+    if args.epochs:
+        over["codec_epochs"] = args.epochs
+    if args.test_subjects:
+        over["test_subjects"] = tuple(args.test_subjects)
+    cmd = [f"imutune bench codec --out {args.out}"] + (["--quick"] if args.quick else [])
+    for flag, v in (("--lambdas", args.lambdas), ("--epochs", args.epochs), ("--test-subjects", args.test_subjects),
+                    ("--threads", args.threads)):
+        if v is not None:
+            cmd += [flag, *(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))]
+    cmd = " ".join(cmd)
+    res = run_codec_bench(args.out, replace(cfg, **over), command=cmd)
+    print(json.dumps(res["targets"], indent=2))
+    return 0
+
+
+_BENCH_HANDLERS["codec"] = _bench_codec
 
 
 def _quiet_third_party() -> None:
@@ -342,9 +541,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_config(args):
-    from .train.loop import TrainConfig
+    from .train import config as tc
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+    try:
+        return replace(getattr(tc, args.train_preset), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       seed=args.seed, device=args.device, threads=args.threads)
+    except ValueError as e:   # name the flag, not the field
+        msg = str(e)
+        for field in ("epochs", "batch_size", "lr", "seed", "device", "threads"):
+            if msg.startswith(field + " "):
+                msg = "--" + field.replace("_", "-") + msg[len(field):].replace(" in TrainConfig", "", 1)
+        raise ValueError(msg) from None
 
 
 def _dispatch(args) -> int:
@@ -404,8 +611,12 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "bench":
         return _BENCH_HANDLERS[args.bench_command](args)
+    if args.command == "codec":
+        return _codec(args)
     if args.command == "personalize":
         return _personalize(args)
+    if args.command == "fleet":
+        return _fleet(args)
     if args.command == "apply-patch":
         return _apply_patch(args)
     if args.command == "models":

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._host import cpu_name
 from ._io import write_json_atomic, write_text_atomic
 from .data.recordings import load_watch
 from .metrics import restore_ratio
@@ -32,7 +33,7 @@ from .personalize.finetune import FinetuneConfig, finetune
 from .personalize.protocols import split_target
 from .signal.windows import WindowConfig, longtail_subsample, make_windows
 from .train.bundle import evaluate_bundle, save_bundle
-from .train.loop import TrainConfig, resolve_device
+from .train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
 from .train.pretrain import pretrain
 
 __all__ = ["DemoConfig", "quick_config", "run_demo"]
@@ -48,7 +49,7 @@ class DemoConfig:
     window: WindowConfig = WindowConfig()          # window_s, hop_s, sample_rate_hz, min_purity
     imbalance_ratio: float = 10.0                  # long-tail ratio of the target training windows
     holdout_fraction: float = 0.2                  # share of source recordings held out for source accuracy
-    pretrain: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=3e-3)
+    pretrain: TrainConfig = PRETRAIN                # imutune.train.loop.PRETRAIN
     finetune: FinetuneConfig = FinetuneConfig(rehearsal_ratio=4.0)  # see benchmarks/rehearsal.py for why 4x source rehearsal
     replay_chunk_samples: int = 1                  # samples per sensor delivery during replay (1 = sample by sample)
     replay_realtime: bool = False                  # pace replay at the sensor rate (slow: real duration)
@@ -66,8 +67,8 @@ class DemoConfig:
 
 def quick_config(**overrides: Any) -> DemoConfig:
     """A reduced demo (fewer epochs, 1 s hop, two replayed recordings) that runs in well under a minute."""
-    base = DemoConfig(window=WindowConfig(hop_s=1.0), pretrain=TrainConfig(epochs=4, batch_size=64, lr=3e-3),
-                      finetune=FinetuneConfig(train=TrainConfig(epochs=10, batch_size=32, lr=1e-3), rehearsal_ratio=4.0),
+    base = DemoConfig(window=WindowConfig(hop_s=1.0), pretrain=replace(PRETRAIN, epochs=4),
+                      finetune=FinetuneConfig(train=replace(FINETUNE, epochs=10), rehearsal_ratio=4.0),
                       max_replay_recordings=2)
     return replace(base, **overrides)
 
@@ -177,7 +178,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
         "category_counts": per.info.get("category_counts"),
         "category_weights": per.info.get("category_weights"),
         "timings_s": timings,
-        "host": {"cpu": _cpu_name(), "python": platform.python_version(),
+        "host": {"cpu": cpu_name(), "python": platform.python_version(),
                  "train_device": str(resolve_device(config.pretrain.device))},
         "config": asdict(config),
     }
@@ -185,16 +186,6 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     write_text_atomic(out / "report.md", _report_md(report, per.class_names))
     log(f"[done] {out}/report.json ({timings['total_s']:.1f} s)")
     return report
-
-
-def _cpu_name() -> str:  # noqa: D401 (kept small; bench.report.host_info is the full version)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _report_md(r: dict[str, Any], class_names: Sequence[str]) -> str:

@@ -23,14 +23,14 @@ from .deploy.manifest import Manifest, manifest_for
 from .personalize.finetune import FinetuneConfig, finetune
 from .signal.windows import WindowConfig, longtail_subsample, make_windows
 from .train.bundle import ModelBundle, load_bundle, save_bundle
-from .train.loop import TrainConfig
+from .train.loop import PRETRAIN, TrainConfig
 from .train.pretrain import pretrain
 
 __all__ = ["run_pretrain", "run_finetune", "run_export", "run_replay"]
 
 
 def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model_name: str = "mobilecnn1d",
-                 window: WindowConfig = WindowConfig(), train_config: TrainConfig = TrainConfig(),
+                 window: WindowConfig = WindowConfig(), train_config: TrainConfig = PRETRAIN,
                  holdout_fraction: float = 0.2, channels: Sequence[str] | None = None,
                  progress: bool = True) -> ModelBundle:
     """Pretrain on recordings and write the bundle (``model.safetensors``, ``model.json``)
@@ -66,6 +66,12 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     bundle = load_bundle(base)
     recs = load_many(data)
     w = make_windows(recs, bundle.window, channels=bundle.channels)
+    wt = wt_before = None
+    if test_data:   # checked against the class list the model will have before anything is trained
+        wt_raw = make_windows(load_many(test_data), bundle.window, channels=bundle.channels)
+        wt = wt_raw.relabel(w.class_names, what=f"--test-data {[str(p) for p in test_data]}")
+        if set(wt_raw.class_names) <= set(bundle.class_names):
+            wt_before = wt_raw.relabel(bundle.class_names)
     if imbalance_ratio is not None:
         w = w.subset(longtail_subsample(w.y, imbalance_ratio, seed=seed, num_classes=w.num_classes))
     out = Path(out_dir)
@@ -80,10 +86,9 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     result: dict[str, Any] = {"n_train": len(w), "class_counts": w.class_counts().tolist(),
                               "category_counts": per.info.get("category_counts"),
                               "head_replaced": per.info["head_replaced"]}
-    if test_data:
-        wt = make_windows(load_many(test_data), bundle.window, channels=bundle.channels)
-        if wt.class_names == bundle.class_names:
-            result["before"] = evaluate_bundle(bundle, wt)
+    if wt is not None:
+        if wt_before is not None and not per.info["head_replaced"]:
+            result["before"] = evaluate_bundle(bundle, wt_before)
         result["after"] = evaluate_bundle(per, wt)
     write_json_atomic(out / "finetune_report.json", result)
     return result

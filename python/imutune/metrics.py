@@ -1,9 +1,13 @@
-"""Classification and latency metrics: accuracy, macro-F1, confusion matrix, percentiles."""
+"""Classification and latency metrics: accuracy, macro-F1, confusion matrix, percentiles.
+
+Classification scores are scikit-learn's (``sklearn.metrics``) behind imutune's input checks.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+from sklearn import metrics as sklearn_metrics
 
 __all__ = ["accuracy", "macro_f1", "confusion_matrix", "latency_summary", "restore_ratio"]
 
@@ -32,7 +36,7 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         If the lengths differ or are zero.
     """
     t, p = _check_pair(y_true, y_pred)
-    return float(np.mean(t == p))
+    return float(sklearn_metrics.accuracy_score(t, p))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -41,9 +45,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     for name, a in (("y_true", t), ("y_pred", p)):
         if a.min() < 0 or a.max() >= num_classes:
             raise ValueError(f"{name} has values in [{a.min()}, {a.max()}]; expected [0, {num_classes - 1}]")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
+    return sklearn_metrics.confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> float:
@@ -54,14 +56,9 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = N
     never predicted counts with F1 = 0.
     """
     t, p = _check_pair(y_true, y_pred)
-    k = int(max(t.max(), p.max()) + 1) if num_classes is None else int(num_classes)
-    cm = confusion_matrix(t, p, k)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1[support > 0].mean())
+    if num_classes is not None:
+        confusion_matrix(t, p, int(num_classes))      # range check of both label arrays
+    return float(sklearn_metrics.f1_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:

@@ -61,7 +61,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import _validation as V
-from .report import host_info, markdown_table, write_report
+from .._host import cpu_flags, cpuinfo
+from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["LatencyBenchConfig", "quick_config", "run_latency_benchmark", "measure_peak", "fma_peak",
            "count_flops", "time_calls", "near_empty_model", "BACKENDS", "BACKEND_LABELS"]
@@ -198,16 +199,6 @@ def near_empty_model(in_channels: int, num_classes: int):
     return m.eval()
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _clock_ghz() -> tuple[float | None, str]:
     p = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     try:
@@ -215,12 +206,9 @@ def _clock_ghz() -> tuple[float | None, str]:
     except (OSError, ValueError):
         pass
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("cpu mhz"):
-                return float(line.split(":", 1)[1]) / 1e3, "/proc/cpuinfo cpu MHz"
-    except (OSError, ValueError):
-        pass
-    return None, "unknown"
+        return float(cpuinfo()["cpu MHz"]) / 1e3, "/proc/cpuinfo cpu MHz"
+    except (KeyError, ValueError):
+        return None, "unknown"
 
 
 def fma_peak(*, fma_units: int = 2) -> dict:
@@ -233,7 +221,7 @@ def fma_peak(*, fma_units: int = 2) -> dict:
         ``gflops`` (lanes x 2 x units x GHz; None if the clock is unknown) and
         ``formula``.
     """
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if "avx512f" in flags:
         isa, lanes = "AVX-512", 16
     elif "avx2" in flags or "fma" in flags:
@@ -425,7 +413,7 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
     from ..models.resnet1d import create_model
     from ..signal.windows import Normalizer, WindowConfig, make_windows
     from ..train.bundle import ModelBundle
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import PRETRAIN, train
     from ..train.pretrain import split_holdout
 
     recs = load_watch()
@@ -449,9 +437,9 @@ def _train_eval_int8(cfg: LatencyBenchConfig, work: Path, log) -> list[dict]:
         t = time.perf_counter()
         from ..runtime.profiles import available_cores
 
-        torch.set_num_threads(len(available_cores()))          # training uses every core
-        train(model, xtr, ytr, config=TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=cfg.seed,
-                                                  device="cpu"), progress=False)
+        torch.set_num_threads(len(available_cores()))          # training (and export) use every core
+        train(model, xtr, ytr, config=replace(PRETRAIN, epochs=epochs, seed=cfg.seed, device="cpu",
+                                              threads=len(available_cores())), progress=False)
         train_s = time.perf_counter() - t
         model = model.cpu().eval()
         bundle = ModelBundle(model, name, w.class_names, w.channels, wcfg, norm, {})
@@ -647,17 +635,9 @@ def _cpu_details() -> dict:
     """CPU vendor, family, model and stepping from /proc/cpuinfo (the model name alone may be generic under a VM)."""
     keys = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping",
             "cpu MHz": "mhz", "cache size": "cache"}
-    out: dict[str, Any] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break
-            k, _, v = line.partition(":")
-            if k.strip() in keys:
-                out[keys[k.strip()]] = v.strip()
-    except OSError:
-        pass
-    flags = _cpu_flags()
+    info = cpuinfo()
+    out: dict[str, Any] = {name: info[k] for k, name in keys.items() if k in info}
+    flags = cpu_flags()
     out["vector_isa"] = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "asimd") if f in flags]
     return out
 
@@ -745,13 +725,8 @@ def _markdown(res: dict) -> str:
 
 
 def _figure(rows: list[dict], cfg: LatencyBenchConfig):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = [(m, T) for m in cfg.models for T, _ in cfg.windows]
-    fig, axes = plt.subplots(1, len(cfg.threads), figsize=(6.5 * len(cfg.threads), 4.5), squeeze=False)
+    fig, axes = new_figure(1, len(cfg.threads), figsize=(6.5 * len(cfg.threads), 4.5), squeeze=False)
     L = _row_lookup(rows)
     width = 0.8 / max(1, len(groups))
     for ax, n in zip(axes[0], cfg.threads):

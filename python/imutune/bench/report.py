@@ -7,9 +7,10 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .._host import cpu_name
 from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["markdown_table", "save_figure", "write_report", "host_info"]
+__all__ = ["markdown_table", "new_figure", "save_figure", "write_report", "host_info"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
@@ -22,13 +23,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floa
     return "\n".join(lines)
 
 
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Render a matplotlib figure to PNG in memory and write it atomically; closes the figure."""
-    import matplotlib.pyplot as plt
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.4, 4.8),
+               squeeze: bool = True):
+    """A matplotlib ``Figure`` and its axes through the object API (no pyplot state, no backend switch):
+    ``fig, ax = new_figure()``; ``squeeze`` as in ``Figure.subplots``."""
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """Render a matplotlib figure to PNG in memory and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return write_bytes_atomic(path, buf.getvalue())
 
 
@@ -36,15 +44,7 @@ def host_info() -> dict[str, Any]:
     """CPU model, core count, Python and torch versions of this host."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}
 
 

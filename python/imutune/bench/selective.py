@@ -70,9 +70,9 @@ from ..signal.distortions import (
 )
 from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
-from ..train.loop import TrainConfig, predict_logits
+from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
-from .report import host_info, markdown_table, write_report
+from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
 
@@ -95,8 +95,8 @@ class SelectiveBenchConfig:
     pairfree_fraction: float | None = 0.1        # budget of the pair-free Borda ranking (None: left out)
     window: WindowConfig = WindowConfig()
     test_hop_s: float = 2.0                      # hop of the test windows (non-overlapping by default)
-    pretrain: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=3e-3)
-    finetune: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)
+    pretrain: TrainConfig = PRETRAIN
+    finetune: TrainConfig = FINETUNE
     eval_every: int = 2                          # epochs between points of the accuracy curves
     threads: int = 1                             # torch CPU threads (timings on a phone-class single core)
 
@@ -120,8 +120,8 @@ class SelectiveBenchConfig:
 def quick_config(**overrides: Any) -> SelectiveBenchConfig:
     """A reduced run (one user, one seed, moderate severity, 5 shots, short training): a few minutes at most."""
     base = SelectiveBenchConfig(target_users=("subject10",), levels=(1,), shots=(5,), seeds=(0,),
-                                pretrain=TrainConfig(epochs=5, batch_size=64, lr=3e-3),
-                                finetune=TrainConfig(epochs=15, batch_size=32, lr=1e-3), eval_every=3)
+                                pretrain=replace(PRETRAIN, epochs=5), finetune=replace(FINETUNE, epochs=15),
+                                eval_every=3)
     return replace(base, **overrides)
 
 
@@ -494,15 +494,11 @@ def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
 
 
 def _figures(rep: dict, runs: list[dict], cfg: SelectiveBenchConfig) -> dict[str, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     methods = _method_names(cfg)
     figs = {}
     # recovered fraction per distortion
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = new_figure(figsize=(10, 4))
     w = 0.8 / len(methods)
     for i, m in enumerate(methods):
         vals = []
@@ -517,7 +513,7 @@ def _figures(rep: dict, runs: list[dict], cfg: SelectiveBenchConfig) -> dict[str
     ax.legend(fontsize=7, ncol=4)
     figs["selective_recovery"] = fig
     # accuracy vs fine-tuning time
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     for m in methods:
         curves = [r["methods"][m]["curve"] for r in runs]
         n = min(len(c) for c in curves)
@@ -532,7 +528,7 @@ def _figures(rep: dict, runs: list[dict], cfg: SelectiveBenchConfig) -> dict[str
     figs["selective_curves"] = fig
     # accuracy vs severity per distortion
     nd = len(cfg.distortions)
-    fig, axes = plt.subplots(1, nd, figsize=(2.6 * nd, 3), squeeze=False)
+    fig, axes = new_figure(1, nd, figsize=(2.6 * nd, 3), squeeze=False)
     show = ["clean", "none", "full", "layer", f"random {_pct(cfg.random_fraction)}", "borda 10%"]
     for ax, d in zip(axes[0], cfg.distortions):
         cells = [rep["by_cell"][f"{d}|{l}"] for l in cfg.levels if f"{d}|{l}" in rep["by_cell"]]

@@ -20,10 +20,14 @@ must be listed in ``manifest.artifacts`` with the same SHA-256, format and
 (``.pte``) delegate; its input C and T and output K must match the
 manifest's channels, window and classes; and the preprocessing contract the
 exporter embedded in the artifact (ONNX ``metadata_props`` ``imutune.*``, or
-the ``.pte`` constant method ``imutune_metadata``: channels, class names,
-sample rate, window length, layout, normalization, precision) must equal the
-manifest's. Artifacts written before the contract was embedded skip that
-last check (``backend.embedded_metadata`` is None).
+the ``.pte`` constant method ``imutune_metadata``) must equal the manifest's
+in full (:data:`CONTRACT_FIELDS`: channels, units, class names, sample rate,
+window and hop in seconds and samples, purity, normalization, model name and
+config, layout, tensor names, version; and the precision). An artifact with
+no embedded contract at all (exported without a manifest, e.g. by
+``torch.onnx.export``) is checked by hash and shape only
+(``backend.embedded_metadata`` is None); one with an incomplete contract is
+refused.
 
 Threads: every backend takes ``num_threads`` and :meth:`threads_in_effect`
 reads the setting back from the engine. Two of the knobs are process-wide:
@@ -35,6 +39,7 @@ benchmark do). A thread count above the host's cores is accepted here
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validation as V
+from ..signal.contract import CONTRACT_KEYS, Preprocessing
 
 __all__ = ["OnnxBackend", "PteBackend", "TorchBackend", "load_backend", "BACKEND_SUFFIXES",
            "PTE_METADATA_METHOD", "CONTRACT_FIELDS", "check_embedded_metadata"]
@@ -50,9 +56,11 @@ __all__ = ["OnnxBackend", "PteBackend", "TorchBackend", "load_backend", "BACKEND
 BACKEND_SUFFIXES = {".onnx": "OnnxBackend", ".pte": "PteBackend"}
 #: Name of the ``.pte`` constant method holding the embedded contract (UTF-8 JSON as a uint8 tensor).
 PTE_METADATA_METHOD = "imutune_metadata"
-#: Manifest fields an artifact embeds and :func:`load_backend` compares with the manifest.
-CONTRACT_FIELDS = ("channels", "class_names", "sample_rate_hz", "window_s", "input_layout", "norm_mean",
-                   "norm_std")
+#: Manifest fields an artifact embeds and :func:`load_backend` compares with the manifest: the whole
+#: preprocessing contract (:data:`imutune.signal.contract.CONTRACT_KEYS`, hop and units included) and the
+#: model / input description.
+CONTRACT_FIELDS = CONTRACT_KEYS + ("model_name", "model_config", "input_layout", "input_name", "output_name",
+                                   "version")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -262,7 +270,10 @@ def _set_executorch_threads(num_threads: int) -> bool:
         return False
     current = getattr(portable_lib, "_threadpool_get_thread_count", None)
     if current is None or current() != num_threads:  # resetting is 'unsafe' while a method runs
-        reset(int(num_threads))
+        from ._quiet import quiet_executorch
+
+        with quiet_executorch():  # hides the runtime's cpuinfo / "Resetting threadpool" lines
+            reset(int(num_threads))
     return True
 
 
@@ -312,15 +323,19 @@ class PteBackend(_Backend):
         self.threadpool_configured = _set_executorch_threads(self.num_threads)
         from executorch.runtime import Runtime
 
+        from ._quiet import quiet_executorch
+
         try:
-            self._program = Runtime.get().load_program(self.path)
+            with quiet_executorch():  # native log noise hidden; other native lines re-emitted
+                self._program = Runtime.get().load_program(self.path)
         except Exception as e:
             raise ValueError(f"ExecuTorch program {str(self.path)!r} could not be loaded: {e}") from e
         if "forward" not in self._program.method_names:
             raise ValueError(f"ExecuTorch program {str(self.path)!r} has methods "
                              f"{sorted(self._program.method_names)}; expected 'forward'")
         try:
-            self._method = self._program.load_method("forward")
+            with quiet_executorch():
+                self._method = self._program.load_method("forward")
         except Exception as e:
             raise ValueError(f"ExecuTorch program {str(self.path)!r}: method 'forward' could not be "
                              f"loaded: {e}") from e
@@ -521,7 +536,7 @@ def _check_against_manifest(backend: _Backend, manifest: Any, path: Path, entry:
 
 
 def check_embedded_metadata(meta: dict, manifest: Any, *, where: str, precision: str | None = None) -> None:
-    """Compare an artifact's embedded contract with a manifest.
+    """Compare an artifact's embedded contract with a manifest, in full.
 
     Parameters
     ----------
@@ -537,26 +552,35 @@ def check_embedded_metadata(meta: dict, manifest: Any, *, where: str, precision:
     Raises
     ------
     ValueError
-        On the first field (of :data:`CONTRACT_FIELDS` and ``precision``)
-        whose values differ; the message gives both values.
+        If a field of :data:`CONTRACT_FIELDS` is missing from ``meta`` or
+        invalid, or differs from the manifest's (channels, units, classes,
+        sample rate, window, hop, sample counts, purity, normalization, model
+        name and config, layout, tensor names, version), or the precisions
+        differ; the message names the field and gives both values.
     """
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: embedded contract is a {type(meta).__name__}; expected an object")
+    missing = [k for k in CONTRACT_FIELDS if k not in meta]
+    if missing:
+        raise ValueError(f"{where} embeds an incomplete imutune contract (missing {missing}); it was exported by "
+                         "an older imutune or altered: re-export it")
+    spec = Preprocessing.from_dict({k: meta[k] for k in CONTRACT_KEYS}, source=f"{where} (embedded contract)",
+                                   require_normalization=True)
+    diffs = spec.differences(manifest.preprocessing)
+    if spec.units != manifest.preprocessing.units and not any(d[0] == "units" for d in diffs):
+        diffs.append(("units", None if spec.units is None else list(spec.units),
+                      None if manifest.units is None else list(manifest.units)))
     man = manifest.to_dict()
-    for field in CONTRACT_FIELDS:
-        if field not in meta:
-            continue
-        a, b = meta[field], man[field]
-        if isinstance(b, (list, tuple)):
-            same = isinstance(a, (list, tuple)) and len(a) == len(b) and all(
-                (np.isclose(float(u), float(v), rtol=1e-6, atol=1e-9) if isinstance(v, (int, float))
-                 and not isinstance(v, bool) else u == v) for u, v in zip(a, b))
-        elif isinstance(b, float):
-            same = isinstance(a, (int, float)) and np.isclose(float(a), b, rtol=1e-9)
-        else:
-            same = a == b
-        if not same:
-            raise ValueError(f"{where} was exported for {field} = {a!r}, but the manifest says {b!r}; the "
-                             "artifact and the manifest do not belong together (re-export, or use the manifest "
-                             "written with this artifact)")
+    for field in CONTRACT_FIELDS[len(CONTRACT_KEYS):]:
+        a, b = meta[field], json.loads(json.dumps(man[field]))
+        if a != b:
+            diffs.append((field, a, b))
+    if diffs:
+        field, a, b = diffs[0]
+        more = f" (also {', '.join(d[0] for d in diffs[1:])})" if len(diffs) > 1 else ""
+        raise ValueError(f"{where} was exported for {field} = {a!r}, but the manifest says {b!r}{more}; the "
+                         "artifact and the manifest do not belong together (re-export, or use the manifest "
+                         "written with this artifact)")
     if precision is not None and meta.get("precision") not in (None, precision):
         raise ValueError(f"{where} was exported with precision {meta.get('precision')!r}, but the manifest "
                          f"lists precision {precision!r}")

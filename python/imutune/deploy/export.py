@@ -51,15 +51,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .. import _validation as V
-from .._io import sha256_file, write_bytes_atomic, write_json_atomic
+from .._io import atomic_folder, sha256_file, write_bytes_atomic, write_json_atomic
 from .manifest import Manifest
 
 __all__ = ["export_onnx", "export_pte", "parity_max_abs_err", "write_exports", "conv1d_as_conv2d",
@@ -170,8 +168,7 @@ def _compute_onnx(model, x, manifest: Manifest | None, dynamic_batch: bool, prec
         import json
 
         existing = {p.key for p in proto.metadata_props}
-        props = dict(manifest.metadata_props())
-        props["imutune.precision"] = json.dumps(precision)
+        props = {f"imutune.{k}": json.dumps(v) for k, v in artifact_contract(manifest, precision=precision).items()}
         for key, value in props.items():
             if key in existing:
                 continue
@@ -372,14 +369,18 @@ def _rewrite_for_xnnpack(model, x) -> tuple[Any, str | None]:
 
 
 def artifact_contract(manifest: Manifest, *, precision: str = "fp32", delegate: str | None = None) -> dict:
-    """The preprocessing contract embedded in an artifact.
+    """The contract embedded in an artifact (ONNX ``metadata_props`` as ``imutune.<key>`` with JSON values;
+    the ``.pte`` constant method ``imutune_metadata`` as one JSON object).
 
     Returns
     -------
     dict
-        ``manifest.to_dict()`` without ``artifacts`` (model name and config,
-        classes, channels, sample rate, window and hop, layout, names,
-        normalization, version), plus ``precision`` and ``delegate``.
+        ``manifest.to_dict()`` without ``artifacts``: the full preprocessing
+        contract (:data:`imutune.signal.contract.CONTRACT_KEYS`: channels,
+        units, classes, sample rate, window and hop in seconds and samples,
+        purity, normalization), model name and config, layout, tensor names
+        and version; plus ``precision`` and ``delegate``. All of it is compared
+        with the manifest by :func:`imutune.deploy.backends.load_backend`.
     """
     d = manifest.to_dict()
     d.pop("artifacts", None)
@@ -419,8 +420,11 @@ def _compute_pte(model, x, delegate: str | None, *, precision: str = "fp32", cal
     if manifest is not None:
         blob = json.dumps(artifact_contract(manifest, precision=precision, delegate=delegate)).encode("utf-8")
         constant_methods = {"imutune_metadata": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()}
-    program = to_edge_transform_and_lower(exported, partitioner=partitioner,
-                                          constant_methods=constant_methods).to_executorch()
+    from ._quiet import quiet_executorch
+
+    with quiet_executorch():  # ExecuTorch's native log noise hidden, other native lines kept
+        program = to_edge_transform_and_lower(exported, partitioner=partitioner,
+                                              constant_methods=constant_methods).to_executorch()
     return program, info
 
 
@@ -474,17 +478,29 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
                   formats: Sequence[str] = EXPORT_FORMATS, tolerance: float = 1e-4,
                   config: dict | None = None, delegate: str | None = "xnnpack",
                   num_threads: int = 1, calibration_windows: Any = None, int8_min_agreement: float = 0.9,
-                  eval_windows: tuple[Any, Any] | None = None) -> Manifest:
+                  eval_windows: tuple[Any, Any] | None = None, progress: bool = False) -> Manifest:
     """Export, write, reload and parity-check each variant; write ``manifest.json``.
 
-    For each variant the artifact is first written to a staging folder inside
-    ``out_dir``, reloaded with :func:`imutune.backends.load_backend` (which
-    checks its SHA-256, input shape and embedded contract against the
-    manifest) and compared with eager torch on ``example_windows``. Only when
-    every variant passes are the files renamed into ``out_dir`` (names in
-    :data:`ARTIFACT_NAMES`), then ``manifest.json`` and, if ``config`` is
-    given, ``export_config.json`` are written, all atomically. On failure
-    nothing new is left in ``out_dir``.
+    Everything is written into a staging folder next to ``out_dir``
+    (:func:`imutune._io.atomic_folder`): each artifact (names in
+    :data:`ARTIFACT_NAMES`) is reloaded there with
+    :func:`imutune.backends.load_backend` (which checks its SHA-256, input
+    shape and embedded contract against the manifest) and compared with eager
+    torch on ``example_windows``; then ``manifest.json`` and, if ``config`` is
+    given, ``export_config.json`` are written there and every hash re-checked.
+    Only then does the staging folder replace ``out_dir`` in one rename, so
+    ``out_dir`` always holds either the complete previous export or the
+    complete new one, also if the process is killed at any point (the next
+    export finishes or undoes the interrupted switch and removes stale
+    staging). Other files already in ``out_dir`` (a bundle, replay reports)
+    are kept, hard-linked into the new folder; artifacts of variants not
+    exported this time are removed, so the folder holds exactly the files the
+    manifest lists. On failure ``out_dir`` is left as it was.
+
+    Writers of one ``out_dir`` exclude each other through the lock file
+    ``.<out_dir name>.lock`` beside it (:func:`imutune._io.folder_lock`): a
+    second export into a folder being written fails at once, naming the lock
+    file and the holder's pid.
 
     Parameters
     ----------
@@ -524,6 +540,9 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
         artifact's accuracy and macro-F1 on them are recorded, and int8
         entries get their change in percentage points against the fp32
         artifact of the same format (eager torch if that was not exported).
+    progress : bool, default False
+        Show a tqdm bar over the variants with the current stage (export,
+        quantize, reload + parity, held-out accuracy).
 
     Returns
     -------
@@ -544,7 +563,10 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
     ------
     ValueError
         If an argument is invalid, or an artifact fails its parity check
-        (the message names the file, the error and the tolerance).
+        (the message names the file, the error and the tolerance), or
+        ``out_dir`` is a file or contains the working directory.
+    imutune._io.FolderLockedError
+        (a ValueError) If another process is writing ``out_dir``.
     """
     from .backends import load_backend
 
@@ -589,65 +611,104 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
 
     manifest = dataclasses.replace(manifest, artifacts={})
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".imutune-export-", dir=out))
+    owned = (*ARTIFACT_NAMES.values(), "manifest.json", "export_config.json")
+    bar = _StageBar(formats, enabled=progress)
     try:
-        staged: dict[str, Path] = {}
-        backends: dict[str, Any] = {}
-        onnx_fp32 = None
-        for variant in formats:
-            name = ARTIFACT_NAMES[variant]
-            precision = "int8" if variant.endswith("-int8") else "fp32"
-            info: dict[str, Any] = {"format": variant.split("-")[0], "precision": precision, "variant": variant}
-            if variant in ("onnx", "onnx-int8"):
-                if onnx_fp32 is None:
-                    onnx_fp32 = _compute_onnx(model, x[:1], manifest, True)
-                if variant == "onnx":
-                    data = onnx_fp32.SerializeToString()
-                else:
-                    from .quantize import calibration_subset, quantize_onnx
+        # Everything is written, reloaded and parity-checked in a staging folder next to ``out``;
+        # only then does the staging folder replace ``out`` in one rename (imutune._io.atomic_folder).
+        with atomic_folder(out, drop=owned) as staging:
+            backends: dict[str, Any] = {}
+            onnx_fp32 = None
+            for variant in formats:
+                name = ARTIFACT_NAMES[variant]
+                precision = "int8" if variant.endswith("-int8") else "fp32"
+                info: dict[str, Any] = {"format": variant.split("-")[0], "precision": precision,
+                                        "variant": variant}
+                bar.stage(variant, "export")
+                if variant in ("onnx", "onnx-int8"):
+                    if onnx_fp32 is None:
+                        onnx_fp32 = _compute_onnx(model, x[:1], manifest, True)
+                    if variant == "onnx":
+                        data = onnx_fp32.SerializeToString()
+                    else:
+                        from .quantize import calibration_subset, quantize_onnx
 
-                    cs = calibration_subset(calib)
-                    data = quantize_onnx(onnx_fp32, cs).SerializeToString()
-                    info.update(calibration_windows=int(cs.shape[0]),
-                                quantization="onnxruntime static QDQ: int8 symmetric per-channel weights, "
-                                             "uint8 activations, MinMax calibration")
-                info.update(delegate=None, graph_rewrite=None)
-            else:
-                dlg = {"pte": delegate, "pte-int8": "xnnpack", "pte-portable": None}[variant]
-                prog, extra = _compute_pte(model, x[:1], dlg, precision=precision, calibration=calib,
-                                           manifest=manifest)
-                data = prog.buffer
-                info.update(delegate=dlg, **extra)
-            path = write_bytes_atomic(staging / name, data)
-            manifest = manifest.with_artifact(name, sha256=sha256_file(path), **info)
-            backend = load_backend(path, manifest=manifest, num_threads=num_threads)
-            err, agree = _compute_parity_agreement(model, backend, x.numpy(), 64)
-            if precision == "fp32" and not err <= tolerance:
-                raise ValueError(f"parity check failed for {name} ({backend.name}): max |logit difference| "
-                                 f"vs torch is {err:.3g} on {x.shape[0]} windows; expected <= {tolerance:g}. "
-                                 f"Nothing was written to {str(out)!r}")
-            if precision == "int8" and not agree >= int8_min_agreement:
-                raise ValueError(f"parity check failed for {name} ({backend.name}): its top-1 class agrees with "
-                                 f"fp32 torch on {agree:.1%} of {x.shape[0]} windows; expected >= "
-                                 f"{int8_min_agreement:.1%} (max |logit difference| {err:.3g}). Calibrate on more "
-                                 f"representative training windows. Nothing was written to {str(out)!r}")
-            extra_info = {"parity_max_abs_err": err, "parity_top1_agreement": agree, "size_bytes": len(data)}
-            if precision == "int8":
-                extra_info["parity_tolerance"] = {"min_top1_agreement": float(int8_min_agreement)}
-            manifest = manifest.with_artifact(name, **manifest.artifacts[name], **extra_info)
-            staged[name] = path
-            backends[variant] = backend
-        if ev is not None:
-            manifest = _record_eval(manifest, model, backends, ev)
-        for name, path in staged.items():
-            os.replace(path, out / name)
-        manifest.save(out / "manifest.json")
-        if config is not None:
-            write_json_atomic(out / "export_config.json", config)
+                        bar.stage(variant, "quantize")
+                        cs = calibration_subset(calib)
+                        data = quantize_onnx(onnx_fp32, cs).SerializeToString()
+                        info.update(calibration_windows=int(cs.shape[0]),
+                                    quantization="onnxruntime static QDQ: int8 symmetric per-channel weights, "
+                                                 "uint8 activations, MinMax calibration")
+                    info.update(delegate=None, graph_rewrite=None)
+                else:
+                    dlg = {"pte": delegate, "pte-int8": "xnnpack", "pte-portable": None}[variant]
+                    prog, extra = _compute_pte(model, x[:1], dlg, precision=precision, calibration=calib,
+                                               manifest=manifest)
+                    data = prog.buffer
+                    info.update(delegate=dlg, **extra)
+                path = write_bytes_atomic(staging / name, data)
+                manifest = manifest.with_artifact(name, sha256=sha256_file(path), **info)
+                bar.stage(variant, "reload + parity")
+                backend = load_backend(path, manifest=manifest, num_threads=num_threads)
+                err, agree = _compute_parity_agreement(model, backend, x.numpy(), 64)
+                if precision == "fp32" and not err <= tolerance:
+                    raise ValueError(f"parity check failed for {name} ({backend.name}): max |logit difference| "
+                                     f"vs torch is {err:.3g} on {x.shape[0]} windows; expected <= "
+                                     f"{tolerance:g}. Nothing was written to {str(out)!r}")
+                if precision == "int8" and not agree >= int8_min_agreement:
+                    raise ValueError(f"parity check failed for {name} ({backend.name}): its top-1 class agrees "
+                                     f"with fp32 torch on {agree:.1%} of {x.shape[0]} windows; expected >= "
+                                     f"{int8_min_agreement:.1%} (max |logit difference| {err:.3g}). Calibrate on "
+                                     f"more representative training windows. Nothing was written to {str(out)!r}")
+                extra_info = {"parity_max_abs_err": err, "parity_top1_agreement": agree, "size_bytes": len(data)}
+                if precision == "int8":
+                    extra_info["parity_tolerance"] = {"min_top1_agreement": float(int8_min_agreement)}
+                manifest = manifest.with_artifact(name, **manifest.artifacts[name], **extra_info)
+                backends[variant] = backend
+                bar.done(variant)
+            if ev is not None:
+                bar.stage("all", "held-out accuracy")
+                manifest = _record_eval(manifest, model, backends, ev)
+            manifest.save(staging / "manifest.json")
+            if config is not None:
+                write_json_atomic(staging / "export_config.json", config)
+            _check_staged(staging, manifest, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        bar.close()
     return manifest
+
+
+class _StageBar:
+    """tqdm bar over the export variants showing the current stage (a no-op when disabled)."""
+
+    def __init__(self, formats: Sequence[str], *, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(formats), desc="export", unit="variant", leave=False, dynamic_ncols=True)
+
+    def stage(self, variant: str, what: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{variant}: {what}", refresh=True)
+
+    def done(self, variant: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{variant}: ok", refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _check_staged(staging: Path, manifest: Manifest, out: Path) -> None:
+    """Last check before the folder switch: every manifest entry's file is staged with its hash and size."""
+    for name, entry in manifest.artifacts.items():
+        p = staging / name
+        if not p.is_file() or sha256_file(p) != entry["sha256"] or p.stat().st_size != entry["size_bytes"]:
+            raise ValueError(f"staged artifact {name} does not match its manifest entry (sha256/size); "
+                             f"nothing was written to {str(out)!r}")
 
 
 def _compute_parity_agreement(model, backend, x: np.ndarray, batch_size: int) -> tuple[float, float]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = ["ResNet1dConfig", "ResNet1d", "create_model", "list_models", "default_config",
-           "register_model", "replace_head", "count_parameters"]
+           "register_model", "replace_head", "count_parameters", "TimeMean", "TrainFriendlyResNet1d"]
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,42 @@ class ResNet1d(nn.Module):
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ResNet1dConfig]] = {}
 
 
-def register_model(name: str, config: ResNet1dConfig) -> None:
-    """Register a ResNet1d configuration under ``name``."""
-    _REGISTRY[name] = (ResNet1d, config)
+def register_model(name: str, config: ResNet1dConfig, *, cls: Callable[..., nn.Module] | None = None) -> None:
+    """Register a ResNet1d configuration under ``name`` (built by ``cls``, default :class:`ResNet1d`)."""
+    _REGISTRY[name] = (ResNet1d if cls is None else cls, config)
+
+
+class TimeMean(nn.Module):
+    """Mean over the last (time) axis, kept: (N, D, T') -> (N, D, 1), or (N, D, 1, T') -> (N, D, 1, 1).
+
+    The same numbers as ``AdaptiveAvgPool1d(1)``, but a plain ``mean`` whose backward every runtime has
+    (ExecuTorch 1.5.1 has no ``avg_pool2d`` backward kernel) and that works on both the 1-D and the
+    rewritten 2-D layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=-1, keepdim=True)
+
+
+class TrainFriendlyResNet1d(ResNet1d):
+    """A :class:`ResNet1d` whose training graph runs on ExecuTorch's training extension.
+
+    Same modules, parameter names and state dict as :class:`ResNet1d` of the same config (weights move
+    freely between the two), with the global pool a :class:`TimeMean` and no max-pool (its backward
+    drifts in ExecuTorch 1.5.1, pytorch/executorch issue #21686). Batch norm runs in eval mode on the
+    device (:mod:`imutune.ondevice`), which also rewrites Conv1d into 2-D form for the export.
+
+    Raises
+    ------
+    ValueError
+        If the config asks for the stem max-pool.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, config: ResNet1dConfig = ResNet1dConfig()) -> None:
+        if config.stem_pool:
+            raise ValueError("a training-friendly model cannot have stem_pool=True (max-pool backward is wrong in "
+                             "ExecuTorch 1.5.1, issue #21686); use a strided stem instead")
+        super().__init__(in_channels, num_classes, config)
+        self.pool = TimeMean()
 
 
 register_model("resnet1d34", ResNet1dConfig())
@@ -117,6 +150,9 @@ register_model("mobilecnn1d", ResNet1dConfig(layers=(1, 1, 1), widths=(32, 64, 9
                                              stem_kernel=7, stem_stride=2, stem_pool=False, dropout=0.1))
 register_model("tinycnn1d", ResNet1dConfig(layers=(1, 1), widths=(8, 16), stem_width=8, stem_kernel=5,
                                            stem_stride=2, stem_pool=False))
+# training-friendly twins (same weights; see TrainFriendlyResNet1d and imutune.ondevice)
+register_model("mobilecnn1d-train", _REGISTRY["mobilecnn1d"][1], cls=TrainFriendlyResNet1d)
+register_model("tinycnn1d-train", _REGISTRY["tinycnn1d"][1], cls=TrainFriendlyResNet1d)
 
 
 def list_models() -> list[str]:

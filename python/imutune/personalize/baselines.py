@@ -49,20 +49,23 @@ from torch import nn
 
 from ..signal.windows import Windows
 from ..train.bundle import ModelBundle
-from ..train.loop import TrainConfig, train
+from ..train.loop import FINETUNE, TrainConfig, train
 from ..train.losses import (
     ClassBalancedLoss,
     FocalLoss,
+    GeneralizedCrossEntropy,
+    SymmetricCrossEntropy,
     WeightedCrossEntropy,
     inverse_frequency_weights,
 )
 from .finetune import FinetuneConfig, finetune
-from .quality import FilterConfig
+from .weights import FilterConfig
 
 __all__ = ["METHODS", "BASELINES", "FILTERLOSS_METHODS", "run_method", "no_finetune", "finetune_ce",
            "finetune_oversample", "finetune_undersample", "finetune_class_weighted", "finetune_class_balanced",
            "finetune_focal", "finetune_filterloss", "finetune_filterloss_cv", "finetune_filterloss_learned",
-           "resample_windows"]
+           "resample_windows", "finetune_gce", "finetune_sce", "finetune_cleanlab", "finetune_oracle",
+           "cleanlab_issues"]
 
 
 def _check_inputs(bundle: ModelBundle, windows: Windows) -> None:
@@ -89,19 +92,17 @@ def _fit(bundle: ModelBundle, windows: Windows, method: str, train_config: Train
         replace_head(model, windows.num_classes)
     xn = bundle.normalizer(x)
     hist = train(model, xn, y, config=train_config, loss_fn=loss_fn, desc=f"finetune[{method}]", progress=progress)
-    steps = train_config.epochs * sum(1 for s in range(0, len(y), train_config.batch_size)
-                                      if min(train_config.batch_size, len(y) - s) >= 2 or len(y) < 2)
     info: dict[str, Any] = {"stage": "finetune", "method": method, "head_replaced": head_replaced,
                             "n_train": len(windows), "n_train_effective": int(len(y)),
                             "class_counts": windows.class_counts().tolist(),
                             "class_counts_effective": np.bincount(y, minlength=windows.num_classes).tolist(),
-                            "steps": int(steps), "train_config": asdict(train_config),
+                            "steps": hist["steps"], "train_config": asdict(train_config),
                             "loss_history": hist["loss"], "train_seconds": hist["seconds"], **(extra or {})}
     return ModelBundle(model, bundle.model_name, windows.class_names, bundle.channels, bundle.window,
                        bundle.normalizer, {**info, "base": bundle.info})
 
 
-def no_finetune(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def no_finetune(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                 progress: bool = False) -> ModelBundle:
     """The pretrained model as is.
 
@@ -121,7 +122,7 @@ def no_finetune(bundle: ModelBundle, windows: Windows, train_config: TrainConfig
                         "n_train": len(windows), "base": bundle.info})
 
 
-def finetune_ce(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_ce(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                 progress: bool = False) -> ModelBundle:
     """Plain cross-entropy fine-tuning."""
     return _fit(bundle, windows, "ce", train_config, loss_fn=WeightedCrossEntropy(), progress=progress)
@@ -160,7 +161,7 @@ def resample_windows(windows: Windows, kind: str, *, seed: int = 0) -> tuple[np.
     return np.ascontiguousarray(xr.reshape(-1, c, t), dtype=np.float32), np.asarray(yr, dtype=np.int64)
 
 
-def finetune_oversample(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_oversample(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                         progress: bool = False) -> ModelBundle:
     """Random oversampling (imbalanced-learn) then cross-entropy, same epochs."""
     x, y = resample_windows(windows, "over", seed=train_config.seed)
@@ -168,7 +169,7 @@ def finetune_oversample(bundle: ModelBundle, windows: Windows, train_config: Tra
                 progress=progress)
 
 
-def finetune_undersample(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_undersample(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                          progress: bool = False) -> ModelBundle:
     """Random undersampling (imbalanced-learn) then cross-entropy, same epochs."""
     x, y = resample_windows(windows, "under", seed=train_config.seed)
@@ -176,7 +177,7 @@ def finetune_undersample(bundle: ModelBundle, windows: Windows, train_config: Tr
                 progress=progress)
 
 
-def finetune_class_weighted(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_class_weighted(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                             progress: bool = False) -> ModelBundle:
     """Cross-entropy weighted by inverse class frequency (absent classes weight 0)."""
     cw = inverse_frequency_weights(windows.class_counts())
@@ -184,7 +185,7 @@ def finetune_class_weighted(bundle: ModelBundle, windows: Windows, train_config:
                 progress=progress, extra={"class_weights": cw.tolist()})
 
 
-def finetune_class_balanced(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_class_balanced(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                             beta: float = 0.99, progress: bool = False) -> ModelBundle:
     """Class-balanced loss (effective number of samples, Cui et al. 2019)."""
     loss = ClassBalancedLoss(windows.class_counts(), beta=beta)
@@ -192,14 +193,14 @@ def finetune_class_balanced(bundle: ModelBundle, windows: Windows, train_config:
                 extra={"class_weights": loss.class_weights.tolist(), "beta": beta})
 
 
-def finetune_focal(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_focal(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                    gamma: float = 2.0, progress: bool = False) -> ModelBundle:
     """Focal loss with ``gamma`` (2 by default)."""
     return _fit(bundle, windows, "focal", train_config, loss_fn=FocalLoss(gamma), progress=progress,
                 extra={"gamma": gamma})
 
 
-def finetune_filterloss(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_filterloss(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                         mode: str = "cv", filter_config: FilterConfig = FilterConfig(),
                         progress: bool = False) -> ModelBundle:
     """FilterLoss fine-tuning through :func:`imutune.finetune.finetune`.
@@ -214,23 +215,104 @@ def finetune_filterloss(bundle: ModelBundle, windows: Windows, train_config: Tra
     out = finetune(bundle, windows, config=FinetuneConfig(train=train_config, loss=loss, filter=filter_config),
                    progress=progress)
     name = "filterloss" if mode == "first" else f"filterloss_{mode}"
-    steps = train_config.epochs * sum(1 for s in range(0, len(windows), train_config.batch_size)
-                                      if min(train_config.batch_size, len(windows) - s) >= 2 or len(windows) < 2)
-    return replace(out, info={**out.info, "method": name, "n_train_effective": len(windows), "steps": int(steps)})
+    return replace(out, info={**out.info, "method": name, "n_train_effective": len(windows)})  # "steps": the loop's
 
 
-def finetune_filterloss_cv(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_filterloss_cv(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                            filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
     """FilterLoss, full filter, weights chosen by stratified k-fold cross-validation."""
     return finetune_filterloss(bundle, windows, train_config, mode="cv", filter_config=filter_config,
                                progress=progress)
 
 
-def finetune_filterloss_learned(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def finetune_filterloss_learned(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                                 filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
     """FilterLoss, full filter, weights learned by meta-gradient descent."""
     return finetune_filterloss(bundle, windows, train_config, mode="learned", filter_config=filter_config,
                                progress=progress)
+
+
+def finetune_gce(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
+                 q: float = 0.7, progress: bool = False) -> ModelBundle:
+    """Generalized cross-entropy, ``q = 0.7`` (Zhang & Sabuncu, NeurIPS 2018)."""
+    return _fit(bundle, windows, "gce", train_config, loss_fn=GeneralizedCrossEntropy(q), progress=progress,
+                extra={"q": q})
+
+
+def finetune_sce(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
+                 alpha: float = 0.1, beta: float = 1.0, progress: bool = False) -> ModelBundle:
+    """Symmetric cross-entropy, ``alpha = 0.1, beta = 1, A = -4`` (Wang et al., ICCV 2019)."""
+    return _fit(bundle, windows, "sce", train_config, loss_fn=SymmetricCrossEntropy(alpha, beta), progress=progress,
+                extra={"alpha": alpha, "beta": beta})
+
+
+def cleanlab_issues(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
+                    filter_config: FilterConfig = FilterConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Confident-learning label issues of the target windows and the out-of-fold probabilities behind them.
+
+    The out-of-fold probabilities come from whole networks fine-tuned end to end on the other folds
+    (:func:`imutune.personalize.filter.oof_probabilities_full`, ``filter_config``'s ``n_folds``,
+    ``oof_epochs``, ``oof_batch_size``, ``oof_lr``: the same scoring budget as FilterLoss), then
+    ``cleanlab.filter.find_label_issues`` (``prune_by_noise_rate``; Northcutt et al., JAIR 2021).
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        Issues (N,) bool and probabilities (N, K) float64.
+    """
+    from .filter import label_issues, oof_probabilities_full
+
+    _check_inputs(bundle, windows)
+    model = copy.deepcopy(bundle.model)
+    if tuple(windows.class_names) != tuple(bundle.class_names):
+        from ..models.resnet1d import replace_head
+
+        torch.manual_seed(train_config.seed)
+        replace_head(model, windows.num_classes)
+    fc = filter_config
+    tc = replace(train_config, epochs=fc.oof_epochs, batch_size=fc.oof_batch_size, lr=fc.oof_lr)
+    probs = oof_probabilities_full(model, bundle.normalizer(windows.x), windows.y, windows.num_classes,
+                                   n_folds=min(fc.n_folds, len(windows)), seed=train_config.seed, train_config=tc)
+    return label_issues(probs, windows.y), probs
+
+
+def finetune_cleanlab(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
+                      filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
+    """Confident-learning pruning: drop the windows :func:`cleanlab_issues` flags, then cross-entropy.
+
+    ``info["dropped"]`` lists the dropped window indices (for precision/recall against a known truth).
+    """
+    import time
+
+    t = time.perf_counter()
+    issues, _ = cleanlab_issues(bundle, windows, train_config, filter_config=filter_config)
+    keep = ~issues
+    if not keep.any():
+        keep = np.ones_like(issues)
+    scoring = time.perf_counter() - t
+    return _fit(bundle, windows, "cleanlab", train_config, loss_fn=WeightedCrossEntropy(), x=windows.x[keep],
+                y=windows.y[keep], progress=progress,
+                extra={"dropped": np.flatnonzero(~keep).tolist(), "scoring_seconds": scoring})
+
+
+def finetune_oracle(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
+                    noisy_mask: np.ndarray | None = None, progress: bool = False) -> ModelBundle:
+    """Upper bound, not a method: drop exactly the windows whose label was corrupted, then cross-entropy.
+
+    Raises
+    ------
+    ValueError
+        If ``noisy_mask`` (N,) bool, the injected truth, is missing or has the wrong shape.
+    """
+    if noisy_mask is None:
+        raise ValueError("method 'oracle' needs noisy_mask, the injected label-noise truth (N,) bool; it exists "
+                         "only when label noise was injected (imutune finetune --label-noise)")
+    m = np.asarray(noisy_mask, dtype=bool).ravel()
+    if m.shape != (len(windows),):
+        raise ValueError(f"noisy_mask must have shape ({len(windows)},), got {m.shape}")
+    keep = ~m if (~m).any() else np.ones_like(m)
+    return _fit(bundle, windows, "oracle", train_config, loss_fn=WeightedCrossEntropy(), x=windows.x[keep],
+                y=windows.y[keep], progress=progress, extra={"dropped": np.flatnonzero(~keep).tolist()})
 
 
 #: Name -> function(bundle, windows, train_config, *, progress) -> ModelBundle.
@@ -242,17 +324,22 @@ METHODS: dict[str, Callable[..., ModelBundle]] = {
     "class_weighted": finetune_class_weighted,
     "class_balanced": finetune_class_balanced,
     "focal": finetune_focal,
-    "filterloss": lambda b, w, c=TrainConfig(), **kw: finetune_filterloss(b, w, c, mode="first", **kw),
+    "gce": finetune_gce,
+    "sce": finetune_sce,
+    "cleanlab": finetune_cleanlab,
+    "oracle": finetune_oracle,          # an upper bound (needs noisy_mask), not a method
+    "filterloss": lambda b, w, c=FINETUNE, **kw: finetune_filterloss(b, w, c, mode="first", **kw),  # filter_config ok
     "filterloss_cv": finetune_filterloss_cv,
     "filterloss_learned": finetune_filterloss_learned,
 }
-#: The standard baselines of the benchmark (everything but FilterLoss).
-BASELINES: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_weighted", "class_balanced", "focal")
+#: The standard baselines of the benchmark (everything but FilterLoss); "oracle" is an upper bound, not a method.
+BASELINES: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_weighted", "class_balanced", "focal",
+                              "gce", "sce", "cleanlab", "oracle")
 #: FilterLoss variants.
 FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned")
 
 
-def run_method(name: str, bundle: ModelBundle, windows: Windows, train_config: TrainConfig = TrainConfig(), *,
+def run_method(name: str, bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                progress: bool = False, **options: Any) -> ModelBundle:
     """Fine-tune with the method called ``name`` (one of :data:`METHODS`).
 

@@ -15,37 +15,57 @@ from torch import nn
 from .. import _validation as V
 from ..signal.windows import Windows
 from ..train.bundle import ModelBundle
-from ..train.loop import TrainConfig, predict_proba, train
+from ..train.loop import FINETUNE, TrainConfig, train
 from ..train.losses import FilterLoss
-from .quality import CategoryWeights, FilterConfig, QualityConfig
+from .filter import QualityConfig
+from .weights import CategoryWeights, FilterConfig
 
-__all__ = ['FinetuneConfig', 'finetune']
+__all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'canonical_loss']
+
+#: Every name ``FinetuneConfig.loss`` (and ``imutune finetune --loss``) accepts, in dash form.
+LOSSES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "ce", "none", "oversample",
+                           "undersample", "class-weighted", "class-balanced", "focal", "gce", "sce", "cleanlab",
+                           "oracle")
+
+
+def canonical_loss(name: str) -> str:
+    """``"filterloss_cv"`` -> ``"filterloss-cv"``: method names with dashes (the CLI's spelling)."""
+    return str(name).replace("_", "-")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Target-user fine-tuning with FilterLoss."""
 
-    train: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)  # fine-tuning optimiser settings
-    # "filterloss" (categories from the pretrained model's probabilities, fixed weights), "filterloss-cv"
+    train: TrainConfig = FINETUNE   # fine-tuning optimiser settings (imutune.train.loop.FINETUNE)
+    # "filterloss" (categories from out-of-fold probabilities alone, fixed weights), "filterloss-cv"
     # (full filter, weights chosen by cross-validation), "filterloss-learned" (full filter, meta-learned
-    # weights) -- see imutune.quality -- or "ce" (plain cross-entropy)
+    # weights) -- see imutune.personalize.weights -- "ce" (plain cross-entropy), or any other method of
+    # imutune.personalize.baselines.METHODS ("gce", "cleanlab", "oracle", ...; dashes or underscores)
     loss: str = "filterloss"
-    quality: QualityConfig = QualityConfig()     # sample-quality filter thresholds
-    weights: CategoryWeights = CategoryWeights()  # FilterLoss weight per quality category ("filterloss")
-    filter: FilterConfig = FilterConfig()        # folds, grids, meta-learning ("filterloss-cv"/"-learned")
+    quality: QualityConfig | None = None      # filter thresholds; None: filter.quality (given: used by every variant)
+    weights: CategoryWeights | None = None    # "filterloss" category weights; None: filter.fixed_weights
+    filter: FilterConfig = FilterConfig()        # thresholds, folds, grids, meta-learning of the filter
     rehearsal_ratio: float = 0.0    # source windows mixed in per target window (0 = target only, as in the paper)
 
     def __post_init__(self) -> None:
-        V.check_choice("loss", self.loss, ("filterloss", "filterloss-cv", "filterloss-learned", "ce"))
+        object.__setattr__(self, "loss", canonical_loss(self.loss))
+        V.check_choice("loss", self.loss, LOSSES)
         if not (np.isfinite(self.rehearsal_ratio) and self.rehearsal_ratio >= 0):
             raise ValueError(f"rehearsal_ratio must be a finite number >= 0, got {self.rehearsal_ratio!r}")
 
 
 def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = FinetuneConfig(),
              sample_weights: np.ndarray | None = None, source_windows: Windows | None = None,
-             checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> ModelBundle:
+             checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
+             noisy_mask: np.ndarray | None = None) -> ModelBundle:
     """Fine-tune a pretrained bundle for one target user with FilterLoss.
+
+    ``config.loss`` other than the FilterLoss variants and ``"ce"`` runs the
+    baseline of that name (:mod:`imutune.personalize.baselines`) with
+    ``config.train`` as its budget; ``noisy_mask`` (N,) bool, the injected
+    truth of a label-noise rehearsal, is needed by ``"oracle"`` only. Those
+    baselines take no rehearsal windows, checkpoint or sample weights.
 
     If the target's class list differs from the bundle's, the classifier head
     is replaced (FilterLoss paper, Sec. III: transfer to a new class set);
@@ -79,12 +99,19 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     """
     import copy
 
-    from .quality import categorize, category_counts
-    from .quality import sample_weights as _weights
+    from .filter import categorize, category_counts
+    from .weights import sample_weights as _weights
+
+    if config.loss not in ("filterloss", "filterloss-cv", "filterloss-learned", "ce"):
+        return _other_method(bundle, windows, config, sample_weights=sample_weights, progress=progress,
+                             noisy_mask=noisy_mask)
 
     if tuple(windows.channels) != tuple(bundle.channels):
         raise ValueError(f"target windows have channels {list(windows.channels)}; the model expects "
                          f"{list(bundle.channels)}")
+    if windows.preprocessing is not None:   # rate, window and units must be the model's (hop may differ)
+        windows.preprocessing.check_matches(bundle.preprocessing, where="finetune", this_name="the target windows",
+                                            other_name="the model", input_only=True)
     model = copy.deepcopy(bundle.model)
     head_replaced = tuple(windows.class_names) != tuple(bundle.class_names)
     if head_replaced:
@@ -96,26 +123,32 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     info: dict[str, Any] = {"stage": "finetune", "loss": config.loss, "head_replaced": head_replaced,
                             "n_train": len(windows), "class_counts": windows.class_counts().tolist()}
     t0 = time.perf_counter()
+    quality = config.quality if config.quality is not None else config.filter.quality
     if config.loss == "filterloss" and sample_weights is None:
-        if head_replaced:
-            # a fresh head has no opinion yet: score with a quick head-only fit (the probe of the embedding)
-            _fit_head_only(model, xn, windows.y, config.train)
-        probs = predict_proba(model, xn, device=config.train.device)
-        cats = categorize(probs, windows.y, config=config.quality)
-        sample_weights = _weights(cats, config.weights)
+        # first version: probabilities alone, but out of fold (a head on the frozen embeddings fitted on the
+        # other folds), so a user shift of the pretrained model does not mark clean windows noisy; no extra
+        # training of the model itself (the budget stays the other methods')
+        cw = config.weights if config.weights is not None else config.filter.fixed_weights
+        probs = _first_version_probs(model, xn, windows.y, windows.num_classes, config)
+        cats = categorize(probs, windows.y, config=quality)
+        sample_weights = _weights(cats, cw)
         info["category_counts"] = category_counts(cats)
-        info["category_weights"] = asdict(config.weights)
+        info["category_weights"] = asdict(cw)
+        info["categories"] = cats.tolist()
     info["scoring_seconds"] = time.perf_counter() - t0
     if config.loss in ("filterloss-cv", "filterloss-learned") and sample_weights is None:
         from dataclasses import replace as _replace
 
-        from .quality import filter_weights
+        from .weights import filter_weights
 
-        fcfg = _replace(config.filter, mode=config.loss.split("-", 1)[1], quality=config.quality,
+        fcfg = _replace(config.filter, mode=config.loss.split("-", 1)[1], quality=quality,
                         seed=config.train.seed, device=config.train.device)
         res = filter_weights(model, xn, windows.y, num_classes=windows.num_classes, config=fcfg)
         sample_weights = res.sample_weights
         info.update(res.summary())
+        info["categories"] = res.categories.tolist()
+    if sample_weights is not None and config.loss.startswith("filterloss"):
+        info["sample_weights"] = np.asarray(sample_weights, dtype=np.float64).round(6).tolist()
     y = windows.y
     if config.rehearsal_ratio > 0:
         xn, y, sample_weights = _add_rehearsal(xn, y, sample_weights, bundle, source_windows, windows, config)
@@ -123,9 +156,9 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     loss_fn = FilterLoss() if config.loss.startswith("filterloss") else None
     hist = train(model, xn, y, config=config.train, loss_fn=loss_fn, sample_weights=sample_weights,
                  checkpoint_path=checkpoint_path, desc="finetune", progress=progress)
-    info.update(train_config=asdict(config.train), loss_history=hist["loss"], train_seconds=hist["seconds"])
-    return ModelBundle(model, bundle.model_name, windows.class_names, bundle.channels, bundle.window,
-                       bundle.normalizer, {**info, "base": bundle.info})
+    info.update(train_config=asdict(config.train), loss_history=hist["loss"], train_seconds=hist["seconds"],
+                steps=hist["steps"], resumed_from_epoch=hist["resumed_from_epoch"])
+    return bundle.derive(model, class_names=windows.class_names, info={**info, "base": bundle.info})
 
 
 def _add_rehearsal(xn: np.ndarray, y: np.ndarray, weights: np.ndarray | None, bundle: ModelBundle,
@@ -145,16 +178,33 @@ def _add_rehearsal(xn: np.ndarray, y: np.ndarray, weights: np.ndarray | None, bu
             np.concatenate([w_t, np.ones(n, np.float32)]))
 
 
-def _fit_head_only(model: nn.Module, xn: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> None:
-    """Train only ``model.head`` for a few epochs (used before scoring a new class set)."""
-    from dataclasses import replace as _replace
+def _other_method(bundle: ModelBundle, windows: Windows, config: FinetuneConfig, *,
+                  sample_weights: np.ndarray | None, progress: bool, noisy_mask: np.ndarray | None) -> ModelBundle:
+    """A baseline by name, same budget (``config.train``)."""
+    from .baselines import run_method
 
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.head.parameters():
-        p.requires_grad_(True)
-    train(model, xn, y, config=_replace(cfg, epochs=max(5, cfg.epochs // 3)), progress=False)
-    for p, f in zip(model.parameters(), flags):
-        p.requires_grad_(f)
+    if sample_weights is not None or config.rehearsal_ratio > 0:
+        raise ValueError(f"loss {config.loss!r} takes no sample_weights and no rehearsal (rehearsal_ratio="
+                         f"{config.rehearsal_ratio}); use 'filterloss*' or 'ce' for those")
+    name = config.loss.replace("-", "_")
+    opts: dict[str, Any] = {}
+    if name == "oracle":
+        opts["noisy_mask"] = noisy_mask
+    if name == "cleanlab":
+        opts["filter_config"] = config.filter
+    return run_method(name, bundle, windows, config.train, progress=progress, **opts)
 
+
+def _first_version_probs(model: nn.Module, xn: np.ndarray, y: np.ndarray, num_classes: int,
+                         config: FinetuneConfig) -> np.ndarray:
+    """Out-of-fold probabilities of heads on the frozen embeddings (eval mode: BatchNorm statistics untouched)."""
+    from .filter import _head_of, embed_windows, oof_probabilities
+
+    n = len(y)
+    if n < 2:
+        return np.full((n, num_classes), 1.0 / num_classes)
+    fc = config.filter
+    z = embed_windows(model, xn, device=config.train.device)
+    return oof_probabilities(z, y, num_classes, n_folds=min(fc.n_folds, n), seed=config.train.seed,
+                             head=_head_of(model, num_classes), steps=fc.probe_steps, lr=fc.probe_lr,
+                             weight_decay=fc.probe_weight_decay, device=config.train.device)

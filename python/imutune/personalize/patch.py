@@ -23,7 +23,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -157,42 +157,89 @@ def save_patch(patch: Patch, path: str | os.PathLike) -> Path:
     return write_bytes_atomic(path, patch_bytes(patch))
 
 
+_PATCH_META_KEYS = ("format", "version", "base_sha256", "patched_sha256", "rows", "info", "class_names")
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _json_meta(meta: dict, key: str, src: str) -> Any:
+    try:
+        return json.loads(meta[key])
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, int too large, deep nesting
+        raise ValueError(f"{src}: metadata {key!r} is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+
+
 def load_patch(path: str | os.PathLike) -> Patch:
-    """Read a patch file written by :func:`save_patch`.
+    """Read a patch file written by :func:`save_patch`, strictly.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If it is not an imutune patch or its metadata is malformed.
+        If it is not a safetensors file, not an imutune patch (format,
+        version), or its metadata is malformed: unknown or missing keys, a hash
+        that is not 64 hex digits, ``rows`` that is not an object of lists of
+        distinct non-negative integers matching the stored rows, class names
+        that are not distinct non-empty strings, ``info`` that is not an
+        object. The message names the file, the field, the value and the
+        expectation.
     """
     from safetensors import safe_open
 
     p = V.check_file(path, what="patch file")
+    src = f"patch {str(p)!r}"
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as e:  # safetensors raises its own error types on garbage
-        raise ValueError(f"patch file {str(p)!r} is not a safetensors file ({type(e).__name__}: {e})") from e
+        raise ValueError(f"patch file {str(p)!r} is not a safetensors file ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from None
     if meta.get("format") != PATCH_FORMAT:
         raise ValueError(f"{str(p)!r} is not an imutune patch (metadata format {meta.get('format')!r}, expected "
                          f"{PATCH_FORMAT!r})")
     if meta.get("version") != PATCH_VERSION:
         raise ValueError(f"patch {str(p)!r} has version {meta.get('version')!r}; this imutune reads version "
                          f"{PATCH_VERSION!r}")
-    try:
-        rows = {k: [int(i) for i in v] for k, v in json.loads(meta["rows"]).items()}
-        names = json.loads(meta["class_names"]) if "class_names" in meta else None
-        info = json.loads(meta.get("info", "{}"))
-        base, patched = meta["base_sha256"], meta["patched_sha256"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"patch {str(p)!r} has malformed metadata ({type(e).__name__}: {e})") from e
-    missing = [k for k in rows if k not in tensors]
-    if missing:
-        raise ValueError(f"patch {str(p)!r} lists rows for entries {missing} it does not store")
-    return Patch(tensors, rows, base, patched, tuple(names) if names is not None else None, info)
+    missing = [k for k in ("base_sha256", "patched_sha256", "rows") if k not in meta]
+    unknown = sorted(k for k in meta if k not in _PATCH_META_KEYS)
+    if missing or unknown:
+        raise ValueError(f"{src} has malformed metadata: missing {missing}, unknown {unknown}; expected "
+                         f"{list(_PATCH_META_KEYS)}")
+    hashes = {}
+    for key in ("base_sha256", "patched_sha256"):
+        h = meta[key]
+        if len(h) != 64 or not set(h) <= _HEX64:
+            raise ValueError(f"{src}: metadata {key} is {h[:80]!r}; expected 64 lowercase hex digits")
+        hashes[key] = h
+    raw_rows = _json_meta(meta, "rows", src)
+    if not isinstance(raw_rows, dict):
+        raise ValueError(f"{src}: metadata 'rows' is a JSON {type(raw_rows).__name__}; expected an object "
+                         "(entry name -> row indices)")
+    rows: dict[str, list[int]] = {}
+    for k, idx in raw_rows.items():
+        if k not in tensors:
+            raise ValueError(f"patch {str(p)!r} lists rows for entries {[k]} it does not store")
+        t = tensors[k]
+        if (not isinstance(idx, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2 ** 31 for i in idx)
+                or len(set(idx)) != len(idx)):
+            raise ValueError(f"{src}: rows of {k!r} are {str(idx)[:80]}; expected a list of distinct integers in [0, 2^31)")
+        if t.dim() == 0 or len(idx) != t.shape[0]:
+            raise ValueError(f"{src}: rows of {k!r} list {len(idx)} indices, but the stored tensor has shape "
+                             f"{tuple(t.shape)}; expected one index per stored row")
+        rows[k] = [int(i) for i in idx]
+    names = None
+    if "class_names" in meta:
+        names = _json_meta(meta, "class_names", src)
+        if (not isinstance(names, list) or not names or any(not isinstance(n, str) or not n.strip() for n in names)
+                or len(set(names)) != len(names)):
+            raise ValueError(f"{src}: metadata class_names is {str(names)[:80]}; expected a list of distinct "
+                             "non-empty strings")
+    info = _json_meta(meta, "info", src) if "info" in meta else {}
+    if not isinstance(info, dict):
+        raise ValueError(f"{src}: metadata info is a JSON {type(info).__name__}; expected an object")
+    return Patch(tensors, rows, hashes["base_sha256"], hashes["patched_sha256"],
+                 tuple(names) if names is not None else None, info)
 
 
 def apply_patch(base_model: nn.Module, patch: Patch | str | os.PathLike, *, verify: bool = True) -> nn.Module:
@@ -251,7 +298,7 @@ def apply_patch_bundle(bundle, patch: Patch | str | os.PathLike):
         patch = load_patch(patch)
     model = apply_patch(bundle.model, patch)
     names = patch.class_names if patch.class_names is not None else bundle.class_names
-    return replace(bundle, model=model, class_names=tuple(names),
-                   info={"stage": "patched", "patch": {"base_sha256": patch.base_sha256,
-                                                       "patched_sha256": patch.patched_sha256, **patch.info},
-                         "base": bundle.info})
+    return bundle.derive(model, class_names=tuple(names),
+                         info={"stage": "patched", "patch": {"base_sha256": patch.base_sha256,
+                                                             "patched_sha256": patch.patched_sha256, **patch.info},
+                               "base": bundle.info})

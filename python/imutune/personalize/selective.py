@@ -62,11 +62,20 @@ from torch.nn import functional as F
 
 from .. import _validation as V
 from ..train.bundle import ModelBundle
-from ..train.loop import TrainConfig, predict_proba, resolve_device
+from ..train.loop import (
+    FINETUNE,
+    FrozenModules,
+    GradientMask,
+    TrainConfig,
+    TrainHooks,
+    predict_proba,
+    resolve_device,
+    train,
+)
 
 __all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "reference_distances", "borda_count",
            "rank_filters", "select_filters", "random_selection", "last_block_selection", "full_selection",
-           "entry_masks", "count_trainable", "finetune_selected", "SelectiveConfig", "personalize",
+           "entry_masks", "count_trainable", "selection_hooks", "finetune_selected", "SelectiveConfig", "personalize",
            "run_personalize"]
 
 
@@ -509,33 +518,96 @@ class _PartialBN:
         self.bn.running_var.copy_(torch.where(self.mask, self.rv, self.frozen_rv))
 
 
-def _one_cycle(opt: torch.optim.Optimizer, lr: float, total_steps: int):
-    """:func:`imutune.finetune.train`'s one-cycle cosine schedule (10% warm-up); with fewer
-    than 3 steps (where it is undefined) a constant rate. The warm-up spans at least 1.5 steps."""
-    if total_steps < 3:
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
-                                               pct_start=max(0.1, 1.5 / total_steps), anneal_strategy="cos")
+class _PartialBNHook(TrainHooks):
+    """Installs :class:`_PartialBN` forwards on partly selected batch norms for the run and
+    commits their scratch statistics at the end (not resumable: the scratch statistics are
+    outside the state dict until then)."""
+
+    resumable = False
+
+    def __init__(self, bns: Sequence[tuple[nn.Module, torch.Tensor]]) -> None:
+        self.parts = []
+        for bn, mk in bns:
+            pb = _PartialBN(bn, mk)
+            bn.forward = pb                                 # instance attribute shadows the class forward
+            self.parts.append(pb)
+
+    def on_end(self, model: nn.Module) -> None:
+        for pb in self.parts:
+            pb.commit()
+            del pb.bn.forward
+
+
+class _RestoreFrozen(TrainHooks):
+    """At the end, copies unselected state-dict entries back from a frozen copy (a safety net for
+    optimizer implementations), counts the entries that had drifted (``drift``), and restores the
+    ``requires_grad`` flags."""
+
+    def __init__(self, model: nn.Module, masks: dict, flags: dict[str, bool]) -> None:
+        state = model.state_dict(keep_vars=True)
+        self.frozen = {k: (t, masks[k].to(t.device), t.detach().clone()) for k, t in state.items()
+                       if isinstance(masks[k], torch.Tensor)}
+        self.frozen.update({k: (t, None, t.detach().clone()) for k, t in state.items() if masks[k] is False})
+        self.flags = flags
+        self.drift = 0
+
+    def on_end(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for t, mt, orig in self.frozen.values():
+                keep = torch.ones_like(t, dtype=torch.bool) if mt is None else ~mt.expand_as(t)
+                self.drift += int((t[keep] != orig[keep]).sum()) if t.dim() else int(bool(keep) and bool(t != orig))
+                t.copy_(orig if mt is None else torch.where(mt, t, orig))
+        for k, p in model.named_parameters():
+            p.requires_grad_(self.flags[k])
+
+
+def selection_hooks(model: nn.Module, selection: Selection) -> list[TrainHooks]:
+    """The :class:`~imutune.train.loop.TrainHooks` that make :func:`~imutune.train.loop.train`
+    change only what ``selection`` allows (see :func:`finetune_selected`).
+
+    Sets ``requires_grad`` on ``model``'s parameters (the last hook restores the
+    flags at the end) and installs the partial batch-norm forwards (removed at
+    the end); build them right before training, on the model's final device.
+    The last hook's ``drift`` counts unselected entries that had changed.
+    """
+    masks = entry_masks(model, selection)
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    restore = _RestoreFrozen(model, masks, flags)
+    part = []
+    for k, p in model.named_parameters():
+        m = masks[k]
+        p.requires_grad_(m is not False)
+        if m is not False and m is not True:
+            part.append((p, m))
+    bns = _bn_channel_masks(model, masks)
+    dev = next(model.parameters()).device
+    return [GradientMask(part),
+            FrozenModules([bn for bn, mk in bns.values() if mk is False]),
+            _PartialBNHook([(bn, mk.to(dev)) for bn, mk in bns.values() if isinstance(mk, torch.Tensor)]),
+            restore]
 
 
 def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection: Selection, *,
-                      config: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3),
+                      config: TrainConfig = FINETUNE,
                       loss_fn: nn.Module | None = None, sample_weights: np.ndarray | None = None,
                       eval_fn: Callable[[nn.Module], float] | None = None, progress: bool = False,
                       desc: str = "selective") -> dict[str, Any]:
     """Fine-tune ``model`` in place, changing only what ``selection`` allows.
 
-    The schedule is :func:`imutune.finetune.train`'s (AdamW, one-cycle cosine,
-    seeded shuffling, lone tail batches skipped). Unselected entries of the
-    state dict stay bit-identical:
+    Trained by the one loop, :func:`imutune.train.loop.train` (AdamW,
+    :func:`~imutune.train.loop.one_cycle_schedule`, seeded shuffling, lone tail
+    batches skipped), with the hooks of :func:`selection_hooks`. Unselected
+    entries of the state dict stay bit-identical:
 
     * tensors trained in full: ordinary AdamW with ``config.weight_decay``;
-    * partly selected tensors (conv weights, batch-norm scale/shift): their
-      gradient is multiplied by the row mask after every backward pass and
-      they get no weight decay (at lr 1e-3 and decay 1e-4 it would shrink the
-      selected rows by 1e-7 per step), so Adam's moments and update of the
-      unselected rows are exactly zero and those rows keep their bits;
-    * batch norm: see :class:`_PartialBN` and the module notes;
+    * partly selected tensors (conv weights, batch-norm scale/shift):
+      :class:`~imutune.train.loop.GradientMask` multiplies their gradient by
+      the row mask after every backward pass and gives them no weight decay,
+      so Adam's moments and update of the unselected rows are exactly zero
+      and those rows keep their bits;
+    * batch norm: a layer with no selected filter stays in eval mode
+      (:class:`~imutune.train.loop.FrozenModules`); a partly selected one
+      uses :class:`_PartialBN` (see the module notes);
     * at the end, unselected entries are copied back from a frozen copy
       anyway (a safety net for optimizer implementations; the number of
       entries that had drifted is returned as ``frozen_drift``, 0 with
@@ -551,6 +623,7 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
         Array of shape (N,), int64.
     selection : Selection
     config : TrainConfig
+        Default :data:`~imutune.train.loop.FINETUNE`.
     loss_fn : nn.Module, optional
         ``loss_fn(logits, targets, weights)``; cross-entropy by default.
     sample_weights : np.ndarray, optional
@@ -563,128 +636,29 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
     Returns
     -------
     dict
-        ``loss`` (per-epoch mean), ``seconds`` (training time, evaluation
-        excluded), ``curve`` (list of ``[epoch, cumulative seconds, eval
-        value]``, epoch 0 first; empty without ``eval_fn``),
-        ``trainable_parameters``, ``frozen_drift``, ``device``.
+        The loop's :class:`~imutune.train.loop.TrainResult` (``loss``,
+        ``seconds`` (training time, evaluation excluded), ``steps``, ``curve``
+        (list of ``[epoch, cumulative seconds, eval value]``, epoch 0 first;
+        empty without ``eval_fn``), ``device``, ...) plus
+        ``trainable_parameters`` and ``frozen_drift``.
+
+    Raises
+    ------
+    ValueError
+        If the selection trains no parameter, or on the loop's input errors.
     """
     from ..train.losses import WeightedCrossEntropy
 
     x = _check_x("x", x, model)
-    y = np.asarray(y, dtype=np.int64)
-    n = x.shape[0]
-    if y.shape != (n,):
-        raise ValueError(f"y must have shape ({n},), got {y.shape}")
-    w = np.ones(n, np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
-    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
-        raise ValueError(f"sample_weights must have shape ({n},), be finite, >= 0 and not all zero")
-    loss_fn = loss_fn if loss_fn is not None else WeightedCrossEntropy()
     dev = resolve_device(config.device)
     model.to(dev)
-    loss_fn.to(dev)
-    masks = entry_masks(model, selection)
     n_trainable = count_trainable(model, selection)
     if n_trainable == 0:
         raise ValueError("the selection trains no parameter")
-    state = model.state_dict(keep_vars=True)
-    flags = {k: p.requires_grad for k, p in model.named_parameters()}
-    frozen = {k: (t, masks[k].to(dev), t.detach().clone()) for k, t in state.items() if isinstance(masks[k], torch.Tensor)}
-    frozen.update({k: (t, None, t.detach().clone()) for k, t in state.items() if masks[k] is False})
-    full_params, part_params, part_masks = [], [], []
-    for k, p in model.named_parameters():
-        m = masks[k]
-        p.requires_grad_(m is not False)
-        if m is True:
-            full_params.append(p)
-        elif m is not False:
-            part_params.append(p)
-            part_masks.append(frozen[k][1].to(p.dtype).expand_as(p).contiguous())
-    bns = _bn_channel_masks(model, masks)
-    partial_bns: list[_PartialBN] = []
-    for _, (bn, mk) in bns.items():
-        if isinstance(mk, torch.Tensor):
-            pb = _PartialBN(bn, mk.to(dev))
-            bn.forward = pb                                 # instance attribute shadows the class forward
-            partial_bns.append(pb)
-
-    def set_modes() -> None:
-        model.train()
-        for bn, mk in bns.values():
-            if mk is False:
-                bn.eval()
-
-    torch.manual_seed(config.seed)
-    groups = [{"params": full_params, "weight_decay": config.weight_decay}] if full_params else []
-    if part_params:
-        groups.append({"params": part_params, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    sched = _one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(config.seed)
-    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
-    history: list[float] = []
-    curve: list[list[float]] = []
-    seconds = 0.0
-
-    def evaluate(epoch: int) -> None:
-        if eval_fn is not None:
-            model.eval()
-            with torch.no_grad():
-                curve.append([epoch, seconds, float(eval_fn(model))])
-
-    drift = 0
-    try:
-        evaluate(0)
-        epochs = range(config.epochs)
-        if progress:
-            from tqdm.auto import tqdm
-
-            epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
-        for epoch in epochs:
-            t0 = time.perf_counter()
-            set_modes()
-            perm = torch.randperm(n, generator=gen)
-            total, count = 0.0, 0
-            for s in range(0, n, config.batch_size):
-                idx = perm[s:s + config.batch_size]
-                if idx.numel() < 2 and n >= 2:
-                    continue
-                xb, yb, wb = xt[idx].to(dev), yt[idx].to(dev), wt[idx].to(dev)
-                if not bool((wb > 0).any()):
-                    continue
-                loss = loss_fn(model(xb), yb, wb)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"loss became {loss.item()} at epoch {epoch + 1} ({desc}); check the learning "
-                                     "rate and sample weights")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if part_params:
-                    grads = [p.grad for p in part_params if p.grad is not None]
-                    if grads:
-                        torch._foreach_mul_(grads, [m for p, m in zip(part_params, part_masks) if p.grad is not None])
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * idx.numel()
-                count += idx.numel()
-            history.append(total / max(count, 1))
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds += time.perf_counter() - t0
-            evaluate(epoch + 1)
-    finally:
-        for pb in partial_bns:
-            pb.commit()
-            del pb.bn.forward
-        with torch.no_grad():
-            for k, (t, mt, orig) in frozen.items():
-                keep = torch.ones_like(t, dtype=torch.bool) if mt is None else ~mt.expand_as(t)
-                drift += int((t[keep] != orig[keep]).sum()) if t.dim() else int(bool(keep) and bool(t != orig))
-                t.copy_(orig if mt is None else torch.where(mt, t, orig))
-        for k, p in model.named_parameters():
-            p.requires_grad_(flags[k])
-        model.eval()
-    return {"loss": history, "seconds": seconds, "curve": curve, "trainable_parameters": n_trainable,
-            "frozen_drift": drift, "device": str(dev)}
+    hooks = selection_hooks(model, selection)
+    res = train(model, x, y, config=config, loss_fn=loss_fn if loss_fn is not None else WeightedCrossEntropy(),
+                sample_weights=sample_weights, hooks=hooks, eval_fn=eval_fn, progress=progress, desc=desc)
+    return {**res, "trainable_parameters": n_trainable, "frozen_drift": hooks[-1].drift}
 
 
 # --------------------------------------------------------------------------- personalization
@@ -695,7 +669,7 @@ class SelectiveConfig:
 
     fraction: float = 0.1            # fraction of conv filters to fine-tune, in (0, 1]
     budget: str = "per_layer"        # "per_layer" (top fraction of each layer) or "global" (parameter budget)
-    train: TrainConfig = TrainConfig(epochs=30, batch_size=32, lr=1e-3)
+    train: TrainConfig = FINETUNE
     loss: str = "ce"                 # "ce" or "filterloss" (quality-weighted CE, imutune.quality)
     rank_batch_size: int = 256       # windows per forward pass while ranking
 

@@ -56,6 +56,7 @@ from .. import metrics
 from .._io import write_bytes_atomic
 from ..data.recordings import Recording
 from ..deploy.manifest import Manifest
+from ..signal.contract import MIN_WINDOW_SAMPLES
 
 __all__ = ["RingBuffer", "ReplayConfig", "ReplayResult", "replay", "replay_stream", "replay_many",
            "plot_confusion_matrix", "NAN_POLICIES", "GAP_POLICIES"]
@@ -592,9 +593,11 @@ def _check_manifest(manifest: Manifest) -> None:
     if manifest.input_layout != "NCT":
         raise ValueError(f"manifest input_layout is {manifest.input_layout!r}; this runtime feeds (1, C, T) "
                          "windows and needs 'NCT'")
-    if manifest.window_samples < 1:
+    # window and hop come from the manifest's Preprocessing, validated once where it was built: the
+    # window has at least MIN_WINDOW_SAMPLES samples (the package's one rule), the hop at least 1.
+    if manifest.window_samples < MIN_WINDOW_SAMPLES:   # only reachable for a hand-altered object
         raise ValueError(f"manifest window of {manifest.window_s} s at {manifest.sample_rate_hz} Hz is "
-                         f"{manifest.window_samples} samples; expected at least 1")
+                         f"{manifest.window_samples} samples; expected at least {MIN_WINDOW_SAMPLES}")
 
 
 def _rss_mb() -> float | None:
@@ -645,7 +648,7 @@ class _Clock:
 def _new_report() -> dict:
     return {"samples_in": 0, "samples_replayed": 0, "nan_samples_repaired": 0, "nan_values_repaired": 0,
             "gaps": 0, "gap_samples_filled": 0, "gap_resets": 0, "samples_dropped": 0, "tail_samples": 0,
-            "windows_capped": False}
+            "windows_capped": False, "rows_dropped": 0}
 
 
 def _ffill(values: np.ndarray, bad: np.ndarray, last: np.ndarray) -> None:
@@ -956,6 +959,7 @@ def _replay_prepared(rec: Recording, backend: Any, manifest: Manifest, config: R
     from ..data.streams import RecordingStream
 
     clock, report = _Clock(), _new_report()
+    report["rows_dropped"] = int(rec.meta.get("dropped_rows", 0))
     events = _condition(RecordingStream(rec, block_samples=config.block_samples), manifest, config, clock, report)
     return _engine(events, backend, manifest, config, clock, report, rid=_rec_id(rec), resampled=resampled,
                    max_windows=max_windows, n_hint=rec.n_samples)
@@ -969,8 +973,10 @@ def _replay_stream(stream: Any, backend: Any, manifest: Manifest, config: Replay
     hint = stream.n_samples
     if hint is not None and resampled:
         hint = int(hint * manifest.sample_rate_hz / float(stream.sample_rate_hz)) + 1
-    return _engine(events, backend, manifest, config, clock, report, rid=stream.name or stream.user,
-                   resampled=resampled, max_windows=max_windows, n_hint=hint)
+    result = _engine(events, backend, manifest, config, clock, report, rid=stream.name or stream.user,
+                     resampled=resampled, max_windows=max_windows, n_hint=hint)
+    result.input_report["rows_dropped"] = int(getattr(stream, "dropped_rows", 0))  # known once the file is read
+    return result
 
 
 def replay(recording: Recording, backend: Any, manifest: Manifest, *,
@@ -1065,7 +1071,9 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
         no evaluated window: unfinished windows before a reset gap and at the
         end, and samples between windows when hop > window),
         ``tail_samples`` (of those, after the last window of the stream: a
-        stream that stops mid-window) and ``windows_capped``.
+        stream that stops mid-window), ``windows_capped`` and
+        ``rows_dropped`` (file rows the reader left out: a CSV's cut-off last
+        row, :attr:`imutune.data.CsvStream.dropped_rows`).
 
     Raises
     ------

@@ -16,32 +16,40 @@ import numpy as np
 
 from .. import _validation as V
 from ..data.recordings import Recording
+from .contract import DEFAULT_MIN_PURITY, Preprocessing, check_window_fields, seconds_to_samples
 
 __all__ = ["seconds_to_samples", "WindowConfig", "Windows", "make_windows", "resample", "resample_recording",
-           "Normalizer", "longtail_subsample", "window_starts"]
-
-
-def seconds_to_samples(seconds: float, sample_rate_hz: float, *, minimum: int = 0) -> int:
-    """``round(seconds * sample_rate_hz)``, at least ``minimum``: the one rule for window and hop lengths."""
-    return max(minimum, int(round(seconds * sample_rate_hz)))
+           "Normalizer", "longtail_subsample", "window_starts", "Preprocessing"]
 
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """How recordings become model inputs."""
+    """How recordings become model inputs (the user-facing input of :func:`make_windows`).
+
+    The windows, the model bundle and the manifest carry the full contract
+    (:class:`~imutune.signal.contract.Preprocessing`) built from it; the
+    validation rules (positive finite values, at least
+    :data:`~imutune.signal.contract.MIN_WINDOW_SAMPLES` samples per window)
+    are the contract's.
+    """
 
     window_s: float = 2.0          # window length in seconds
     hop_s: float = 0.5             # step between window starts in seconds
     sample_rate_hz: float = 50.0   # model sample rate in Hz; recordings at another rate are resampled
-    min_purity: float = 0.8        # minimum fraction of a window's samples carrying its majority label
+    min_purity: float = DEFAULT_MIN_PURITY  # minimum fraction of a window's samples carrying its majority label
 
     def __post_init__(self) -> None:
-        V.check_positive("window_s", self.window_s, where="WindowConfig")
-        V.check_positive("hop_s", self.hop_s, where="WindowConfig")
-        V.check_positive("sample_rate_hz", self.sample_rate_hz, where="WindowConfig")
-        V.check_fraction("min_purity", self.min_purity)
-        if self.window_samples < 8:
-            raise ValueError(f"window_s * sample_rate_hz gives {self.window_samples} samples per window; expected >= 8")
+        w, h, fs, p = check_window_fields(self.window_s, self.hop_s, self.sample_rate_hz, self.min_purity,
+                                          where="WindowConfig")
+        object.__setattr__(self, "window_s", w)
+        object.__setattr__(self, "hop_s", h)
+        object.__setattr__(self, "sample_rate_hz", fs)
+        object.__setattr__(self, "min_purity", p)
+
+    @classmethod
+    def from_preprocessing(cls, p: Preprocessing) -> "WindowConfig":
+        """The window fields of a contract."""
+        return cls(**p.window_fields())
 
     @property
     def window_samples(self) -> int:
@@ -71,6 +79,16 @@ class Windows:
     users : np.ndarray
         Array of shape (N,), str: the user of each window.
     class_names, channels : tuple of str
+    preprocessing : Preprocessing, optional
+        The contract the windows were cut with (set by :func:`make_windows`;
+        without normalization). None for windows built by hand, which then
+        need a window config wherever a model is trained on them.
+
+    Raises
+    ------
+    ValueError
+        If ``preprocessing`` disagrees with the windows' classes, channels,
+        C or T.
     """
 
     x: np.ndarray
@@ -79,6 +97,21 @@ class Windows:
     users: np.ndarray
     class_names: tuple[str, ...]
     channels: tuple[str, ...]
+    preprocessing: Preprocessing | None = None
+
+    def __post_init__(self) -> None:
+        p = self.preprocessing
+        if p is None:
+            return
+        if not isinstance(p, Preprocessing):
+            raise ValueError(f"Windows preprocessing must be a Preprocessing or None, got {type(p).__name__}")
+        shape = tuple(np.shape(self.x))
+        if tuple(self.class_names) != p.class_names or tuple(self.channels) != p.channels:
+            raise ValueError(f"Windows have classes {list(self.class_names)} and channels {list(self.channels)}, "
+                             f"but their preprocessing has {list(p.class_names)} and {list(p.channels)}")
+        if len(shape) != 3 or shape[1] != p.num_channels or shape[2] != p.window_samples:
+            raise ValueError(f"Windows x has shape {shape}, but the preprocessing gives (N, "
+                             f"{p.num_channels}, {p.window_samples}) ({p.describe()})")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -86,7 +119,31 @@ class Windows:
     def subset(self, idx: np.ndarray) -> "Windows":
         """Windows at integer or boolean index ``idx``."""
         return Windows(self.x[idx], self.y[idx], self.recording[idx], self.users[idx],
-                       self.class_names, self.channels)
+                       self.class_names, self.channels, self.preprocessing)
+
+    def relabel(self, class_names: Sequence[str], *, what: str = "windows") -> "Windows":
+        """The same windows labelled against another class list, matched by name.
+
+        Every class of these windows must be in ``class_names`` (classes of
+        ``class_names`` with no window are fine: e.g. a test file that lacks
+        one activity). ``what`` names the windows in messages.
+
+        Raises
+        ------
+        ValueError
+            If a class of these windows is not in ``class_names``.
+        """
+        target = tuple(class_names)
+        if target == tuple(self.class_names):
+            return self
+        unknown = [c for c in self.class_names if c not in target]
+        if unknown:
+            raise ValueError(f"{what} have classes {list(self.class_names)}; {unknown} are not among the model's "
+                             f"classes {list(target)} (classes are matched by name; expected a subset of the "
+                             "model's class names)")
+        lookup = np.array([target.index(c) for c in self.class_names], dtype=np.int64)
+        spec = None if self.preprocessing is None else self.preprocessing.with_classes(target)
+        return Windows(self.x, lookup[self.y], self.recording, self.users, target, self.channels, spec)
 
     @property
     def num_classes(self) -> int:
@@ -134,40 +191,95 @@ def window_starts(n_samples: int, window_samples: int, hop_samples: int) -> np.n
     return np.arange(0, n_samples - window_samples + 1, hop_samples, dtype=np.int64)
 
 
-def make_windows(recordings: Sequence[Recording], config: WindowConfig = WindowConfig(), *,
-                 channels: Sequence[str] | None = None) -> Windows:
+def _recording_units(rec: Recording, channels: Sequence[str]) -> tuple[str | None, ...] | None:
+    """Units a recording declares for ``channels`` (``rec.units`` or ``rec.meta["units"]``: a list in the
+    recording's channel order or a channel -> unit mapping); None if it declares none."""
+    declared = getattr(rec, "units", None)
+    if declared is None and isinstance(rec.meta, dict):
+        declared = rec.meta.get("units")
+    if declared is None:
+        return None
+    if isinstance(declared, dict):
+        by_name = {str(k): v for k, v in declared.items()}
+    elif isinstance(declared, (list, tuple)) and len(declared) == len(rec.channels):
+        by_name = dict(zip(rec.channels, declared))
+    else:
+        raise ValueError(f"recording {rec.name or rec.user!r} declares units {declared!r}; expected one unit per "
+                         f"channel {list(rec.channels)} (a list or a channel -> unit mapping)")
+    return tuple(None if by_name.get(c) is None else str(by_name[c]) for c in channels)
+
+
+def _merge_units(units: tuple[str | None, ...] | None, new: tuple[str | None, ...] | None,
+                 channels: Sequence[str], what: str) -> tuple[str | None, ...] | None:
+    if new is None:
+        return units
+    if units is None:
+        return new
+    for c, a, b in zip(channels, units, new):
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"{what} declares channel {c!r} in {b!r}, but earlier recordings (or the model) "
+                             f"declare {a!r}; expected the same units (convert the recording first)")
+    return tuple(a if a is not None else b for a, b in zip(units, new))
+
+
+def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preprocessing = WindowConfig(), *,
+                 channels: Sequence[str] | None = None,
+                 units: Sequence[str | None] | None = None) -> Windows:
     """Cut recordings into labelled windows.
 
     Parameters
     ----------
     recordings : sequence of Recording
         All must share ``class_names``; channels are selected by name.
-    config : WindowConfig
-        Window length, hop, model sample rate and minimum label purity.
+    config : WindowConfig or Preprocessing
+        Window length, hop, model sample rate and minimum label purity. A
+        model's contract (``bundle.preprocessing``) also gives the default
+        channels and the units the recordings must agree with.
     channels : sequence of str, optional
-        Channel names in model order; the first recording's channels by default.
+        Channel names in model order; by default ``config.channels`` for a
+        contract, else the first recording's channels.
+    units : sequence of (str or None), optional
+        Unit per selected channel ('g', 'm/s^2', 'rad/s', 'deg/s'...). By
+        default the units the recordings declare (``units`` attribute or
+        ``meta["units"]``); unknown where none is declared.
 
     Returns
     -------
     Windows
-        ``x`` of shape (N, C, T) float32 with T = ``config.window_samples``.
+        ``x`` of shape (N, C, T) float32 with T = ``config.window_samples``;
+        ``preprocessing`` holds the contract (without normalization).
 
     Raises
     ------
     ValueError
         If ``recordings`` is empty, class lists differ, a channel is missing,
-        or no window passes the purity check.
+        units disagree where both sides declare them, or no window passes the
+        purity check.
     """
     if len(recordings) == 0:
         raise ValueError("recordings is empty; expected at least one Recording")
+    if not isinstance(config, (WindowConfig, Preprocessing)):
+        raise ValueError(f"config must be a WindowConfig or a Preprocessing, got {type(config).__name__}")
     class_names = recordings[0].class_names
-    channels = tuple(channels) if channels is not None else recordings[0].channels
+    if channels is not None:
+        channels = tuple(channels)
+    elif isinstance(config, Preprocessing):
+        channels = config.channels
+    else:
+        channels = recordings[0].channels
+    unit_set = None if units is None else tuple(None if u is None else str(u) for u in units)
+    if unit_set is not None and len(unit_set) != len(channels):
+        raise ValueError(f"units has {len(unit_set)} entries; expected {len(channels)} (one per channel "
+                         f"{list(channels)})")
     T, H = config.window_samples, config.hop_samples
     xs, ys, recs, users = [], [], [], []
     for i, rec in enumerate(recordings):
         if rec.class_names != class_names:
             raise ValueError(f"recording {rec.name!r} has classes {list(rec.class_names)}; expected "
                              f"{list(class_names)} like the first recording")
+        if units is None:
+            unit_set = _merge_units(unit_set, _recording_units(rec, channels), channels,
+                                    f"recording {rec.name or rec.user!r}")
         rec = resample_recording(rec.select_channels(channels), config.sample_rate_hz)
         starts = window_starts(rec.n_samples, T, H)
         if starts.size == 0:
@@ -185,11 +297,17 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig = WindowC
         ys.append(maj[keep])
         recs.append(np.full(int(keep.sum()), i, dtype=np.int64))
         users.append(np.full(int(keep.sum()), rec.user, dtype=object))
+    if isinstance(config, Preprocessing):
+        model_units = config.units if tuple(channels) == config.channels else None
+        unit_set = _merge_units(model_units, unit_set, channels, "the recordings")
+    spec = Preprocessing(channels=tuple(channels), class_names=tuple(class_names),
+                         sample_rate_hz=config.sample_rate_hz, window_s=config.window_s, hop_s=config.hop_s,
+                         units=unit_set, min_purity=config.min_purity)
     if not xs:
         raise ValueError(f"no window of {T} samples with label purity >= {config.min_purity} was found in "
                          f"{len(recordings)} recordings")
     return Windows(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64),
-                   np.concatenate(recs), np.concatenate(users).astype(str), class_names, channels)
+                   np.concatenate(recs), np.concatenate(users).astype(str), class_names, channels, spec)
 
 
 @dataclass(frozen=True)

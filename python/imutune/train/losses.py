@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["FilterLoss", "WeightedCrossEntropy", "FocalLoss", "ClassBalancedLoss", "inverse_frequency_weights",
-           "effective_number_weights"]
+           "effective_number_weights", "GeneralizedCrossEntropy", "SymmetricCrossEntropy"]
 
 
 class FilterLoss(nn.Module):
@@ -230,3 +230,74 @@ class ClassBalancedLoss(nn.Module):
             raise ValueError("ClassBalancedLoss: every sample of the batch belongs to a class with zero count")
         ce = F.cross_entropy(logits, targets, reduction="none")
         return (w * ce).sum() / w.sum().clamp_min(1e-12)
+
+
+class GeneralizedCrossEntropy(nn.Module):
+    """Generalized cross-entropy, a noise-robust loss (Zhang & Sabuncu, "Generalized Cross Entropy Loss for
+    Training Deep Neural Networks with Noisy Labels", NeurIPS 2018, Eq. 6, the L_q loss):
+
+    ``L_q(p, y) = (1 - p_y ** q) / q`` with ``p_y`` the softmax probability of the label,
+    weighted mean ``sum_i w_i L_q,i / sum_i w_i``.
+
+    ``q -> 0`` gives cross-entropy, ``q = 1`` the (noise-tolerant) mean absolute error; the paper's
+    default is ``q = 0.7``. (The paper's truncated variant, which also prunes samples, is not used.)
+
+    Parameters
+    ----------
+    q : float
+        In (0, 1].
+    """
+
+    def __init__(self, q: float = 0.7, *, check_weights: bool = True) -> None:
+        super().__init__()
+        if not 0.0 < float(q) <= 1.0:
+            raise ValueError(f"GeneralizedCrossEntropy q must be in (0, 1], got {q!r}")
+        self.q = float(q)
+        self.check_weights = check_weights
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted mean L_q loss; ``weights`` (N,) >= 0, ones if omitted."""
+        if weights is None:
+            weights = torch.ones_like(targets, dtype=logits.dtype)
+        if self.check_weights and not torch.compiler.is_compiling():
+            _check_weights(weights, targets, "GeneralizedCrossEntropy")
+        logp = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+        loss = (1.0 - torch.exp(self.q * logp)) / self.q                     # p_y ** q = exp(q log p_y)
+        return (weights * loss).sum() / weights.sum().clamp_min(1e-12)
+
+
+class SymmetricCrossEntropy(nn.Module):
+    """Symmetric cross-entropy (Wang et al., "Symmetric Cross Entropy for Robust Learning with Noisy
+    Labels", ICCV 2019, Eq. 4-6): ``alpha * CE + beta * RCE`` with the reverse cross-entropy
+    ``RCE = -sum_k p_k log q_k`` of the prediction ``p`` against the one-hot label ``q``, ``log 0``
+    clipped to ``A``; for a one-hot label this is ``RCE = -A (1 - p_y)``. Weighted mean over samples.
+
+    Parameters
+    ----------
+    alpha, beta : float
+        >= 0, not both 0 (the paper's CIFAR-10 setting: 0.1 and 1.0).
+    log_zero : float
+        ``A`` < 0 (the paper: -4).
+    """
+
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0, *, log_zero: float = -4.0,
+                 check_weights: bool = True) -> None:
+        super().__init__()
+        if not (float(alpha) >= 0 and float(beta) >= 0 and float(alpha) + float(beta) > 0):
+            raise ValueError(f"SymmetricCrossEntropy alpha and beta must be >= 0 and not both 0, got "
+                             f"{alpha!r}, {beta!r}")
+        if not float(log_zero) < 0:
+            raise ValueError(f"SymmetricCrossEntropy log_zero must be < 0, got {log_zero!r}")
+        self.alpha, self.beta, self.log_zero = float(alpha), float(beta), float(log_zero)
+        self.check_weights = check_weights
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted mean ``alpha * CE + beta * RCE``; ``weights`` (N,) >= 0, ones if omitted."""
+        if weights is None:
+            weights = torch.ones_like(targets, dtype=logits.dtype)
+        if self.check_weights and not torch.compiler.is_compiling():
+            _check_weights(weights, targets, "SymmetricCrossEntropy")
+        logp = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+        rce = -self.log_zero * (1.0 - logp.exp())
+        loss = self.alpha * (-logp) + self.beta * rce
+        return (weights * loss).sum() / weights.sum().clamp_min(1e-12)

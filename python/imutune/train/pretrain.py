@@ -11,8 +11,8 @@ import torch
 from .. import _validation as V
 from ..models.resnet1d import create_model
 from ..signal.windows import Normalizer, WindowConfig, Windows
-from .bundle import ModelBundle
-from .loop import TrainConfig, predict_logits, train
+from .bundle import ModelBundle, contract_of_windows
+from .loop import PRETRAIN, TrainConfig, predict_logits, train
 
 __all__ = ['pretrain', 'split_holdout']
 
@@ -37,8 +37,8 @@ def split_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, *, se
     return ~hold, hold
 
 
-def pretrain(windows: Windows, *, model_name: str = "mobilecnn1d", window: WindowConfig = WindowConfig(),
-             train_config: TrainConfig = TrainConfig(), holdout_fraction: float = 0.2,
+def pretrain(windows: Windows, *, model_name: str = "mobilecnn1d", window: WindowConfig | None = None,
+             train_config: TrainConfig = PRETRAIN, holdout_fraction: float = 0.2,
              checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> ModelBundle:
     """Pretrain a registry model on source windows.
 
@@ -49,7 +49,19 @@ def pretrain(windows: Windows, *, model_name: str = "mobilecnn1d", window: Windo
     Parameters
     ----------
     windows : Windows
-        Source windows, (N, C, T) float32 in physical units.
+        Source windows, (N, C, T) float32 in physical units. The bundle's
+        preprocessing contract is the one the windows carry (from
+        :func:`~imutune.signal.windows.make_windows`) plus the fitted
+        normalization.
+    window : WindowConfig, optional
+        Needed only for windows built by hand (``windows.preprocessing`` is
+        None); otherwise it must agree with the windows' contract.
+
+    Raises
+    ------
+    ValueError
+        If ``window`` disagrees with the windows (e.g. windows of T=50 and a
+        4 s window at 50 Hz), or hand-built windows come without ``window``.
 
     Returns
     -------
@@ -59,6 +71,7 @@ def pretrain(windows: Windows, *, model_name: str = "mobilecnn1d", window: Windo
     """
     from ..metrics import accuracy, macro_f1
 
+    spec = contract_of_windows(windows, window)
     tr, ho = split_holdout(windows.recording, windows.y, holdout_fraction, seed=train_config.seed)
     wtr = windows.subset(tr)
     norm = Normalizer.fit(wtr.x)
@@ -67,11 +80,12 @@ def pretrain(windows: Windows, *, model_name: str = "mobilecnn1d", window: Windo
     hist = train(model, norm(wtr.x), wtr.y, config=train_config, checkpoint_path=checkpoint_path,
                  desc="pretrain", progress=progress, extra_config={"model_name": model_name})
     info: dict[str, Any] = {"stage": "pretrain", "train_config": asdict(train_config), "n_train": int(tr.sum()),
-                            "n_holdout": int(ho.sum()), "loss_history": hist["loss"], "train_seconds": hist["seconds"]}
+                            "n_holdout": int(ho.sum()), "loss_history": hist["loss"], "train_seconds": hist["seconds"],
+                            "steps": hist["steps"], "resumed_from_epoch": hist["resumed_from_epoch"]}
     if ho.any():
         who = windows.subset(ho)
         pred = predict_logits(model, norm(who.x), device=train_config.device).argmax(1)
         info["source_accuracy"] = accuracy(who.y, pred)
         info["source_macro_f1"] = macro_f1(who.y, pred, windows.num_classes)
-    return ModelBundle(model, model_name, windows.class_names, windows.channels, window, norm, info)
+    return ModelBundle(model, model_name, spec.with_normalization(norm.mean.tolist(), norm.std.tolist()), info)
 

@@ -1,0 +1,411 @@
+"""Fleet benchmark: a simulated fleet personalized on Ray, its throughput, scaling and crash recovery.
+
+``imutune bench fleet --users 200 --out DIR`` (or ``--quick``: 20 users):
+
+1. **Base model**: ``mobilecnn1d`` pretrained on watch subjects 1-5 (cached in ``DIR/base``).
+2. **Simulated fleet** (:mod:`imutune.fleet.simulate`, SIMULATED users, not real ones): N users from the
+   other subjects (6-10) x arm side x a simulated sensor distortion x a simulated label-noise habit, each
+   with a calibration session (calibrate-then-use: the first half of every exercise recording, ~150
+   calibration windows after ``max_calibration_windows``) and a clean-labelled use session; plus
+   ``n_broken`` deliberately broken users (a truncated file, a recording too short for a window) to show
+   that failures are recorded and do not stop the fleet.
+3. **Scaling**: the same users with 1 worker, then 2 workers, on one local Ray instance (``num_cpus``
+   CPUs), each into a fresh folder: users/hour, users/core-hour, CPU utilisation.
+4. **Killed worker**: a 2-worker run in which one worker process (a ``ray::imutune_fleet_user`` process
+   started by this benchmark) is SIGKILLed after ``kill_after_fraction`` of the users; Ray retries its
+   task. Then a rerun: every user must be skipped (verified), and every user's patch hash and scores must
+   equal the uninterrupted 2-worker run's.
+5. **Killed fleet** (the driver crashes): ``imutune fleet`` as a subprocess with its own Ray, its whole
+   process group SIGKILLed after ``kill_after_fraction`` of the users; then a rerun here, which must skip
+   exactly the users finished before the crash, compute the rest, and match the reference.
+
+Timings depend on the host load; the report records the load average and labels figures measured while
+other processes competed for the CPUs. Outputs: ``fleet_bench.json``, ``fleet_bench.md``, ``gain_hist.png``
+(the 2-worker run) and each run's own fleet report under ``DIR/run_*``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .. import _validation as V
+from .._io import write_json_atomic
+from ..fleet.report import gain_histogram
+from ..fleet.run import DONE_FILE, FAILED_FILE, TASK_NAME, run_fleet
+from ..fleet.simulate import SimulationConfig, simulate_fleet
+from ..fleet.worker import FleetConfig
+from ..train.loop import TrainConfig
+from .report import host_info, markdown_table, write_report
+
+__all__ = ["FleetBenchConfig", "quick_config", "run_fleet_bench", "compare_runs"]
+
+
+@dataclass(frozen=True)
+class FleetBenchConfig:
+    """Settings of ``imutune bench fleet``."""
+
+    n_users: int = 200                                   # simulated users (plus n_broken broken ones)
+    n_broken: int = 2                                    # deliberately broken users (0..2)
+    model_name: str = "mobilecnn1d"                      # base model
+    source_subjects: tuple[int, ...] = (1, 2, 3, 4, 5)   # watch subjects the base model is pretrained on
+    pretrain: TrainConfig = TrainConfig(epochs=15, batch_size=64, lr=3e-3)
+    fleet: FleetConfig = FleetConfig(method="filterloss-cv", max_calibration_windows=150)
+    simulation: SimulationConfig = SimulationConfig()
+    workers: tuple[int, ...] = (1, 2)                    # scaling runs, in this order
+    num_cpus: int = 2                                    # CPUs of the local Ray instance
+    kill_worker: bool = True                             # phase 4
+    kill_driver: bool = True                             # phase 5
+    kill_after_fraction: float = 0.3                     # share of users finished before a kill
+    extra: dict = field(default_factory=dict)            # free-form notes recorded in the report
+
+    def __post_init__(self) -> None:
+        V.check_int_at_least("n_users", self.n_users, 2)
+        V.check_in_range("n_broken", self.n_broken, 0, 2)
+        V.check_int_at_least("num_cpus", self.num_cpus, 1)
+        if not self.workers or any(int(w) < 1 for w in self.workers):
+            raise ValueError(f"workers must be a non-empty tuple of integers >= 1, got {self.workers!r}")
+        V.check_fraction("kill_after_fraction", self.kill_after_fraction, high_closed=False)
+
+
+def quick_config(**overrides: Any) -> FleetBenchConfig:
+    """20 users, a shorter pretraining: a few minutes on 2 cores."""
+    return replace(FleetBenchConfig(n_users=20, pretrain=TrainConfig(epochs=8, batch_size=64, lr=3e-3)), **overrides)
+
+
+# --------------------------------------------------------------------------- setup
+
+def _base(out: Path, cfg: FleetBenchConfig, recs: list, progress: bool) -> Path:
+    from ..signal.windows import WindowConfig, make_windows
+    from ..train.bundle import save_bundle
+    from ..train.pretrain import pretrain
+
+    d = out / "base"
+    key = {"model_name": cfg.model_name, "source_subjects": list(cfg.source_subjects), "pretrain": asdict(cfg.pretrain)}
+    try:
+        if json.loads((d / "base_config.json").read_text()) == json.loads(json.dumps(key)) and \
+                (d / "model.safetensors").is_file():
+            return d
+    except (OSError, ValueError):
+        pass
+    src = [r for r in recs if r.meta.get("subject") in set(cfg.source_subjects)]
+    b = pretrain(make_windows(src, WindowConfig()), model_name=cfg.model_name, train_config=cfg.pretrain,
+                 progress=progress)
+    save_bundle(b, d)
+    write_json_atomic(d / "base_config.json", key)
+    return d
+
+
+def _broken_users(users_dir: Path, n: int, recs: list) -> list[str]:
+    """Write up to two broken users: a truncated .npz and a recording shorter than one window."""
+    from ..data.recordings import Recording, save_npz
+
+    made = []
+    if n >= 1:
+        d = users_dir / "broken_truncated"
+        save_npz(recs[0], d / "rec.npz")
+        data = (d / "rec.npz").read_bytes()
+        (d / "rec.npz").write_bytes(data[: len(data) // 3])
+        made.append(d.name)
+    if n >= 2:
+        r = recs[1]
+        d = users_dir / "broken_short"
+        save_npz(Recording(r.values[:40], r.labels[:40], r.sample_rate_hz, r.channels, r.class_names, "broken_short",
+                           "short"), d / "rec.npz")
+        made.append(d.name)
+    return made
+
+
+# --------------------------------------------------------------------------- kills
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_task_processes() -> list[int]:
+    """PIDs of processes titled ``ray::imutune_fleet_user`` that descend from this process."""
+    me, out = os.getpid(), []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            title = (p / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if not title.startswith(f"ray::{TASK_NAME}"):
+            continue
+        pid, anc = int(p.name), int(p.name)
+        for _ in range(64):
+            anc = _ppid(anc)
+            if anc is None or anc <= 1:
+                break
+            if anc == me:
+                out.append(pid)
+                break
+    return out
+
+
+def _count_done(run_dir: Path) -> int:
+    d = run_dir / "users"
+    if not d.is_dir():
+        return 0
+    return sum(1 for u in d.iterdir() if (u / DONE_FILE).is_file() or (u / FAILED_FILE).is_file())
+
+
+def _kill_worker_when(run_dir: Path, threshold: int, stop: threading.Event, log: dict) -> None:
+    while not stop.is_set():
+        if _count_done(run_dir) >= threshold:
+            pids = _own_task_processes()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                log.update(killed_pid=pids[0], users_done_at_kill=_count_done(run_dir), t_unix_s=time.time())
+                return
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- comparison
+
+def compare_runs(a: dict, b: dict) -> dict[str, Any]:
+    """Per-user identity of two fleet reports: patch hash, before/after scores and window counts.
+
+    Returns ``{"compared": n, "identical": n, "differ": [user ids], "missing": [user ids]}`` over the
+    users with results in ``a``.
+    """
+    keys = ("patched_sha256", "before_macro_f1", "after_macro_f1", "before_accuracy", "after_accuracy",
+            "n_calibration", "n_test")
+    ub = {u["user_id"]: u for u in b["users"]}
+    differ, missing, n = [], [], 0
+    for u in a["users"]:
+        if u["status"] not in ("computed", "skipped"):
+            continue
+        n += 1
+        v = ub.get(u["user_id"])
+        if v is None or v["status"] not in ("computed", "skipped"):
+            missing.append(u["user_id"])
+        elif any(u[k] != v[k] for k in keys):
+            differ.append(u["user_id"])
+    return {"compared": n, "identical": n - len(differ) - len(missing), "differ": differ, "missing": missing}
+
+
+def _phase(report: dict) -> dict[str, Any]:
+    t, c = report["throughput"], report["counts"]
+    cpu_s = sum(u["cpu_s"] or 0.0 for u in report["users"] if u["status"] == "computed")
+    return {"counts": c, "wall_s": t.get("wall_s"), "workers": t.get("workers"), "users_per_hour": t.get("users_per_hour"),
+            "users_per_core_hour": t.get("users_per_core_hour"), "task_cpu_utilisation": t.get("task_cpu_utilisation"),
+            "host_cpu_utilisation": t.get("host_cpu_utilisation"),
+            "users_per_cpu_hour": (c["computed"] / cpu_s * 3600.0) if cpu_s > 0 else None,
+            "median_job_s": (t.get("job_seconds") or {}).get("median"),
+            "load_average_end": report["run"].get("load_average"), "failures_by_reason": report["failures_by_reason"]}
+
+
+# --------------------------------------------------------------------------- run
+
+def run_fleet_bench(out_dir: str | os.PathLike, config: FleetBenchConfig = FleetBenchConfig(), *,
+                    command: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the fleet benchmark (module notes) and write its report into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        ``config``, ``host``, ``phases`` (per run: counts, wall time, users/hour, users/core-hour, CPU
+        utilisation), ``scaling``, ``kill_worker``, ``kill_driver`` and ``targets`` (each with the measured
+        figure and whether it is met).
+
+    Raises
+    ------
+    ValueError
+        If Ray is not installed.
+    """
+    import ray
+
+    from ..data.recordings import load_watch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    recs = load_watch()
+    base = _base(out, config, recs, progress)
+    users_dir = out / "users"
+    sim = simulate_fleet(users_dir, config.n_users, config=config.simulation, recordings=recs)
+    broken = _broken_users(users_dir, config.n_broken, recs)
+    n_all = config.n_users + len(broken)
+    fleet_cfg = config.fleet
+    res: dict[str, Any] = {"config": asdict(config), "host": host_info(), "command": command,
+                           "note": "SIMULATED fleet (imutune.fleet.simulate); timings measured on a shared host "
+                                   "under whatever load the load averages show", "phases": {}}
+    started = not ray.is_initialized()
+    if started:
+        import logging
+
+        ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    reports: dict[str, dict] = {}
+    try:
+        for w in config.workers:
+            name = f"run_{w}w"
+            shutil.rmtree(out / name, ignore_errors=True)
+            reports[name] = run_fleet(base, users_dir, out / name, config=fleet_cfg, workers=w, progress=progress,
+                                      command=command)
+            res["phases"][name] = _phase(reports[name])
+        ref_name = f"run_{max(config.workers)}w"
+        ref = reports[ref_name]
+        if len(config.workers) >= 2:
+            lo, hi = min(config.workers), max(config.workers)
+            a, b = res["phases"][f"run_{lo}w"], res["phases"][f"run_{hi}w"]
+            res["scaling"] = {"workers": [lo, hi], "users_per_hour": [a["users_per_hour"], b["users_per_hour"]],
+                              "speedup": (b["users_per_hour"] / a["users_per_hour"]) if a["users_per_hour"] else None,
+                              "identical_results": compare_runs(reports[f"run_{lo}w"], ref)}
+        threshold = max(1, int(config.kill_after_fraction * n_all))
+        if config.kill_worker:
+            name = "run_kill_worker"
+            shutil.rmtree(out / name, ignore_errors=True)
+            stop, log = threading.Event(), {}
+            th = threading.Thread(target=_kill_worker_when, args=(out / name, threshold, stop, log), daemon=True)
+            th.start()
+            r1 = run_fleet(base, users_dir, out / name, config=fleet_cfg, workers=max(config.workers),
+                           progress=progress, command=command)
+            stop.set()
+            th.join()
+            r2 = run_fleet(base, users_dir, out / name, config=fleet_cfg, workers=max(config.workers),
+                           progress=progress, command=command)
+            res["kill_worker"] = {"kill": log or {"killed_pid": None, "why": "no task process found before the end"},
+                                  "first_run": _phase(r1), "rerun_counts": r2["counts"],
+                                  "identical_to_reference": compare_runs(ref, r2)}
+        if config.kill_driver:
+            res["kill_driver"] = _kill_driver_phase(out, base, users_dir, fleet_cfg, ref, threshold, config, command,
+                                                    progress)
+    finally:
+        if started:
+            ray.shutdown()
+    res["total_s"] = time.perf_counter() - t_all
+    res["simulation"] = {"n_users": len(sim), "broken_users": broken,
+                         "distortions": sorted({u["distortion"] for u in sim}),
+                         "label_noises": sorted({u["label_noise"] for u in sim}),
+                         "mean_noisy_label_fraction": sum(u["noisy_label_fraction"] for u in sim) / len(sim)}
+    res["quality"] = ref["quality"]
+    res["targets"] = _targets(res, config)
+    fig = gain_histogram(ref)
+    write_report(out, "fleet_bench", res, _markdown(res), {"gain_hist": fig})
+    return res
+
+
+def _kill_driver_phase(out: Path, base: Path, users_dir: Path, fleet_cfg: FleetConfig, ref: dict, threshold: int,
+                       config: FleetBenchConfig, command: str | None, progress: bool) -> dict[str, Any]:
+    name = "run_kill_driver"
+    run_dir = out / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "imutune.cli", "fleet", "--base", str(base), "--users", str(users_dir),
+           "--out", str(run_dir), "--num-cpus", str(config.num_cpus), "--workers", str(max(config.workers)),
+           "--method", fleet_cfg.method, "--no-progress"]
+    if fleet_cfg.max_calibration_windows is not None:
+        cmd += ["--max-calibration-windows", str(fleet_cfg.max_calibration_windows)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    killed_at = None
+    while proc.poll() is None:
+        n = _count_done(run_dir)
+        if n >= threshold:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = n
+            break
+        time.sleep(0.05)
+    proc.wait()
+    stderr = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+    time.sleep(0.5)
+    done_before = _count_done(run_dir)
+    r2 = run_fleet(base, users_dir, run_dir, config=fleet_cfg, workers=max(config.workers), progress=progress,
+                   command=command)
+    return {"subprocess": " ".join(cmd), "killed_at_users_done": killed_at, "users_done_before_rerun": done_before,
+            "returncode": proc.returncode, "stderr_tail": stderr if killed_at is None else "",
+            "seconds_until_kill": time.perf_counter() - t0, "rerun": _phase(r2),
+            "identical_to_reference": compare_runs(ref, r2)}
+
+
+def _targets(res: dict, cfg: FleetBenchConfig) -> dict[str, Any]:
+    t: dict[str, Any] = {}
+    hi = f"run_{max(cfg.workers)}w"
+    p = res["phases"].get(hi)
+    if p and p["users_per_core_hour"]:
+        t["users_per_core_hour"] = {"target": ">= 1000 (mobilecnn1d, FilterLoss-CV, ~150 calibration windows)",
+                                    "measured": p["users_per_core_hour"], "met": p["users_per_core_hour"] >= 1000,
+                                    "cpu_time_based": p["users_per_cpu_hour"], "users": res["config"]["n_users"]}
+    s = res.get("scaling")
+    if s and s["speedup"] is not None:
+        t["scaling_2_vs_1_workers"] = {"target": ">= 1.8x", "measured": s["speedup"], "met": s["speedup"] >= 1.8}
+    for k in ("kill_worker", "kill_driver"):
+        kw = res.get(k)
+        if kw:
+            c = kw["identical_to_reference"]
+            t[f"{k}_identical"] = {"target": "every user completes with results identical to the uninterrupted run",
+                                   "measured": f"{c['identical']}/{c['compared']} identical, {len(c['missing'])} missing",
+                                   "met": c["identical"] == c["compared"] and not c["missing"]}
+    return t
+
+
+def _markdown(res: dict) -> str:
+    cfg = res["config"]
+    lines = ["# Fleet benchmark (SIMULATED fleet)", ""]
+    if res.get("command"):
+        lines += [f"Command: `{res['command']}`", ""]
+    h = res["host"]
+    lines += [f"Host: {h['cpu']}, {h['cores']} cores; shared with other processes (see the load averages). "
+              f"{cfg['n_users']} simulated users + {len(res['simulation']['broken_users'])} broken ones; base "
+              f"`{cfg['model_name']}` pretrained on watch subjects {cfg['source_subjects']}; method "
+              f"`{cfg['fleet']['method']}`, at most {cfg['fleet']['max_calibration_windows']} calibration windows "
+              "per user.", "", "## Runs", ""]
+    rows = []
+    for name, p in res["phases"].items():
+        rows.append([name, p["workers"], p["counts"]["computed"], p["counts"]["failed"], p["wall_s"],
+                     p["users_per_hour"], p["users_per_core_hour"], p["users_per_cpu_hour"],
+                     p["task_cpu_utilisation"], p["host_cpu_utilisation"],
+                     " ".join(f"{v:.2f}" for v in (p["load_average_end"] or []))])
+    lines.append(markdown_table(["run", "workers", "computed", "failed", "wall s", "users/hour", "users/core-hour",
+                                 "users/CPU-hour (job CPU time)", "task CPU util", "host CPU util",
+                                 "load avg (1/5/15 min)"], rows, floatfmt=".2f"))
+    s = res.get("scaling")
+    if s:
+        c = s["identical_results"]
+        lines += ["", f"Scaling {s['workers'][0]} -> {s['workers'][1]} workers: {s['speedup']:.2f}x users/hour; "
+                      f"results identical for {c['identical']}/{c['compared']} users."]
+    kw = res.get("kill_worker")
+    if kw:
+        c = kw["identical_to_reference"]
+        lines += ["", "## Killed worker", "",
+                  f"SIGKILL of worker pid {kw['kill'].get('killed_pid')} after {kw['kill'].get('users_done_at_kill')} "
+                  f"users; first run: {kw['first_run']['counts']['computed']} computed, "
+                  f"{kw['first_run']['counts']['failed']} failed; rerun: {kw['rerun_counts']['skipped']} skipped, "
+                  f"{kw['rerun_counts']['computed']} computed; identical to the uninterrupted run: "
+                  f"{c['identical']}/{c['compared']} (missing {len(c['missing'])})."]
+    kd = res.get("kill_driver")
+    if kd:
+        c = kd["identical_to_reference"]
+        lines += ["", "## Killed fleet (driver crash)", "",
+                  f"`imutune fleet` subprocess SIGKILLed (process group) at {kd['killed_at_users_done']} users done; "
+                  f"rerun: {kd['rerun']['counts']['skipped']} skipped, {kd['rerun']['counts']['computed']} computed, "
+                  f"{kd['rerun']['counts']['failed']} failed; identical to the uninterrupted run: "
+                  f"{c['identical']}/{c['compared']} (missing {len(c['missing'])})."]
+    q = res["quality"]
+    if q.get("gain_macro_f1"):
+        g, b, a = q["gain_macro_f1"], q["before_macro_f1"], q["after_macro_f1"]
+        lines += ["", "## Quality (reference run, test windows of each user's use session)", "",
+                  f"macro-F1 before {b['mean']:.4f} (median {b['median']:.4f}), after {a['mean']:.4f} "
+                  f"(median {a['median']:.4f}); gain mean {g['mean']:+.4f}, median {g['median']:+.4f}, "
+                  f"p5 {g['p5']:+.4f}, p95 {g['p95']:+.4f}; improved {q['improved']}, worse {q['worse']}. "
+                  "Histogram: `gain_hist.png`."]
+    lines += ["", "## Targets", ""]
+    lines.append(markdown_table(["target", "goal", "measured", "met"],
+                                [[k, v["target"], v["measured"], v["met"]] for k, v in res["targets"].items()],
+                                floatfmt=".2f"))
+    lines += ["", f"Total benchmark time {res['total_s']:.0f} s."]
+    return "\n".join(lines)

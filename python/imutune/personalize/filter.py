@@ -1,0 +1,489 @@
+"""Sample-quality filter, scoring side: embeddings, out-of-fold probabilities, kNN label
+agreement, confident-learning label issues and the quality categories of every target
+training window. The weights built on these scores are in :mod:`imutune.personalize.weights`
+(whose module docstring describes the whole algorithm, steps 1-5).
+
+Source: Han, Zhong, Feng, "FilterLoss: A Transfer Learning Approach for Communication Scene
+Recognition", ICCC 2025, arXiv 2602.07772, Sec. III-A (the matching weight filter); label
+issues by confident learning: Northcutt, Jiang, Chuang, "Confident Learning: Estimating
+Uncertainty in Dataset Labels", JAIR 2021 (``cleanlab.filter.find_label_issues``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validation as V
+
+__all__ = ["HIGH_VALUE", "BOUNDARY", "NOISY", "CATEGORY_NAMES", "QualityConfig", "categorize", "category_counts",
+           "knn_agreement", "stratified_folds", "oof_probabilities", "oof_probabilities_full", "embed_windows",
+           "label_issues", "self_confidence_thresholds"]
+
+HIGH_VALUE, BOUNDARY, NOISY = 0, 1, 2
+CATEGORY_NAMES = ("high_value", "boundary", "noisy")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the sample-quality filter.
+
+    ``boundary_margin`` and ``noisy_confidence`` are probabilities in [0, 1]
+    and act on class probabilities (pretrained or out-of-fold); the agreement
+    thresholds act on the kNN label agreement in [0, 1]; see
+    :func:`categorize` for the rule.
+    """
+
+    boundary_margin: float = 0.2      # p(label) - best other p below this -> not high-value
+    noisy_confidence: float = 0.6     # wrong prediction at least this confident -> noisy candidate
+    knn_k: int = 10                   # neighbours in the pretrained embedding space
+    agreement_high: float = 0.5       # kNN agreement at least this needed for high-value
+    agreement_noisy: float = 0.5      # kNN agreement below this needed for noisy
+    min_class_windows: int = 3        # classes with fewer windows are never marked noisy
+    label_issues: bool = True         # confident-learning label issues as a second noisy signal beside kNN
+
+    def __post_init__(self) -> None:
+        V.check_in_range("boundary_margin", self.boundary_margin, 0.0, 1.0)
+        V.check_in_range("noisy_confidence", self.noisy_confidence, 0.0, 1.0)
+        V.check_int_at_least("knn_k", self.knn_k, 1)
+        V.check_in_range("agreement_high", self.agreement_high, 0.0, 1.0)
+        V.check_in_range("agreement_noisy", self.agreement_noisy, 0.0, 1.0)
+        V.check_int_at_least("min_class_windows", self.min_class_windows, 1)
+
+
+def _check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"probs must have shape (N, K) with N > 0, got {p.shape}")
+    V.check_finite_array("probs", p)
+    if np.any(p < -1e-6) or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("probs must be probabilities (rows >= 0 summing to 1); apply softmax to logits first")
+    y = V.check_labels("labels", labels, p.shape[1], allow_unlabeled=False)
+    if y.shape[0] != p.shape[0]:
+        raise ValueError(f"labels has {y.shape[0]} entries and probs {p.shape[0]} rows; expected equal")
+    return p, y
+
+
+def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig = QualityConfig(),
+               agreement: np.ndarray | None = None, issues: np.ndarray | None = None) -> np.ndarray:
+    """Assign each sample a quality category.
+
+    Without ``agreement`` this is the first-version rule on probabilities
+    alone (module docstring, last section). With ``agreement`` (the kNN label
+    agreement of :func:`knn_agreement`) it is the full filter rule (module
+    docstring, step 4): noisy needs a confident wrong prediction and low
+    agreement, or (with ``issues`` and ``config.label_issues``) a
+    confident-learning label issue on which the fold model disagrees with the
+    label; high-value a confident right prediction and high agreement; classes
+    with fewer than ``config.min_class_windows`` windows are never noisy.
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        Array of shape (N, K): class probabilities, rows sum to 1 (for the
+        full filter: out-of-fold probabilities).
+    labels : np.ndarray
+        Array of shape (N,), int in [0, K).
+    config : QualityConfig
+        Thresholds.
+    agreement : np.ndarray, optional
+        Array of shape (N,), float in [0, 1].
+    issues : np.ndarray, optional
+        Array of shape (N,), bool: confident-learning label issues
+        (:func:`label_issues`); used only with ``agreement``.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N,), int64 in {HIGH_VALUE=0, BOUNDARY=1, NOISY=2}.
+
+    Raises
+    ------
+    ValueError
+        If ``probs`` is not a finite probability matrix, labels are out of
+        range, or ``agreement`` has the wrong shape, NaN or values outside [0, 1].
+    """
+    p, y = _check_probs(probs, labels)
+    if agreement is None:
+        return _compute_categories(p, y, config)
+    a = np.asarray(agreement, dtype=np.float64)
+    if a.shape != y.shape:
+        raise ValueError(f"agreement must have shape {y.shape}, got {a.shape}")
+    V.check_finite_array("agreement", a)
+    if np.any(a < 0) or np.any(a > 1):
+        raise ValueError("agreement must lie in [0, 1]")
+    iss = None
+    if issues is not None and config.label_issues:
+        iss = np.asarray(issues, dtype=bool).ravel()
+        if iss.shape != y.shape:
+            raise ValueError(f"issues must have shape {y.shape}, got {iss.shape}")
+    return _compute_categories_full(p, y, a, config, iss)
+
+
+def _margins(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = p.shape[0]
+    p_label = p[np.arange(n), y]
+    others = p.copy()
+    others[np.arange(n), y] = -np.inf
+    best_other = others.max(axis=1) if p.shape[1] > 1 else np.zeros(n)
+    return p_label, best_other, p.argmax(axis=1)
+
+
+def _compute_categories(p: np.ndarray, y: np.ndarray, config: QualityConfig) -> np.ndarray:
+    p_label, best_other, pred = _margins(p, y)
+    cat = np.full(y.shape[0], BOUNDARY, dtype=np.int64)
+    cat[(pred == y) & (p_label - best_other >= config.boundary_margin)] = HIGH_VALUE
+    cat[(pred != y) & (best_other >= config.noisy_confidence)] = NOISY
+    return cat
+
+
+def _compute_categories_full(p: np.ndarray, y: np.ndarray, a: np.ndarray, config: QualityConfig,
+                             issues: np.ndarray | None = None) -> np.ndarray:
+    p_label, best_other, pred = _margins(p, y)
+    cat = np.full(y.shape[0], BOUNDARY, dtype=np.int64)
+    cat[(pred == y) & (p_label - best_other >= config.boundary_margin) & (a >= config.agreement_high)] = HIGH_VALUE
+    noisy = (pred != y) & (best_other >= config.noisy_confidence) & (a < config.agreement_noisy)
+    if issues is not None:   # confident learning flags it and the fold model disagrees with the label
+        noisy |= issues & (pred != y)
+    counts = np.bincount(y, minlength=p.shape[1])
+    noisy &= counts[y] >= config.min_class_windows
+    cat[noisy] = NOISY
+    return cat
+
+
+def category_counts(categories: np.ndarray) -> dict[str, int]:
+    """Samples per category name."""
+    c = np.asarray(categories, dtype=np.int64)
+    return {name: int((c == i).sum()) for i, name in enumerate(CATEGORY_NAMES)}
+
+
+# --------------------------------------------------------------------------- scores
+
+def stratified_folds(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> np.ndarray:
+    """Fold index in ``[0, n_folds)`` per sample, stratified by label.
+
+    Each class is shuffled (seeded) and dealt round-robin from a random
+    starting fold, so classes with fewer samples than folds (the tail of a
+    long-tailed set) still land in different folds, without the warnings of
+    scikit-learn's ``StratifiedKFold``.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N,), int64.
+
+    Raises
+    ------
+    ValueError
+        If ``n_folds`` < 2 or there are fewer samples than folds.
+    """
+    V.check_int_at_least("n_folds", n_folds, 2)
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if y.shape[0] < n_folds:
+        raise ValueError(f"got {y.shape[0]} target windows, fewer than n_folds={n_folds}; use fewer folds or "
+                         "collect more windows")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(y.shape[0], dtype=np.int64)
+    start = 0
+    for k in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == k))
+        folds[idx] = (start + np.arange(idx.size)) % n_folds
+        start = (start + idx.size) % n_folds
+    return folds
+
+
+def knn_agreement(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 10, chunk: int = 2048) -> np.ndarray:
+    """kNN label agreement in [0, 1] per sample (module docstring, step 3).
+
+    Cosine similarity on ``embeddings``; the sample itself is excluded; the
+    count of same-label neighbours among the ``k`` nearest is divided by
+    ``min(k, n_label - 1)``; a sample alone in its class gets 1.
+
+    Parameters
+    ----------
+    embeddings : np.ndarray
+        Array of shape (N, D), finite.
+    labels : np.ndarray
+        Array of shape (N,), int >= 0.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N,), float64.
+    """
+    z = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if z.ndim != 2 or z.shape[0] != y.shape[0]:
+        raise ValueError(f"embeddings must have shape (N, D) with N = {y.shape[0]}, got {tuple(z.shape)}")
+    V.check_finite_array("embeddings", z.numpy())
+    V.check_int_at_least("k", k, 1)
+    n = y.shape[0]
+    if n < 2:
+        return np.ones(n)
+    kk = min(k, n - 1)
+    zn = torch.nn.functional.normalize(z, dim=1)
+    yt = torch.from_numpy(y)
+    same = np.zeros(n)
+    for s in range(0, n, chunk):
+        sim = zn[s:s + chunk] @ zn.T                                  # (B, N)
+        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -np.inf
+        nn_idx = sim.topk(kk, dim=1).indices                          # (B, kk)
+        same[s:s + chunk] = (yt[nn_idx] == yt[s:s + chunk, None]).sum(1).numpy()
+    n_label = np.bincount(y)[y]
+    denom = np.minimum(kk, n_label - 1)
+    return np.where(denom > 0, same / np.maximum(denom, 1), 1.0).clip(0.0, 1.0)
+
+
+def embed_windows(model: nn.Module, x: np.ndarray, *, batch_size: int = 512, device: str = "auto") -> np.ndarray:
+    """Penultimate features ``model.embed`` of normalized windows (N, C, T) -> (N, D) float32 (eval mode).
+
+    Raises
+    ------
+    ValueError
+        If the model has no ``embed`` method or the features are not finite.
+    """
+    from ..train.loop import resolve_device
+
+    if not hasattr(model, "embed"):
+        raise ValueError(f"{type(model).__name__} has no embed(x) method; the quality filter needs the "
+                         "pretrained model's penultimate features")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (N, C, T), got {x.shape}")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    with torch.no_grad():
+        out = [model.embed(torch.from_numpy(x[s:s + batch_size]).to(dev)).float().cpu().numpy()
+               for s in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    z = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if not np.all(np.isfinite(z)):
+        raise ValueError("the model's embeddings of the target windows contain NaN/Inf; check the inputs and "
+                         "the pretrained weights")
+    return z
+
+
+# --------------------------------------------------------------------------- head probe (batched)
+
+class _Probe:
+    """Linear heads on frozen embeddings, many at once.
+
+    Features are centred and scaled to unit mean square norm; the initial head
+    (pretrained, if it fits) is rewritten so that its logits are unchanged:
+    ``W z + b = (s W)((z - mu) / s) + (b + W mu)``.
+    """
+
+    def __init__(self, z: np.ndarray, y: np.ndarray, num_classes: int, head: tuple[np.ndarray, np.ndarray] | None,
+                 *, steps: int, lr: float, weight_decay: float, device: torch.device, momentum: float = 0.9) -> None:
+        zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=device)
+        mu = zt.mean(0)
+        scale = float(((zt - mu) ** 2).sum(1).mean().sqrt().clamp_min(1e-8))
+        self.z = (zt - mu) / scale                                                   # (N, D)
+        self.onehot = torch.nn.functional.one_hot(torch.as_tensor(y, device=device), num_classes).float()  # (N, K)
+        self.y = np.asarray(y, dtype=np.int64)
+        D, K = self.z.shape[1], num_classes
+        if head is not None:
+            W = torch.as_tensor(np.asarray(head[0], np.float32), device=device)      # (K, D) as in nn.Linear
+            b = torch.as_tensor(np.asarray(head[1], np.float32), device=device)      # (K,)
+            self.W0 = (W * scale).T.contiguous()                                     # (D, K)
+            self.b0 = b + W @ mu
+        else:
+            self.W0 = torch.zeros(D, K, device=device)
+            self.b0 = torch.zeros(K, device=device)
+        self.steps, self.lr, self.wd, self.momentum = steps, lr, weight_decay, momentum
+
+    def fit(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit B heads with sample weights ``w`` of shape (B, N) (FilterLoss: weighted mean CE),
+        full batch, heavy-ball momentum, L2 pull towards the initial head. Differentiable in ``w``.
+
+        Returns ``W`` (B, D, K) and ``b`` (B, K).
+        """
+        B = w.shape[0]
+        W = self.W0.expand(B, -1, -1)
+        b = self.b0.expand(B, -1)
+        vW = torch.zeros_like(W)
+        vb = torch.zeros_like(b)
+        wn = (w / w.sum(1, keepdim=True).clamp_min(1e-12))[..., None]               # (B, N, 1)
+        for _ in range(self.steps):
+            logits = torch.einsum("nd,bdk->bnk", self.z, W) + b[:, None, :]
+            g = wn * (torch.softmax(logits, dim=2) - self.onehot)                     # dL/dlogits (B, N, K)
+            gW = torch.einsum("nd,bnk->bdk", self.z, g) + self.wd * (W - self.W0)
+            vW = self.momentum * vW + gW
+            vb = self.momentum * vb + g.sum(1)
+            W = W - self.lr * vW
+            b = b - self.lr * vb
+        return W, b
+
+    def logits(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B, N, K) logits of every head on every sample."""
+        return torch.einsum("nd,bdk->bnk", self.z, W) + b[:, None, :]
+
+    def balanced_ce(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Class-balanced cross-entropy over the samples in ``mask`` (B, N): the mean over the classes
+        present in each row's mask of the mean CE of that class. Returns (B,)."""
+        ce = -(torch.log_softmax(logits, dim=2) * self.onehot).sum(2)                 # (B, N)
+        m = mask.float()[..., None] * self.onehot                                      # (B, N, K)
+        per_class_n = m.sum(1)                                                         # (B, K)
+        per_class = (ce[..., None] * m).sum(1) / per_class_n.clamp_min(1)              # (B, K)
+        present = (per_class_n > 0).float()
+        return (per_class * present).sum(1) / present.sum(1).clamp_min(1)
+
+
+def _head_of(model: nn.Module, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and head.out_features == num_classes and head.bias is not None:
+        return head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy()
+    return None
+
+
+def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, *, n_folds: int = 5,
+                      seed: int = 0, head: tuple[np.ndarray, np.ndarray] | None = None, steps: int = 100,
+                      lr: float = 0.2, weight_decay: float = 1e-2, device: str = "auto") -> np.ndarray:
+    """Out-of-fold class probabilities from heads fine-tuned on frozen embeddings (step 2, ``oof="head"``).
+
+    Parameters
+    ----------
+    embeddings : np.ndarray
+        Array of shape (N, D), the pretrained model's features of the windows.
+    labels : np.ndarray
+        Array of shape (N,), int in [0, num_classes).
+    head : (W (K, D), b (K,)), optional
+        The pretrained classifier head every fold model starts from; zeros if omitted.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N, K), float64, rows sum to 1: row ``i`` comes from the
+        fold model that did not see window ``i``.
+    """
+    from ..train.loop import resolve_device
+
+    z, y = _check_embeddings(embeddings, labels, num_classes)
+    folds = stratified_folds(y, n_folds, seed=seed)
+    probe = _Probe(z, y, num_classes, head, steps=steps, lr=lr, weight_decay=weight_decay,
+                   device=resolve_device(device))
+    train_mask = torch.as_tensor(folds[None, :] != np.arange(n_folds)[:, None], dtype=torch.float32,
+                                 device=probe.z.device)                                # (F, N)
+    with torch.no_grad():
+        W, b = probe.fit(train_mask)
+        p = torch.softmax(probe.logits(W, b), dim=2)                                   # (F, N, K)
+    p = p[torch.as_tensor(folds, device=p.device), torch.arange(len(y), device=p.device)]
+    out = p.double().cpu().numpy()
+    V.check_finite_array("out-of-fold probabilities", out)
+    return out / out.sum(1, keepdims=True)
+
+
+def _check_embeddings(embeddings, labels, num_classes) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(embeddings, dtype=np.float32)
+    if z.ndim != 2 or z.shape[0] == 0:
+        raise ValueError(f"embeddings must have shape (N, D) with N > 0, got {z.shape}")
+    V.check_finite_array("embeddings", z)
+    y = V.check_labels("labels", labels, num_classes, allow_unlabeled=False)
+    if y.shape[0] != z.shape[0]:
+        raise ValueError(f"labels has {y.shape[0]} entries and embeddings {z.shape[0]} rows; expected equal")
+    return z, y
+
+
+def oof_probabilities_full(model: nn.Module, x: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                           n_folds: int = 4, seed: int = 0, train_config=None, sample_weights: np.ndarray | None = None
+                           ) -> np.ndarray:
+    """Out-of-fold class probabilities from whole networks fine-tuned end to end (step 2, ``oof="full"``).
+
+    For each of ``n_folds`` stratified folds a copy of ``model`` (the pretrained network, its head
+    already sized to ``num_classes``) is fine-tuned on the other folds with ``train_config`` and predicts
+    the held-out fold. This is also what confident learning needs (Northcutt et al., JAIR 2021, Sec. 2:
+    out-of-sample predicted probabilities).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Pretrained model; not modified.
+    x : np.ndarray
+        Array of shape (N, C, T), float32, normalized windows.
+    labels : np.ndarray
+        Array of shape (N,), int in [0, num_classes).
+    train_config : imutune.train.loop.TrainConfig, optional
+        Fold fine-tuning settings (default ``TrainConfig(epochs=10, batch_size=32, lr=1e-3)``);
+        its seed is offset by the fold index.
+    sample_weights : np.ndarray, optional
+        Array of shape (N,), >= 0: FilterLoss weights of the fold training (two-stage scoring).
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N, K), float64, rows sum to 1.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer windows than folds or the probabilities are not finite.
+    """
+    import copy
+    from dataclasses import replace
+
+    from ..train.loop import TrainConfig, predict_proba, train
+
+    y = V.check_labels("labels", labels, num_classes, allow_unlabeled=False)
+    folds = stratified_folds(y, n_folds, seed=seed)
+    cfg = train_config if train_config is not None else TrainConfig(epochs=10, batch_size=32, lr=1e-3)
+    probs = np.zeros((len(y), num_classes))
+    w = None if sample_weights is None else np.asarray(sample_weights, np.float32)
+    for f in range(n_folds):
+        tr = folds != f
+        m = copy.deepcopy(model)
+        wf = None if w is None else w[tr]
+        if wf is not None and not np.any(wf > 0):
+            wf = None
+        train(m, x[tr], y[tr], config=replace(cfg, seed=cfg.seed + 1000 * (f + 1)), sample_weights=wf,
+              progress=False, desc=f"oof fold {f + 1}")
+        probs[~tr] = predict_proba(m, x[~tr], device=cfg.device)
+    V.check_finite_array("out-of-fold probabilities", probs)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def self_confidence_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class thresholds of confident learning: ``t_k`` = mean ``p(k)`` over the windows labelled k
+    (Northcutt et al., JAIR 2021, Eq. 2). Array of shape (K,), float64; absent classes get 1."""
+    p, y = _check_probs(probs, labels)
+    K = p.shape[1]
+    t = np.ones(K)
+    for k in range(K):
+        m = y == k
+        if m.any():
+            t[k] = float(p[m, k].mean())
+    return t
+
+
+def label_issues(probs: np.ndarray, labels: np.ndarray, *, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
+    """Confident-learning label issues (``cleanlab.filter.find_label_issues``) on out-of-fold probabilities.
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        Array of shape (N, K): out-of-fold probabilities, rows sum to 1.
+    labels : np.ndarray
+        Array of shape (N,), int in [0, K).
+    filter_by : str
+        cleanlab's rule (``"prune_by_noise_rate"``, ``"prune_by_class"``, ``"both"``,
+        ``"confident_learning"``, ``"predicted_neq_given"``).
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N,), bool: True where the label is likely wrong. Classes absent from ``labels``
+        are handled by cleanlab (they get no issues); a single present class gives no issues.
+    """
+    p, y = _check_probs(probs, labels)
+    if np.unique(y).size < 2:
+        return np.zeros(y.shape[0], dtype=bool)
+    import warnings
+
+    from cleanlab.filter import find_label_issues
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        issues = find_label_issues(y, p, filter_by=filter_by)
+    return np.asarray(issues, dtype=bool)
