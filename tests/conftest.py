@@ -56,6 +56,18 @@ def shl_folder(tmp_path) -> Callable[..., dict]:
     return make
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the tiny test models gain nothing from more, and a shared CPU makes them crawl. Restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def watch_recordings():
     """The embedded watch data set, loaded once per session."""

@@ -12,7 +12,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
 
 from imutune._io import sha256_file  # noqa: E402
-from imutune.deploy.backends import (
+from imutune.deploy.backends import (  # noqa: E402
+    CONTRACT_FIELDS,
     OnnxBackend,
     PteBackend,
     TorchBackend,
@@ -39,16 +40,27 @@ def x():
 
 @pytest.fixture(scope="module")
 def artifacts(model, x, tmp_path_factory):
-    """model.onnx and model.pte plus a manifest listing both."""
-    """model.onnx (no embedded contract, as files exported before it existed) and model.pte (with the
-    manifest's contract embedded) plus a manifest listing both."""
+    """model.onnx and model.pte (both with the manifest's contract embedded), bare.onnx (no contract, as a
+    plain torch.onnx export) and partial.onnx (contract without hop_s), plus a manifest listing all."""
+    import onnx
+
     out = tmp_path_factory.mktemp("backends")
     man = Manifest(model_name="mobilecnn1d", model_config={}, class_names=tuple("abcd"),
                    channels=("acc_x", "acc_y", "acc_z"), sample_rate_hz=32.0, window_s=2.0, hop_s=1.0,
-                   norm_mean=(0.0,) * C, norm_std=(1.0,) * C)
-    (out / "model.onnx").write_bytes(export_onnx(model, x[:1]).SerializeToString())
+                   norm_mean=(0.0,) * C, norm_std=(1.0,) * C, units=("g", "g", "g"))
+    proto = export_onnx(model, x[:1], manifest=man)
+    (out / "model.onnx").write_bytes(proto.SerializeToString())
     (out / "model.pte").write_bytes(export_pte(model, x[:1], manifest=man).buffer)
-    for name, fmt in [("model.onnx", "onnx"), ("model.pte", "pte")]:
+    (out / "bare.onnx").write_bytes(export_onnx(model, x[:1]).SerializeToString())
+    partial = onnx.ModelProto()
+    partial.CopyFrom(proto)
+    keep = [(p.key, p.value) for p in partial.metadata_props if p.key != "imutune.hop_s"]
+    del partial.metadata_props[:]
+    for k, v in keep:
+        e = partial.metadata_props.add()
+        e.key, e.value = k, v
+    (out / "partial.onnx").write_bytes(partial.SerializeToString())
+    for name, fmt in [("model.onnx", "onnx"), ("model.pte", "pte"), ("bare.onnx", "onnx"), ("partial.onnx", "onnx")]:
         man = man.with_artifact(name, sha256=sha256_file(out / name), format=fmt, precision="fp32")
     return out, man
 
@@ -99,7 +111,7 @@ def test_file_not_in_manifest(artifacts, tmp_path):
 @pytest.mark.parametrize("name", ["model.onnx", "model.pte"])
 def test_manifest_shape_mismatch(artifacts, name):
     out, man = artifacts
-    wrong_c = dataclasses.replace(man, channels=("a", "b"), norm_mean=(0.0, 0.0), norm_std=(1.0, 1.0))
+    wrong_c = dataclasses.replace(man, channels=("a", "b"), norm_mean=(0.0, 0.0), norm_std=(1.0, 1.0), units=None)
     with pytest.raises(ValueError, match=r"channel count C = 3; the manifest expects 2"):
         load_backend(out / name, manifest=wrong_c)
     wrong_t = dataclasses.replace(man, window_s=3.0)
@@ -162,20 +174,66 @@ def test_run_fixed_batch_pads_and_trims():
 # --------------------------------------------------------------------------- manifest contract
 
 
-def test_embedded_contract_is_checked_on_load(artifacts):
+@pytest.mark.parametrize("name", ["model.onnx", "model.pte"])
+def test_embedded_contract_is_checked_on_load(artifacts, name):
     out, man = artifacts
-    b = load_backend(out / "model.pte", manifest=man)
+    b = load_backend(out / name, manifest=man)
     meta = b.embedded_metadata
     assert meta["channels"] == ["acc_x", "acc_y", "acc_z"] and meta["sample_rate_hz"] == 32.0
-    assert meta["precision"] == "fp32" and meta["delegate"] == "xnnpack"
-    assert load_backend(out / "model.onnx", manifest=man).embedded_metadata is None   # older file: not checked
+    assert meta["hop_s"] == 1.0 and meta["hop_samples"] == 32 and meta["units"] == ["g", "g", "g"]
+    assert set(CONTRACT_FIELDS) <= set(meta) and meta["precision"] == "fp32"
+    assert meta["delegate"] == ("xnnpack" if name.endswith(".pte") else None)
     cases = [(dict(sample_rate_hz=16.0, window_s=4.0), r"sample_rate_hz = 32\.0, but the manifest says 16\.0"),
              (dict(channels=("acc_x", "acc_y", "gyr_z")), r"channels = \['acc_x', 'acc_y', 'acc_z'\].*'gyr_z'"),
              (dict(class_names=tuple("abce")), r"class_names"),
-             (dict(norm_std=(1.0, 2.0, 1.0)), r"norm_std")]
+             (dict(norm_std=(1.0, 2.0, 1.0)), r"norm_std"),
+             (dict(min_purity=0.5), r"min_purity = 0\.8, but the manifest says 0\.5"),
+             (dict(units=("g", "g", "m/s^2")), r"units = \['g', 'g', 'g'\], but the manifest says \['g', 'g', 'm/s\^2'\]"),
+             (dict(units=None), r"units = \['g', 'g', 'g'\], but the manifest says None")]
     for change, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
-            load_backend(out / "model.pte", manifest=dataclasses.replace(man, **change))
+            load_backend(out / name, manifest=dataclasses.replace(man, **change))
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pte"])
+def test_hop_is_part_of_the_checked_contract(artifacts, name):
+    """Today an artifact loads against a manifest with another hop (hop_s is not compared): it must not."""
+    out, man = artifacts
+    with pytest.raises(ValueError, match=rf"model file '.*{name}' was exported for hop_s = 1\.0, but the manifest "
+                                         r"says 0\.5 \(also hop_samples\)"):
+        load_backend(out / name, manifest=dataclasses.replace(man, hop_s=0.5))
+
+
+def test_model_name_is_part_of_the_checked_contract(artifacts):
+    out, man = artifacts
+    with pytest.raises(ValueError, match=r"model_name = 'mobilecnn1d', but the manifest says 'tinycnn1d'"):
+        load_backend(out / "model.onnx", manifest=dataclasses.replace(man, model_name="tinycnn1d"))
+
+
+def test_incomplete_or_invalid_embedded_contract_is_refused(artifacts, tmp_path):
+    import onnx
+
+    out, man = artifacts
+    with pytest.raises(ValueError, match=r"partial\.onnx' embeds an incomplete imutune contract \(missing "
+                                         r"\['hop_s'\]\)"):
+        load_backend(out / "partial.onnx", manifest=man)
+    proto = onnx.load(str(out / "model.onnx"))
+    for p in proto.metadata_props:
+        if p.key == "imutune.window_samples":
+            p.value = "99"
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(proto.SerializeToString())
+    m2 = man.with_artifact("model.onnx", **{**man.artifacts["model.onnx"], "sha256": sha256_file(bad)})
+    with pytest.raises(ValueError, match=r"model\.onnx' \(embedded contract\): window_samples is 99 but "
+                                         r"window_s/hop_s at sample_rate_hz give 64"):
+        load_backend(bad, manifest=m2)
+
+
+def test_artifact_without_embedded_contract_is_checked_by_hash_and_shape(artifacts):
+    out, man = artifacts
+    assert load_backend(out / "bare.onnx", manifest=man).embedded_metadata is None
+    with pytest.raises(ValueError, match=r"window length T \(samples\) = 64; the manifest expects 96"):
+        load_backend(out / "bare.onnx", manifest=dataclasses.replace(man, window_s=3.0))
 
 
 def test_manifest_entry_format_delegate_and_class_count(artifacts):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from imutune.data import (
     CsvStream,
-    NpzStream,
     Recording,
     Shl2018Stream,
     load_csv,

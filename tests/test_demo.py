@@ -63,9 +63,18 @@ def test_demo_manifest_matches_artifacts(demo_run):
 
 
 def test_demo_rerun_resumes_from_checkpoints(demo_run):
+    from imutune.train.bundle import load_bundle
+
     out, report = demo_run
+    first = {s: load_bundle(out / s).info for s in ("pretrained", "personalized")}
     again = run_demo(out, TINY, progress=False, log=lambda *_: None)
-    # finished checkpoints are reused: same weights, same figures
+    # finished checkpoints are reused: no epoch is trained again ...
+    for stage, cfg in (("pretrained", TINY.pretrain), ("personalized", TINY.finetune.train)):
+        info = load_bundle(out / stage).info
+        assert first[stage]["resumed_from_epoch"] == 0, stage          # the first run trained from scratch
+        assert info["resumed_from_epoch"] == cfg.epochs, stage         # the rerun resumed after the last epoch
+        assert info["steps"] == first[stage]["steps"] > 0 and info["loss_history"] == first[stage]["loss_history"]
+    # ... so the weights and figures are the same
     assert again["source_accuracy"] == report["source_accuracy"]
     assert again["target_accuracy_after"] == report["target_accuracy_after"]
 

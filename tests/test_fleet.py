@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +299,16 @@ def test_simulated_fleet_is_deterministic(tmp_path, watch_recordings):
     assert "SIMULATED" in meta["note"]
     with pytest.raises(ValueError, match="exceeds"):
         simulate_fleet(tmp_path / "c", 99, config=cfg, recordings=watch_recordings)
+
+
+def test_user_job_pins_cleanlab_to_one_process(monkeypatch):
+    cf = pytest.importorskip("cleanlab.filter")
+    from imutune.fleet.worker import _single_process_cleanlab
+
+    seen = []
+    monkeypatch.setattr(cf, "find_label_issues", lambda *a, **kw: seen.append(kw.get("n_jobs")))
+    recorder = cf.find_label_issues
+    with _single_process_cleanlab():
+        cf.find_label_issues([0], [[1.0]])              # what imutune.personalize.filter does, looked up at call time
+        cf.find_label_issues([0], [[1.0]], n_jobs=3)    # an explicit choice is kept
+    assert seen == [1, 3] and cf.find_label_issues is recorder

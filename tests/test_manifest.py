@@ -268,7 +268,7 @@ def test_load_verifies_stored_sample_counts(tmp_path, field, value):
     ("model_config", [], r"manifest model_config must be a dict, got list"),
     ("artifacts", {"m.onnx": "x"}, r"artifacts\['m\.onnx'\] is a str; expected an object"),
     ("artifacts", {"m.onnx": {"format": "onnx"}}, r"artifacts\['m\.onnx'\] has sha256 None"),
-    ("input_layout", 3, r"input_layout must be a non-empty str, got 3"),
+    ("input_layout", 3, r"input_layout is 3; expected one of \[.NCT.\]"),
 ])
 def test_load_invalid_values_name_file_and_field(tmp_path, field, value, pattern):
     d = _manifest().to_dict()

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from imutune.personalize.quality import (
+from imutune.personalize.filter import (
     BOUNDARY,
     CATEGORY_NAMES,
     HIGH_VALUE,
     NOISY,
-    CategoryWeights,
     QualityConfig,
     categorize,
     category_counts,
-    sample_weights,
 )
+from imutune.personalize.weights import CategoryWeights, sample_weights
 
 
 def test_category_constants():
@@ -149,3 +148,13 @@ def test_quality_config_out_of_range(field, bad):
 def test_category_weights_out_of_range(field, bad):
     with pytest.raises(ValueError, match=rf"{field} must be in \[0.0, 1.0\], got {bad}"):
         CategoryWeights(**{field: bad})
+
+
+def test_quality_module_reexports_the_new_homes():
+    # personalize/quality.py was split into filter.py (scoring) and weights.py (weights); old imports still work
+    from imutune.personalize import filter as F
+    from imutune.personalize import quality as Q
+    from imutune.personalize import weights as W
+
+    for name in Q.__all__:
+        assert getattr(Q, name) is (getattr(F, name) if hasattr(F, name) else getattr(W, name)), name

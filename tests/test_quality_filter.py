@@ -8,23 +8,25 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from imutune.personalize import quality as Q
-from imutune.personalize.quality import (
+from imutune.personalize import filter as Q
+from imutune.personalize.filter import (
     BOUNDARY,
     HIGH_VALUE,
     NOISY,
-    CategoryWeights,
-    FilterConfig,
     QualityConfig,
     categorize,
     category_counts,
+    knn_agreement,
+    stratified_folds,
+)
+from imutune.personalize.weights import (
+    CategoryWeights,
+    FilterConfig,
     class_balance_factors,
     filter_weights,
-    knn_agreement,
     learn_weights,
     score_embeddings,
     select_weights,
-    stratified_folds,
 )
 from torch import nn
 
@@ -183,15 +185,36 @@ def test_class_balance_factors():
 def test_select_weights_downweights_flipped_labels():
     z, y, _, _ = _blobs()
     _, _, cats = score_embeddings(z, y, 4)
-    cw, beta, table = select_weights(z, y, cats, 4)
-    assert cw.noisy < cw.high_value
-    cfg = FilterConfig()
-    assert len(table) == len(cfg.weight_grid) * len(cfg.balance_grid)
+    cfg = FilterConfig(cv_tolerance=0.0)
+    cw, beta, table = select_weights(z, y, cats, 4, config=cfg)
+    assert len(table) == len(cfg.weight_grid) * len(cfg.balance_grid)   # no soft factors given: no soft entries
     chosen = [r for r in table if r["chosen"]]
     assert len(chosen) == 1
     best_f1 = max(r["macro_f1"] for r in table if r["valid"])
     assert chosen[0]["macro_f1"] == pytest.approx(best_f1)
     assert beta in cfg.balance_grid
+    # with a tolerance the earliest grid entry (least filtering) within it wins
+    cw2, _, table2 = select_weights(z, y, cats, 4, config=FilterConfig(cv_tolerance=1.0))
+    assert table2[0]["chosen"] and cw2 == CategoryWeights(*FilterConfig().weight_grid[0])
+    soft = np.linspace(0.2, 1.0, len(y))
+    _, _, table3 = select_weights(z, y, cats, 4, config=cfg, soft=soft)
+    assert len(table3) == 2 * len(table) and {r["soft"] for r in table3} == {False, True}
+
+
+def test_select_weights_penalizes_dropping_clean_windows_marked_noisy():
+    # issue 16: the old criterion scored only windows not marked noisy, so zeroing the noisy weight was free.
+    # Class 0 has two far-apart clusters; the filter (wrongly) marks all of cluster A noisy. Dropping them
+    # leaves no class-0 example near A, so the held-out A windows are lost: the criterion must see that.
+    rng = np.random.default_rng(0)
+    centers = np.array([[8, 0, 0], [-8, 0, 0], [0, 8, 0], [0, 0, 8]], np.float32)   # A, B (class 0), 1, 2
+    z = np.concatenate([c + rng.normal(size=(30, 3)).astype(np.float32) for c in centers])
+    y = np.repeat([0, 0, 1, 2], 30)
+    cats = np.full(len(y), 0)
+    cats[:30] = NOISY
+    cfg = FilterConfig(cv_tolerance=0.0, weight_grid=((1.0, 1.0, 0.0), (1.0, 1.0, 1.0)), balance_grid=(0.0,))
+    cw, _, table = select_weights(z, y, cats, 3, config=cfg)
+    assert cw.noisy == 1.0
+    assert table[1]["macro_f1"] > table[0]["macro_f1"]
 
 
 def test_select_weights_skips_all_zero_entries_and_errors_when_none_valid():
@@ -235,7 +258,7 @@ def test_filter_weights_on_a_model(mode):
     x, y, flip = _windows()
     torch.manual_seed(0)
     model = _MeanModel(3, 3)
-    res = filter_weights(model, x, y, config=FilterConfig(mode=mode))
+    res = filter_weights(model, x, y, config=FilterConfig(mode=mode, oof="head", cv_tolerance=0.0))
     w = res.sample_weights
     assert w.shape == (len(y),) and w.dtype == np.float32 and np.all(np.isfinite(w)) and w.max() <= 1.0 + 1e-6
     assert np.isin(flip, np.flatnonzero(res.categories == NOISY)).mean() >= 0.8
@@ -250,7 +273,7 @@ def test_filter_weights_bad_inputs():
     x, y, _ = _windows()
     model = _MeanModel(3, 3)
     with pytest.raises(ValueError, match="fewer than n_folds"):
-        filter_weights(model, x[:4], y[:4])
+        filter_weights(model, x[:3], y[:3])
     xn = x.copy()
     xn[3, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -299,3 +322,35 @@ def test_finetune_with_filterloss_cv_and_learned():
 
 def test_category_counts_names():
     assert category_counts(np.array([0, 0, 2])) == {"high_value": 2, "boundary": 0, "noisy": 1}
+
+
+def test_filter_weights_full_oof_and_label_issues():
+    # oof="full" (default): fold models fine-tuned end to end; confident-learning issues join the noisy rule
+    x, y, flip = _windows()
+    torch.manual_seed(0)
+    res = filter_weights(_MeanModel(3, 3), x, y, config=FilterConfig(mode="fixed", oof_epochs=30, oof_lr=0.05))
+    assert res.issues is not None and res.issues.shape == y.shape
+    assert res.quality_factors.shape == y.shape and 0 <= res.quality_factors.min() <= res.quality_factors.max() <= 1
+    noisy = np.flatnonzero(res.categories == NOISY)
+    assert np.isin(flip, noisy).mean() >= 0.7 and np.isin(noisy, flip).mean() >= 0.7
+    off = filter_weights(_MeanModel(3, 3), x, y, config=FilterConfig(
+        mode="fixed", oof_epochs=30, oof_lr=0.05, quality=QualityConfig(label_issues="off")))
+    assert off.issues is None
+
+
+def test_label_issue_rules():
+    probs = np.array([[0.45, 0.55], [0.45, 0.55], [0.9, 0.1]])
+    y = np.array([0, 0, 0])
+    a = np.array([0.1, 0.9, 0.1])
+    issues = np.array([True, True, False])
+    # not confidently wrong: only the confident-learning issue can make it noisy, and "agree" needs low agreement
+    agree = categorize(probs, y, agreement=a, issues=issues, config=QualityConfig(min_class_windows=1))
+    union = categorize(probs, y, agreement=a, issues=issues,
+                       config=QualityConfig(min_class_windows=1, label_issues="union"))
+    off = categorize(probs, y, agreement=a, issues=issues,
+                     config=QualityConfig(min_class_windows=1, label_issues="off"))
+    assert agree.tolist() == [NOISY, BOUNDARY, BOUNDARY]
+    assert union.tolist() == [NOISY, NOISY, BOUNDARY]
+    assert off.tolist() == [BOUNDARY, BOUNDARY, BOUNDARY]
+    with pytest.raises(ValueError, match="label_issues"):
+        QualityConfig(label_issues="maybe")

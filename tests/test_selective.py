@@ -29,13 +29,7 @@ from imutune.personalize.selective import (
 from imutune.train.loop import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tiny models only lose time to thread hand-offs on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 FAST = TrainConfig(epochs=4, batch_size=8, lr=5e-3, weight_decay=1e-2, device="cpu")
@@ -192,6 +186,51 @@ def test_selection_errors(model_and_data):
         entry_masks(m, Selection({"stem.0": np.ones(3, bool)}))
     with pytest.raises(ValueError, match="trains no parameter"):
         finetune_selected(copy.deepcopy(m), xd, y, Selection({}, ()), config=FAST)
+
+
+def test_selective_training_runs_on_the_one_loop(model_and_data):
+    """finetune_selected is imutune.train.loop.train with hooks: same result fields, same steps."""
+    from imutune.train.loop import train
+
+    m, x, xd, y = model_and_data
+    res = finetune_selected(copy.deepcopy(m), xd, y, full_selection(m), config=FAST)
+    plain = copy.deepcopy(m)
+    ref = train(plain, xd, y, config=FAST, progress=False)
+    assert res["steps"] == ref["steps"] == FAST.epochs * 3 and res["resumed_from_epoch"] == 0
+    assert res["loss"] == ref["loss"]                # full selection = plain training, bit for bit
+
+
+def test_selective_cleans_up_when_training_fails(model_and_data):
+    m, x, xd, y = model_and_data
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, targets, weights):
+            return logits.sum() * float("nan")
+
+    sel = random_selection(m, 0.25, seed=1)
+    tuned = copy.deepcopy(m)
+    with pytest.raises(ValueError, match=r"loss became nan at epoch 1 \(selective\)"):
+        finetune_selected(tuned, xd, y, sel, config=FAST, loss_fn=NanLoss())
+    assert all(p.requires_grad for p in tuned.parameters())                        # flags restored
+    assert not any("forward" in vars(mod) for mod in tuned.modules())              # partial BN forwards removed
+    _assert_only_selected_changed(m.state_dict(), tuned.state_dict(), entry_masks(m, sel))
+    assert torch.equal(m.head.weight, tuned.head.weight)                           # no optimizer step happened
+    with pytest.raises(ValueError, match=r"y must have shape \(24,\)"):
+        finetune_selected(tuned, xd, y[:-1], sel, config=FAST)
+    assert all(p.requires_grad for p in tuned.parameters())
+    assert not any("forward" in vars(mod) for mod in tuned.modules())
+
+
+def test_selection_hooks_refuse_checkpoints(model_and_data, tmp_path):
+    from imutune.personalize.selective import selection_hooks
+    from imutune.train.loop import train
+
+    m, x, xd, y = model_and_data
+    tuned = copy.deepcopy(m)
+    with pytest.raises(ValueError, match=r"checkpoint_path cannot be used with a hook .*_PartialBNHook"):
+        train(tuned, xd, y, config=FAST, hooks=selection_hooks(tuned, random_selection(m, 0.25, seed=1)),
+              checkpoint_path=tmp_path / "c.ckpt", progress=False)
+    assert not any("forward" in vars(mod) for mod in tuned.modules())
 
 
 def test_personalize_paired_and_pairfree(model_and_data):

@@ -46,7 +46,9 @@ _API: dict[str, str] = {
     "create_model": "imutune.models.resnet1d",
     "list_models": "imutune.models.resnet1d",
     # train
-    "TrainConfig": "imutune.train.loop",
+    "TrainConfig": "imutune.train.config",
+    "PRETRAIN": "imutune.train.config",
+    "FINETUNE": "imutune.train.config",
     "train": "imutune.train.loop",
     "ModelBundle": "imutune.train.bundle",
     "load_bundle": "imutune.train.bundle",

@@ -77,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", nargs="+", required=True, help="target user's training recordings")
     f.add_argument("--test-data", nargs="+", default=(), help="target user's held-out recordings (optional)")
     f.add_argument("--out", required=True, help="output bundle folder")
-    f.add_argument("--loss", default="filterloss", choices=("filterloss", "ce"))
+    from .personalize.methods import METHOD_NAMES
+
+    f.add_argument("--loss", default="filterloss", type=lambda v: v.replace("_", "-"), choices=METHOD_NAMES,
+                   help="personalization method (default filterloss); 'oracle' needs --label-noise")
+    f.add_argument("--label-noise", default="none",
+                   help="rehearse with noisy calibration labels, e.g. boundary:0.2, shift:1-3, symmetric:0.3, "
+                        "confusion:IR-ER/ABD-FEL@0.3 (default none; see imutune.signal.label_noise)")
     f.add_argument("--source-data", nargs="+", default=(),
                    help="source recordings for rehearsal (same classes and channels as the base model)")
     f.add_argument("--rehearsal-ratio", type=float, default=0.0,
@@ -88,13 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a bundle to ONNX and ExecuTorch (.pte) with parity checks")
     e.add_argument("--model", required=True, help="bundle folder (model.json + model.safetensors)")
-    e.add_argument("--data", nargs="+", required=True, help="recordings whose windows are used for the parity check")
+    e.add_argument("--data", nargs="+", required=True,
+                   help="training recordings: their windows drive the parity check and calibrate int8 variants")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--formats", nargs="+", default=["onnx", "pte"],
                    choices=("onnx", "pte", "onnx-int8", "pte-int8", "pte-portable"),
                    help="variants; int8 ones are calibrated on the --data windows (default onnx pte)")
     e.add_argument("--eval-data", nargs="+", default=(),
                    help="held-out recordings: record each artifact's accuracy and the int8 change vs fp32")
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     r = sub.add_parser("replay", help="stream recordings through an exported model")
     r.add_argument("--model", required=True, help="model.onnx or model.pte (manifest.json next to it)")
@@ -110,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device profile: phone-big-core, phone-two-cores, phone-big-core-per-sample, host")
     r.add_argument("--smoothing-k", type=int, default=1, help="also score a majority vote over k windows")
     r.add_argument("--stream", action="store_true", help="read recordings incrementally (constant memory)")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sub.add_parser("models", help="list registered models")
 
@@ -121,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_personalize(sub)
     _add_fleet(sub, bench_sub)
     _add_codec(sub, bench_sub)
+    _add_ondevice(sub, bench_sub)
     return ap
 
 
@@ -440,7 +450,7 @@ def _add_codec(sub, bench_sub) -> None:
     t.add_argument("--classifier", default=None, help="classifier bundle folder (needed by classifier and joint)")
     t.add_argument("--init", default=None, help="codec folder to fine-tune from")
     t.add_argument("--lmbda", type=float, default=None, help="MSE weight against the rate (default 8)")
-    t.add_argument("--beta", type=float, default=None, help="CE weight on decoded windows (default 0.5)")
+    t.add_argument("--beta", type=float, default=None, help="CE weight on decoded windows, relative to the MSE (default 0.1)")
     t.add_argument("--latent-channels", type=int, default=None, help="latent channels L (default 8)")
     t.add_argument("--epochs", type=int, default=None, help="training epochs (default 15)")
     t.add_argument("--seed", type=int, default=0)
@@ -512,6 +522,84 @@ def _bench_codec(args) -> int:
 
 
 _BENCH_HANDLERS["codec"] = _bench_codec
+
+
+# --------------------------------------------------------------------------- on-device training (issue 11)
+
+def _add_ondevice(sub, bench_sub) -> None:
+    from .ondevice.config import OnDeviceConfig
+
+    d = OnDeviceConfig()
+    e = sub.add_parser("export-train", help="export the FilterLoss training program model_train.pte (ExecuTorch "
+                                            "training) next to model.pte")
+    e.add_argument("--model", required=True, help="bundle folder (model.json + model.safetensors)")
+    e.add_argument("--data", nargs="+", required=True,
+                   help="recordings whose windows trace the program and check its gradients (e.g. source data)")
+    e.add_argument("--out", required=True, help="export folder (model.pte is exported there if missing)")
+    e.add_argument("--trainable", default="last-block", choices=("head", "last-block", "rows"),
+                   help="trainable set: head, last residual block + head, or filter rows (default last-block)")
+    e.add_argument("--batch-size", type=int, default=16, help="static batch of the program (default 16)")
+
+    p = sub.add_parser("personalize-on-device", help="personalize through model_train.pte in the reference "
+                                                     "runtime; writes an imutune patch")
+    p.add_argument("--model", required=True, help="export folder with model_train.pte (imutune export-train)")
+    p.add_argument("--data", nargs="+", required=True, help="the user's calibration recordings")
+    p.add_argument("--out", required=True, help="output folder: patch.safetensors, ondevice_report.json")
+    p.add_argument("--test-data", nargs="+", default=(), help="held-out recordings (accuracy before/after)")
+    p.add_argument("--weights", default=None, help=".npy FilterLoss weight per calibration window (default: the "
+                                                   "quality filter on model.pte's outputs)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"SGD steps (default {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default {d.lr:g})")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum:g})")
+    p.add_argument("--filters", type=float, default=d.filters_fraction,
+                   help=f"rows program: share of each layer's filters that train (default {d.filters_fraction:g})")
+    p.add_argument("--profile", default=d.profile, help=f"device profile for the thread count (default {d.profile})")
+    p.add_argument("--threads", type=int, default=None, help="ExecuTorch threads (default: the profile's)")
+    p.add_argument("--seed", type=int, default=d.seed, help="data order seed")
+
+    b = bench_sub.add_parser("ondevice", help="on-device FilterLoss training: step latency, memory, .pte sizes, "
+                                              "parity, on-device vs server-side macro-F1 (calibrate-then-use)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 users, few steps")
+    b.add_argument("--users", type=int, default=None, help="target users, watch subjects 1..N (default 10)")
+    b.add_argument("--steps", type=int, default=None, help="on-device SGD steps per user")
+
+
+def _ondevice(args) -> int:
+    from .ondevice.config import OnDeviceConfig
+    from .ondevice.personalize import run_export_train, run_personalize_on_device
+
+    if args.command == "export-train":
+        res = run_export_train(args.model, args.data, args.out, variant=args.trainable, batch_size=args.batch_size)
+        print(json.dumps(res))
+        return 0
+    cfg = OnDeviceConfig(steps=args.steps, lr=args.lr, momentum=args.momentum, filters_fraction=args.filters,
+                         profile=args.profile, seed=args.seed)
+    res = run_personalize_on_device(args.model, args.data, args.out, config=cfg, test_data=args.test_data,
+                                    weights_path=args.weights, num_threads=args.threads)
+    keys = ("variant", "n_calibration", "steps", "threads", "step_latency_ms", "category_counts", "patch",
+            "patch_values", "before", "after")
+    print(json.dumps({k: res[k] for k in keys if k in res}))
+    return 0
+
+
+def _bench_ondevice(args) -> int:
+    from .bench.ondevice import OnDeviceBenchConfig, quick_config, run_ondevice_bench
+
+    cfg = quick_config() if args.quick else OnDeviceBenchConfig()
+    over: dict = {}
+    if args.users:
+        over["users"] = args.users
+    if args.steps:
+        over["steps"] = args.steps
+    cmd = " ".join([f"imutune bench ondevice --out {args.out}"] + (["--quick"] if args.quick else [])
+                   + ([f"--users {args.users}"] if args.users else []) + ([f"--steps {args.steps}"] if args.steps else []))
+    res = run_ondevice_bench(args.out, replace(cfg, **over), command=cmd)
+    print(json.dumps(res["targets"], indent=2))
+    return 0
+
+
+_BENCH_HANDLERS["ondevice"] = _bench_ondevice
 
 
 def _quiet_third_party() -> None:
@@ -586,6 +674,22 @@ def _dispatch(args) -> int:
         from .personalize.finetune import FinetuneConfig
 
         cfg = FinetuneConfig(train=_train_config(args), loss=args.loss, rehearsal_ratio=args.rehearsal_ratio)
+        if args.label_noise != "none" or args.loss == "oracle":
+            from .rehearse import run_finetune_rehearsal
+            from .signal.label_noise import parse_label_noise
+
+            try:
+                parse_label_noise(args.label_noise)
+            except ValueError as e:
+                raise ValueError(f"--label-noise: {e}") from None
+            if args.loss == "oracle" and args.label_noise == "none":
+                raise ValueError("--loss oracle drops exactly the corrupted windows, so it needs --label-noise "
+                                 "(e.g. --label-noise symmetric:0.3)")
+            res = run_finetune_rehearsal(args.base, args.data, args.out, label_noise=args.label_noise, config=cfg,
+                                         imbalance_ratio=args.imbalance_ratio, test_data=args.test_data,
+                                         seed=args.seed, progress=not args.no_progress)
+            print(json.dumps(res))
+            return 0
         res = run_finetune(args.base, args.data, args.out, config=cfg, imbalance_ratio=args.imbalance_ratio,
                            test_data=args.test_data, source_data=args.source_data, seed=args.seed,
                            progress=not args.no_progress)
@@ -594,7 +698,8 @@ def _dispatch(args) -> int:
     if args.command == "export":
         from .jobs import run_export
 
-        m = run_export(args.model, args.data, args.out, formats=args.formats, eval_data=args.eval_data)
+        m = run_export(args.model, args.data, args.out, formats=args.formats, eval_data=args.eval_data,
+                       progress=not args.no_progress)
         print(json.dumps({k: {"sha256": v["sha256"][:16], "parity_max_abs_err": v.get("parity_max_abs_err"),
                               **{f: v[f] for f in ("parity_top1_agreement", "eval_accuracy",
                                                    "accuracy_change_vs_fp32_points") if f in v}}
@@ -606,7 +711,7 @@ def _dispatch(args) -> int:
         chunk = args.chunk_samples if args.chunk_samples in (None, "hop") else int(args.chunk_samples)
         s = run_replay(args.model, args.data, args.out, manifest_path=args.manifest, num_threads=args.threads,
                        chunk_samples=chunk, realtime=args.realtime, profile=args.profile,
-                       smoothing_k=args.smoothing_k, stream=args.stream)
+                       smoothing_k=args.smoothing_k, stream=args.stream, progress=not args.no_progress)
         print(json.dumps({k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "latency_ms", "deadline_misses")}))
         return 0
     if args.command == "bench":
@@ -619,6 +724,8 @@ def _dispatch(args) -> int:
         return _fleet(args)
     if args.command == "apply-patch":
         return _apply_patch(args)
+    if args.command in ("export-train", "personalize-on-device"):
+        return _ondevice(args)
     if args.command == "models":
         from .models.resnet1d import count_parameters, create_model, list_models
 

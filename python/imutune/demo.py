@@ -2,17 +2,26 @@
 FilterLoss, export to ONNX and ExecuTorch, replay the target's held-out
 recordings through both exports, and write a report.
 
-Protocol (FilterLoss paper, Han, Zhong, Feng, ICCC 2025, Sec. IV, adapted to
-the embedded watch data): pretrain on the 9 other subjects (a stratified 20% of
-their recordings held out for the source accuracy); the target's recordings of
-one arm side are its training data, long-tail subsampled to ``imbalance_ratio``
-(few and imbalanced); the other arm side is the target test set.
+Protocol (``protocol``, :mod:`imutune.personalize.protocols`): pretrain on the
+9 other subjects (a stratified 20% of their recordings held out for the source
+accuracy), then
 
-Fine-tuning mixes in 4 source windows per target window by default (source
-rehearsal, :class:`imutune.finetune.FinetuneConfig.rehearsal_ratio`): on this
-protocol, target-only fine-tuning lowered the held-out side's macro-F1 on 9 of
-10 subjects (``benchmarks/rehearsal.py``); ``rehearsal_ratio=0`` gives the
-paper's target-only setting.
+* ``"calibrate-then-use"`` (default, how a user personalizes): the first
+  ``calibration_fraction`` of each of the target's recordings (both arm sides)
+  is the self-labelled calibration session (one per arm side, recordings
+  joined in order), the rest, after a gap of one window, the test data. The
+  calibration labels carry the ``label_noise`` setting
+  (:mod:`imutune.signal.label_noise`; ``"none"`` by default) and the windows
+  are long-tail subsampled to ``imbalance_ratio`` by their true class;
+* ``"new-placement"`` (stress case): calibrate on arm side
+  ``target_train_side``, test on the other side.
+
+``personalization_gain`` in the report is the target's test macro-F1 after
+fine-tuning minus before. Source rehearsal
+(:class:`imutune.personalize.finetune.FinetuneConfig.rehearsal_ratio`) is off
+by default (the paper's target-only setting); it was introduced for the
+new-placement stress case, where target-only fine-tuning lowered the other
+side's macro-F1 (``benchmarks/rehearsal.py``).
 """
 from __future__ import annotations
 
@@ -29,8 +38,10 @@ from ._host import cpu_name
 from ._io import write_json_atomic, write_text_atomic
 from .data.recordings import load_watch
 from .metrics import restore_ratio
+from .personalize.filter import NOISY
 from .personalize.finetune import FinetuneConfig, finetune
-from .personalize.protocols import split_target
+from .personalize.protocols import PROTOCOLS, calibrate_then_use, split_target
+from .signal.label_noise import concatenate_session, noisy_windows, parse_label_noise, precision_recall
 from .signal.windows import WindowConfig, longtail_subsample, make_windows
 from .train.bundle import evaluate_bundle, save_bundle
 from .train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
@@ -44,13 +55,16 @@ class DemoConfig:
     """Settings of ``imutune demo``."""
 
     target_user: str = "subject10"                 # user to personalize for; all others are source users
-    target_train_side: int = 0                     # watch arm side (0/1) used as target training data
+    protocol: str = "calibrate-then-use"           # or "new-placement" (cross-arm stress case)
+    calibration_fraction: float = 0.5              # calibrate-then-use: first share of each recording calibrates
+    label_noise: str = "none"                      # noise of the calibration labels (imutune.signal.label_noise)
+    target_train_side: int = 0                     # new-placement: watch arm side (0/1) used for calibration
     model_name: str = "mobilecnn1d"                # registry name (imutune.models.list_models())
     window: WindowConfig = WindowConfig()          # window_s, hop_s, sample_rate_hz, min_purity
     imbalance_ratio: float = 10.0                  # long-tail ratio of the target training windows
     holdout_fraction: float = 0.2                  # share of source recordings held out for source accuracy
     pretrain: TrainConfig = PRETRAIN                # imutune.train.loop.PRETRAIN
-    finetune: FinetuneConfig = FinetuneConfig(rehearsal_ratio=4.0)  # see benchmarks/rehearsal.py for why 4x source rehearsal
+    finetune: FinetuneConfig = FinetuneConfig()    # FilterLoss on the target windows only (rehearsal_ratio 0)
     replay_chunk_samples: int = 1                  # samples per sensor delivery during replay (1 = sample by sample)
     replay_realtime: bool = False                  # pace replay at the sensor rate (slow: real duration)
     replay_threads: int = 1                        # inference threads (phone-class profile: 1)
@@ -63,12 +77,17 @@ class DemoConfig:
             raise ValueError(f"imbalance_ratio must be >= 1, got {self.imbalance_ratio!r}")
         if self.target_train_side not in (0, 1):
             raise ValueError(f"target_train_side must be 0 or 1, got {self.target_train_side!r}")
+        if self.protocol not in PROTOCOLS[:2]:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS[:2])}, got {self.protocol!r}")
+        if not 0 < float(self.calibration_fraction) < 1:
+            raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction!r}")
+        parse_label_noise(self.label_noise)
 
 
 def quick_config(**overrides: Any) -> DemoConfig:
     """A reduced demo (fewer epochs, 1 s hop, two replayed recordings) that runs in well under a minute."""
     base = DemoConfig(window=WindowConfig(hop_s=1.0), pretrain=replace(PRETRAIN, epochs=4),
-                      finetune=FinetuneConfig(train=replace(FINETUNE, epochs=10), rehearsal_ratio=4.0),
+                      finetune=FinetuneConfig(train=replace(FINETUNE, epochs=10)),
                       max_replay_recordings=2)
     return replace(base, **overrides)
 
@@ -102,11 +121,19 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     t = time.perf_counter()
     recs = load_watch(subjects=config.subjects)
     source, tgt_train_recs, tgt_test_recs = split_target(recs, config.target_user, train_side=config.target_train_side)
+    if config.protocol == "calibrate-then-use":
+        tgt_train_recs, tgt_test_recs = calibrate_then_use(
+            [r for r in recs if r.user == config.target_user], window_s=config.window.window_s,
+            calibration_fraction=config.calibration_fraction)
     w_src = make_windows(source, config.window)
-    w_tr_full = make_windows(tgt_train_recs, config.window)
+    sessions = [concatenate_session([r for r in tgt_train_recs if r.meta.get("side") == side], name=f"session:side{side}")
+                for side in sorted({r.meta.get("side") for r in tgt_train_recs}, key=str)]
+    noisy = noisy_windows(sessions, parse_label_noise(config.label_noise), config.window, seed=config.seed)
+    w_tr_full = noisy.windows
     w_te = make_windows(tgt_test_recs, config.window)
-    keep = longtail_subsample(w_tr_full.y, config.imbalance_ratio, seed=config.seed, num_classes=w_tr_full.num_classes)
-    w_tr = w_tr_full.subset(keep)
+    keep = longtail_subsample(noisy.y_true, config.imbalance_ratio, seed=config.seed, num_classes=w_tr_full.num_classes)
+    noisy = noisy.subset(keep)
+    w_tr = noisy.windows
     timings["data_s"] = time.perf_counter() - t
     log(f"[data] watch: {len(recs)} recordings; source {len(w_src)} windows, target {config.target_user}: "
         f"{len(w_tr)} training windows (ratio {config.imbalance_ratio:g}, counts {w_tr.class_counts().tolist()}), "
@@ -125,7 +152,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     t = time.perf_counter()
     ft_cfg = replace(config.finetune, train=replace(config.finetune.train, seed=config.seed))
     per = finetune(pre, w_tr, config=ft_cfg, source_windows=w_src, checkpoint_path=out / "checkpoints" / "finetune.ckpt",
-                   progress=progress)
+                   progress=progress, noisy_mask=noisy.noisy)
     per = replace(per, info={**per.info, "demo_config": asdict(config)})
     save_bundle(per, out / "personalized")
     timings["finetune_s"] = time.perf_counter() - t
@@ -169,6 +196,12 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
         "restore_ratio": restore_ratio(after["accuracy"], pre.info["source_accuracy"]),
         "target_macro_f1_before": before["macro_f1"],
         "target_macro_f1": after["macro_f1"],
+        "protocol": config.protocol,
+        "personalization_gain": after["macro_f1"] - before["macro_f1"],
+        "label_noise": {"spec": config.label_noise, "description": noisy.description,
+                        "corrupted_windows": int(noisy.noisy.sum()), "corrupted_share": noisy.noise_rate,
+                        "filter": (precision_recall(np.asarray(per.info["categories"]) == NOISY, noisy.noisy)
+                                   if "categories" in per.info else None)},
         "parity_max_abs_err": parity,
         "latency_ms": {fmt: {k: replays[fmt]["latency_ms"][k] for k in ("p50", "p95", "p99")} for fmt in replays},
         "replay": replays,
@@ -196,7 +229,11 @@ def _report_md(r: dict[str, Any], class_names: Sequence[str]) -> str:
              f"| target accuracy before fine-tuning | {r['target_accuracy_before']:.4f} |",
              f"| target accuracy after FilterLoss fine-tuning | {r['target_accuracy_after']:.4f} |",
              f"| restore ratio (after / source) | {r['restore_ratio']:.4f} |",
+             f"| protocol | {r['protocol']} |",
+             f"| calibration label noise | {r['label_noise']['description']} "
+             f"({r['label_noise']['corrupted_windows']} corrupted windows) |",
              f"| target macro-F1 before / after | {r['target_macro_f1_before']:.4f} / {r['target_macro_f1']:.4f} |",
+             f"| personalization gain (macro-F1 after - before) | {r['personalization_gain']:+.4f} |",
              f"| parity max abs err ONNX / PTE | {r['parity_max_abs_err']['onnx']:.2e} / {r['parity_max_abs_err']['pte']:.2e} |",
              "", "## Replay of the held-out target recordings", "",
              "| backend | windows | accuracy | macro-F1 | p50 ms | p95 ms | p99 ms | deadline misses |",

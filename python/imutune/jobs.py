@@ -96,12 +96,15 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
 
 def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                formats: Sequence[str] = ("onnx", "pte"), max_parity_windows: int = 256,
-               tolerance: float = 1e-4, eval_data: Sequence[str | os.PathLike] = ()) -> Manifest:
+               tolerance: float = 1e-4, eval_data: Sequence[str | os.PathLike] = (),
+               progress: bool = True) -> Manifest:
     """Export a bundle to ONNX / ExecuTorch with parity checked on real windows from ``data``.
 
     int8 variants (``"onnx-int8"``, ``"pte-int8"``) are calibrated on the windows of ``data`` (use
     training recordings); with ``eval_data`` (held-out recordings) every artifact's accuracy and the
-    int8 change against fp32 are recorded in the manifest."""
+    int8 change against fp32 are recorded in the manifest. ``out_dir`` is switched to the new set
+    atomically and locked against a second writer (:func:`imutune.deploy.export.write_exports`);
+    ``progress`` shows a bar over the variants with the current stage."""
     from .deploy.export import write_exports
 
     bundle = load_bundle(model_dir)
@@ -113,7 +116,7 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
         ev = (bundle.normalizer(we.x), we.y)
     calib = bundle.normalizer(w.x) if any(str(f).endswith("-int8") for f in formats) else None
     return write_exports(bundle.model.cpu(), manifest_for(bundle), out_dir, x, formats=tuple(formats),
-                         tolerance=tolerance, calibration_windows=calib, eval_windows=ev,
+                         tolerance=tolerance, calibration_windows=calib, eval_windows=ev, progress=progress,
                          config={"model_dir": str(model_dir), "data": [str(p) for p in data],
                                  "formats": list(formats), "eval_data": [str(p) for p in eval_data]})
 
@@ -121,7 +124,7 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
 def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                manifest_path: str | os.PathLike | None = None, num_threads: int | None = None,
                chunk_samples: int | str | None = None, realtime: bool | None = None, profile: str | None = None,
-               smoothing_k: int = 1, stream: bool = False) -> dict[str, Any]:
+               smoothing_k: int = 1, stream: bool = False, progress: bool = True) -> dict[str, Any]:
     """Replay recordings through an exported artifact; writes ``replay_report.json``,
     ``replay_report.md`` and ``confusion_matrix.png`` into ``out_dir``.
 
@@ -130,7 +133,7 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     pinning, pacing and delivery apply, and the arguments given explicitly
     (not None) override them. ``chunk_samples="hop"`` delivers once per hop.
     ``stream=True`` reads each file incrementally (:func:`imutune.streams.open_streams`)
-    instead of loading it.
+    instead of loading it. ``progress`` shows a bar over the recordings.
     """
     from .deploy.backends import load_backend
     from .deploy.manifest import load_manifest
@@ -153,7 +156,7 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
         recs: list[Any] = [s for p in data for s in open_streams(p)]
     else:
         recs = load_many(data)
-    summary = replay_many(recs, backend, manifest, config=cfg)
+    summary = replay_many(recs, backend, manifest, config=cfg, progress=progress)
     out = Path(out_dir)
     summary = {"artifact": str(artifact), "replay_config": asdict(cfg), **summary}
     write_json_atomic(out / "replay_report.json", summary)

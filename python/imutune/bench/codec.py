@@ -69,15 +69,16 @@ class CodecBenchConfig:
     pretrain: TrainConfig = TrainConfig(epochs=15, batch_size=64, lr=3e-3)
     finetune: FinetuneConfig = FinetuneConfig(train=TrainConfig(epochs=15, batch_size=32, lr=1e-3), loss="ce")
     calibration_fraction: float = 0.5
-    codec: CodecConfig = CodecConfig()
+    codec: CodecConfig = CodecConfig(hidden_channels=32)
     modes: tuple[str, ...] = ("codec", "classifier", "joint")
-    lambdas: tuple[float, ...] = (4.0, 16.0, 64.0, 256.0)
+    lambdas: tuple[float, ...] = (8.0, 64.0, 512.0, 4096.0)
     codec_epochs: int = 10
     codec_hop_s: float = 1.0                                     # hop of the codec training chunks
-    beta: float = 0.5
+    beta: float = 0.1
     kbits: tuple[int, ...] = tuple(range(2, 13))
     latency_lambda_index: int = 1                                # which codec-only point is exported and timed
     latency_segments: int = 300
+    export_latency: bool = True                                  # export the encoder and time it (off in tests)
     threads: int = 1
     seed: int = 0
 
@@ -271,7 +272,8 @@ def run_codec_bench(out_dir: str, config: CodecBenchConfig = CodecBenchConfig(),
     lat_codec = [p for p in points if p.family == "learned/codec"]
     lat_point = lat_codec[min(cfg.latency_lambda_index, len(lat_codec) - 1)] if lat_codec else \
         [p for p in points if p.family.startswith("learned/")][0]
-    export, latency = _export_and_latency(out, lat_point.codec, users, cfg, log)
+    export, latency = _export_and_latency(out, lat_point.codec, users, cfg, log) if cfg.export_latency else \
+        ({"artifacts": {}}, {"segment_s": lat_point.codec.segment_s})
     summaries = [_summary(p) for p in points]
     for s, p in zip(summaries, points):
         s["per_user"] = p.per_user
@@ -344,7 +346,7 @@ def _export_and_latency(out: Path, codec: LearnedCodec, users: dict, cfg: CodecB
     segs = np.concatenate([segment_values(r.values, codec.segment_samples)
                            for (cal, test, _) in users.values() for r in (*cal, *test)])
     export = export_encoder(codec, out / "encoder", segs, num_threads=1)
-    log(f"[export] parity: " + ", ".join(f"{k} {v['identical_fraction']:.5f} identical, max diff {v['max_abs_diff']:g}"
+    log("[export] parity: " + ", ".join(f"{k} {v['identical_fraction']:.5f} identical, max diff {v['max_abs_diff']:g}"
                                          for k, v in export["artifacts"].items()))
     backends = {"torch": None}
     for fmt, name in ENCODER_FILES.items():
@@ -437,10 +439,11 @@ def _targets(report: dict, points: list[_Point]) -> dict[str, Any]:
                                    **res3, "met": bool(m["mean_paired_difference_points"] is not None
                                                        and m["mean_paired_difference_points"] > 0)}
     lat = report["latency"]
-    best_key = min((k for k in lat if isinstance(lat[k], dict)), key=lambda k: lat[k]["p50"])
+    engines = [k for k in lat if isinstance(lat[k], dict)]
+    best_key = min(engines, key=lambda k: lat[k]["p50"]) if engines else None
     t["encoder_latency"] = {"target": "<= 0.5 ms per 2 s segment at 1 thread including entropy coding",
-                            "segment_s": lat["segment_s"], "p50_ms": {k: lat[k]["p50"] for k in lat if isinstance(lat[k], dict)},
-                            "best": best_key, "met": bool(lat[best_key]["p50"] <= 0.5)}
+                            "segment_s": lat["segment_s"], "p50_ms": {k: lat[k]["p50"] for k in engines},
+                            "best": best_key, "met": bool(best_key and lat[best_key]["p50"] <= 0.5)}
     return t
 
 

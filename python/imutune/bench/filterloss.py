@@ -49,7 +49,13 @@ from .._io import write_json_atomic
 from ..personalize.baselines import FILTERLOSS_METHODS, METHODS, run_method
 from ..personalize.filter import NOISY
 from ..personalize.weights import FilterConfig
-from ..signal.label_noise import NoisyWindows, concatenate_session, noisy_windows, parse_label_noise
+from ..signal.label_noise import (
+    NoisyWindows,
+    concatenate_session,
+    noisy_windows,
+    parse_label_noise,
+    precision_recall,
+)
 from ..signal.windows import WindowConfig, Windows, longtail_subsample, make_windows
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
@@ -252,18 +258,6 @@ def _calibration(unit: _Unit, noise: str, ratio: float | None, seed: int, cfg: F
 
 
 # --------------------------------------------------------------------------- one cell
-
-def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
-    """Noisy-window precision and recall of a filter: ``flagged`` and ``truth`` (N,) bool.
-
-    Precision is None when nothing is flagged, recall None when nothing is corrupted.
-    """
-    f = np.asarray(flagged, bool)
-    t = np.asarray(truth, bool)
-    tp = int((f & t).sum())
-    return {"flagged": int(f.sum()), "corrupted": int(t.sum()), "true_positives": tp,
-            "precision": tp / int(f.sum()) if f.any() else None, "recall": tp / int(t.sum()) if t.any() else None}
-
 
 def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, seed: int, method: str,
               cfg: FilterLossBenchConfig) -> dict:

@@ -15,18 +15,22 @@ fewer segments than its header says is refused.
 
     offset  size  field
     0       4     magic b"IMZ1"
-    4       4     H: uint32, length of the compressed header
-    8       H     header: zstd-compressed UTF-8 JSON
-    8 + H   4 W   payload: W uint32 words of the range coder
+    4       16    codec id: the first 128 bits of the encoding codec's SHA-256
+                  (:func:`imutune.codec.model.codec_hash`)
+    20      2     H: uint16, length of the compressed header
+    22      H     header: UTF-8 JSON, zstd-compressed with a raw-content dictionary
+                  (the codec's header template: its contract in canonical JSON), so the
+                  full contract costs a few bytes per stream
+    22 + H  4 W   payload: W uint32 words of the range coder
 
 Header JSON fields: ``format`` (``"imutune.imz"``), ``version`` (1),
-``codec_id`` (the first 32 hex digits, 128 bits, of
-:func:`imutune.codec.model.codec_hash` of the encoding codec), ``contract`` (channels, sample rate, segment samples, normalization,
-latent shape, layout: :func:`imutune.codec.model.codec_contract`),
-``n_segments``, ``n_samples`` (stream length before padding the last
-segment), ``payload_words`` (W), ``payload_crc32`` and ``recording``
-(``user``, ``name``, ``class_names``, ``labels_rle``: per-sample labels as
-``[label, run length]`` pairs).
+``contract`` (channels, sample rate, segment samples, normalization, latent
+shape, layout: :func:`imutune.codec.model.codec_contract`), ``n_segments``,
+``n_samples`` (stream length before padding the last segment),
+``payload_words`` (W), ``payload_crc32`` and ``recording`` (``user``,
+``name``, ``class_names``, ``labels_rle``: per-sample labels as
+``[label, run length]`` pairs). The codec id is checked before the header is
+read, so a stream from another codec is refused by name.
 
 The decoder refuses, with a ``ValueError`` naming the stream: a file that is
 not ``.imz``; a header or payload shorter than recorded (truncated); a
@@ -53,14 +57,15 @@ from ..data.recordings import Recording
 from .model import ESCAPE_BITS, EntropyTables, LearnedCodec, codec_contract, codec_hash
 
 __all__ = ["IMZ_MAGIC", "LatentCoder", "StreamEncoder", "encode_values", "encode_recording", "decode_stream",
-           "decode_latents", "read_container", "pack_container", "write_imz", "read_imz", "segment_values",
+           "decode_latents", "read_container", "pack_container", "codec_id", "write_imz", "read_imz", "segment_values",
            "DecodedStream", "rate_estimate_bits"]
 
 IMZ_MAGIC = b"IMZ1"
 _FORMAT = "imutune.imz"
 _VERSION = 1
 _COUNT_BITS = 24
-_ID_HEX = 32
+_ID_BYTES = 16
+_FIXED = 4 + _ID_BYTES + 2
 _ESC_OFFSET = 1 << (ESCAPE_BITS - 1)
 
 
@@ -178,41 +183,70 @@ def _labels_rle(labels: np.ndarray) -> list[list[int]]:
     return [[int(labels[s]), int(n)] for s, n in zip(starts, lengths)]
 
 
-def pack_container(header: dict[str, Any], payload: bytes) -> bytes:
-    """Bytes of an ``.imz`` container: magic, header length, zstd(JSON header), payload."""
+def _header_dictionary(codec: LearnedCodec) -> Any:
+    """zstd raw-content dictionary: a header template holding the codec's contract (hashed content only)."""
     import zstandard
 
-    h = zstandard.ZstdCompressor(level=19).compress(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-    return IMZ_MAGIC + len(h).to_bytes(4, "little") + h + payload
+    template = {"format": _FORMAT, "version": _VERSION, "contract": codec_contract(codec), "n_segments": 0,
+                "n_samples": 0, "payload_words": 0, "payload_crc32": 0,
+                "recording": {"user": "subject", "name": "", "class_names": [], "labels_rle": [[0, 0]]}}
+    raw = json.dumps(template, separators=(",", ":")).encode("utf-8")
+    return zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
-def read_container(data: bytes, *, where: str = "stream") -> tuple[dict[str, Any], bytes]:
-    """Split ``.imz`` bytes into (header dict, payload bytes), checking magic, lengths and CRC.
+def codec_id(codec: LearnedCodec) -> bytes:
+    """The 16-byte codec id written at offset 4 of every ``.imz`` stream."""
+    return bytes.fromhex(codec_hash(codec)[:2 * _ID_BYTES])
+
+
+def pack_container(header: dict[str, Any], payload: bytes, codec: LearnedCodec) -> bytes:
+    """Bytes of an ``.imz`` container for ``codec``: magic, codec id, header length, header, payload."""
+    import zstandard
+
+    body = {k: v for k, v in header.items() if k != "codec_id"}
+    zc = zstandard.ZstdCompressor(level=19, dict_data=_header_dictionary(codec), write_checksum=False,
+                                  write_content_size=True, write_dict_id=False)
+    h = zc.compress(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    if len(h) >= 1 << 16:
+        raise ValueError(f"compressed header has {len(h)} bytes; expected < 65536 (too many label changes?)")
+    return IMZ_MAGIC + codec_id(codec) + len(h).to_bytes(2, "little") + h + payload
+
+
+def read_container(data: bytes, codec: LearnedCodec, *, where: str = "stream") -> tuple[dict[str, Any], bytes]:
+    """Split ``.imz`` bytes into (header dict, payload bytes), checking magic, codec id, lengths and CRC.
+
+    The returned header has ``codec_id`` (hex) added.
 
     Raises
     ------
     ValueError
-        If the magic is wrong, the header or payload is truncated or corrupt, or a field is missing.
+        If the magic is wrong, the stream comes from another codec, the header or payload is
+        truncated or corrupt, or a header field is missing.
     """
     import zstandard
 
-    if len(data) < 8 or data[:4] != IMZ_MAGIC:
-        raise ValueError(f"{where} is not an .imz stream: it starts with {bytes(data[:4])!r}, expected "
-                         f"{IMZ_MAGIC!r}")
-    h_len = int.from_bytes(data[4:8], "little")
-    if 8 + h_len > len(data):
-        raise ValueError(f"{where} is truncated: its header needs {h_len} bytes but only {len(data) - 8} follow")
+    if len(data) < _FIXED or data[:4] != IMZ_MAGIC:
+        raise ValueError(f"{where} is not an .imz stream: it starts with {bytes(data[:4])!r} and has {len(data)} "
+                         f"bytes; expected magic {IMZ_MAGIC!r} and at least {_FIXED} bytes")
+    got_id, mine = bytes(data[4:20]).hex(), codec_id(codec).hex()
+    if got_id != mine:
+        raise ValueError(f"{where} was encoded by codec {got_id!r}, but this codec is {mine!r}; decode it with "
+                         "the codec that wrote it")
+    h_len = int.from_bytes(data[20:22], "little")
+    if _FIXED + h_len > len(data):
+        raise ValueError(f"{where} is truncated: its header needs {h_len} bytes but only {len(data) - _FIXED} follow")
     try:
-        header = json.loads(zstandard.ZstdDecompressor().decompress(bytes(data[8:8 + h_len])).decode("utf-8"))
+        zd = zstandard.ZstdDecompressor(dict_data=_header_dictionary(codec))
+        header = json.loads(zd.decompress(bytes(data[_FIXED:_FIXED + h_len])).decode("utf-8"))
     except Exception as e:
         raise ValueError(f"{where} has a corrupt header ({type(e).__name__}: {e})") from e
-    need = ("format", "version", "codec_id", "contract", "n_segments", "n_samples", "payload_words",
-            "payload_crc32", "recording")
+    need = ("format", "version", "contract", "n_segments", "n_samples", "payload_words", "payload_crc32",
+            "recording")
     missing = [k for k in need if not isinstance(header, dict) or k not in header]
     if missing or header.get("format") != _FORMAT:
-        raise ValueError(f"{where} header lacks fields {missing} or has format {header.get('format')!r}; expected "
-                         f"an {_FORMAT!r} header with {list(need)}")
-    payload = bytes(data[8 + h_len:])
+        raise ValueError(f"{where} header lacks fields {missing} or has another format; expected an {_FORMAT!r} "
+                         f"header with {list(need)}")
+    payload = bytes(data[_FIXED + h_len:])
     want = 4 * int(header["payload_words"])
     if len(payload) < want:
         raise ValueError(f"{where} is truncated: its payload has {len(payload)} bytes, the header records {want}")
@@ -221,6 +255,7 @@ def read_container(data: bytes, *, where: str = "stream") -> tuple[dict[str, Any
                          "bytes); expected exactly one stream")
     if zlib.crc32(payload) != int(header["payload_crc32"]):
         raise ValueError(f"{where} payload fails its CRC-32 check (corrupt stream)")
+    header["codec_id"] = got_id
     return header, payload
 
 
@@ -273,12 +308,12 @@ def _compute_encode(codec, v, lab, class_names, user, name, encoder) -> bytes:
         enc.push_latents(y)
     words = enc.finish()
     payload = words.tobytes()
-    header = {"format": _FORMAT, "version": _VERSION, "codec_id": codec_hash(codec)[:_ID_HEX],
+    header = {"format": _FORMAT, "version": _VERSION,
               "contract": codec_contract(codec), "n_segments": int(segs.shape[0]), "n_samples": int(v.shape[0]),
               "payload_words": int(words.size), "payload_crc32": zlib.crc32(payload),
               "recording": {"user": user, "name": name, "class_names": list(class_names),
                             "labels_rle": _labels_rle(lab)}}
-    return pack_container(header, payload)
+    return pack_container(header, payload, codec)
 
 
 def encode_recording(codec: LearnedCodec, recording: Recording, *, encoder: Any = None) -> bytes:
@@ -326,11 +361,7 @@ def decode_latents(codec: LearnedCodec, data: bytes, *, where: str = "stream") -
     """
     import constriction
 
-    header, payload = read_container(data, where=where)
-    mine = codec_hash(codec)[:_ID_HEX]
-    if header["codec_id"] != mine:
-        raise ValueError(f"{where} was encoded by codec {str(header['codec_id'])!r}, but this codec is "
-                         f"{mine!r}; decode it with the codec that wrote it")
+    header, payload = read_container(data, codec, where=where)
     contract = codec_contract(codec)
     if header["contract"] != contract:
         diff = sorted(k for k in set(contract) | set(header["contract"])
@@ -373,7 +404,7 @@ def decode_stream(codec: LearnedCodec, data: bytes, *, where: str = "stream") ->
         raise ValueError(f"{where}: header labels cover {labels.shape[0]} samples, the stream has {values.shape[0]}")
     recording = Recording(values, labels, codec.sample_rate_hz, codec.channels, tuple(rec["class_names"]),
                           rec["user"], rec["name"], {"decoded_from": "imz", "codec_id": header["codec_id"]})
-    return DecodedStream(recording, lat, header, len(data) - 8 - int.from_bytes(data[4:8], "little"), len(data))
+    return DecodedStream(recording, lat, header, 4 * int(header["payload_words"]), len(data))
 
 
 @torch.no_grad()

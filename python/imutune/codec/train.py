@@ -7,10 +7,11 @@ optimisation of codec and classifier. Here, per training step:
 
 * ``mode="codec"`` (codec-only): ``loss = R + lambda * D``;
 * ``mode="classifier"`` (codec for the frozen classifier):
-  ``loss = R + lambda * D + beta * CE(classifier(decoded window), y)``, the
-  classifier's weights fixed;
+  ``loss = R + lambda * (D + beta * CE(classifier(decoded window), y))``, the
+  classifier's weights fixed (the task term is scaled with ``lambda`` like the
+  distortion, so ``beta`` weighs it against the MSE at every operating point);
 * ``mode="joint"`` (codec and classifier): the same loss plus
-  ``raw_ce_weight * CE(classifier(raw window), y)``, and the classifier's
+  ``lambda * raw_ce_weight * CE(classifier(raw window), y)``, and the classifier's
   weights are trained too (so it stays accurate on uncompressed data).
 
 ``R`` is the rate in bits per raw sample (``-sum(log2 likelihood)`` of the
@@ -52,8 +53,8 @@ class CodecTrainConfig:
 
     mode: str = "codec"             # "codec" (rate + lambda*MSE), "classifier" (+ beta*CE, frozen), "joint"
     lmbda: float = 8.0              # weight of the MSE in normalized units against the rate in bits per sample
-    beta: float = 0.5               # weight of the classifier's cross-entropy on decoded windows
-    raw_ce_weight: float = 0.5      # joint only: weight of the classifier's cross-entropy on raw windows
+    beta: float = 0.1               # weight of the classifier's cross-entropy on decoded windows, relative to the MSE
+    raw_ce_weight: float = 0.1      # joint only: weight of the classifier's cross-entropy on raw windows, same scale
     epochs: int = 15                # passes over the training chunks
     batch_size: int = 64            # chunks (2 segments each) per step
     lr: float = 3e-3                # peak AdamW learning rate of the transforms (cosine decay)
@@ -153,8 +154,8 @@ def _compute_train(chunks, x, cfg, config, sample_rate_hz, classifier, init, pro
         codec = LearnedCodec(copy.deepcopy(init.model), init.channels, init.sample_rate_hz, init.normalizer,
                              init.tables, dict(init.info))
     model = codec.model.to(device).train()
-    mean = torch.as_tensor(codec.normalizer.mean, device=device)[None, :, None]
-    std = torch.as_tensor(codec.normalizer.std, device=device)[None, :, None]
+    mean = torch.tensor(np.asarray(codec.normalizer.mean, np.float32), device=device)[None, :, None]
+    std = torch.tensor(np.asarray(codec.normalizer.std, np.float32), device=device)[None, :, None]
     clf = None
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("prior.")], "lr": config.lr},
               {"params": list(model.prior.parameters()), "lr": config.prior_lr}]
@@ -164,8 +165,8 @@ def _compute_train(chunks, x, cfg, config, sample_rate_hz, classifier, init, pro
             p.requires_grad_(config.mode == "joint")
         if config.mode == "joint":
             groups.append({"params": list(clf.parameters()), "lr": config.classifier_lr})
-        c_mean = torch.as_tensor(classifier.normalizer.mean, device=device)[None, :, None]
-        c_std = torch.as_tensor(classifier.normalizer.std, device=device)[None, :, None]
+        c_mean = torch.tensor(np.asarray(classifier.normalizer.mean, np.float32), device=device)[None, :, None]
+        c_std = torch.tensor(np.asarray(classifier.normalizer.std, np.float32), device=device)[None, :, None]
         Tw = classifier.window.window_samples
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     n = x.shape[0]
@@ -210,7 +211,7 @@ def _compute_train(chunks, x, cfg, config, sample_rate_hz, classifier, init, pro
                 if config.mode == "joint" and config.raw_ce_weight > 0:
                     raw = (xb[:, :, off:off + Tw] - c_mean) / c_std
                     ce = ce + config.raw_ce_weight * F.cross_entropy(clf(raw), yb)
-                loss = loss + ce
+                loss = loss + config.lmbda * ce
             if not torch.isfinite(loss):
                 raise ValueError(f"codec training loss became {float(loss)} (mode {config.mode}, lambda "
                                  f"{config.lmbda}); lower the learning rate")

@@ -164,6 +164,9 @@ class CsvStream(Stream):
                 header = next(reader)
             except StopIteration:
                 raise ValueError(f"{where} has no header row") from None
+            except csv.Error as e:
+                raise ValueError(f"{where} row 1 (the header): {_csv_error_text(e)}; expected one line of "
+                                 "comma-separated column names") from None
             if reader.line_num > 1:
                 raise ValueError(f"{where} line 1: a quoted header field runs over {reader.line_num} lines "
                                  "(a stray '\"'?); expected one header line")
@@ -204,6 +207,10 @@ class CsvStream(Stream):
                                          f"{reader.line_num} (a stray '\"'?); expected one row per line")
                     if not row:
                         continue
+                    for f in row:
+                        if "\x00" in f:   # Python >= 3.11's csv module passes NUL bytes through
+                            raise ValueError(f"{where} row {line} contains a NUL byte; expected text (the file "
+                                             "may be corrupt or not a CSV)")
                     if held is not None:
                         raise ValueError(f"{where} row {held[0]} has {len(held[1])} fields; expected {ncol}")
                     if len(row) != ncol:
@@ -213,12 +220,7 @@ class CsvStream(Stream):
                         continue
                     yield line, row
             except csv.Error as e:
-                msg = str(e)
-                if "field larger than field limit" in msg:
-                    msg = f"a field is longer than the csv module's limit of {csv.field_size_limit()} characters"
-                elif "unexpected end of data" in msg or "EOF" in msg:
-                    msg = "a quoted field is not closed before the end of the file (a stray '\"'?)"
-                raise ValueError(f"{where} row {prev_line + 1}: {msg}; expected one row of "
+                raise ValueError(f"{where} row {prev_line + 1}: {_csv_error_text(e)}; expected one row of "
                                  f"{ncol} comma-separated fields per line") from None
             if held is not None:
                 self.dropped_rows = 1
@@ -330,6 +332,18 @@ class CsvStream(Stream):
                 yield StreamBlock(values[start:], labels[start:], pending_gap)
                 pending_gap = 0
             last_t = float(t[-1])
+
+
+def _csv_error_text(e: Exception) -> str:
+    """The csv module's error, said for a user."""
+    msg = str(e)
+    if "field larger than field limit" in msg:
+        return f"a field is longer than the csv module's limit of {csv.field_size_limit()} characters"
+    if "unexpected end of data" in msg or "EOF" in msg:
+        return "a quoted field is not closed before the end of the file (a stray '\"'?)"
+    if "expected after" in msg:
+        return f"malformed quoting ({msg}: a stray '\"' inside a field?)"
+    return f"malformed CSV ({msg})"
 
 
 def _is_float(s: str) -> bool:

@@ -11,15 +11,19 @@ e.g.::
 They are informational (the CPU-model probe of an x86 host finds no ARM
 ``midr`` file) but read like errors on every ``.pte`` export, load and
 replay. The 1.5.1 Python bindings offer no log-level setting
-(``executorch.extension.pybindings.portable_lib`` exposes none), so
-:func:`quiet_executorch` redirects fd 2 into a temporary file around the
-native call, drops the lines matching :data:`NOISE`, and writes every other
-line back to stderr; if the call raises, those other lines are also attached
-to the exception as a note, so real runtime errors are never lost.
+(``executorch.extension.pybindings.portable_lib`` exposes none); they route
+the runtime's log through Python's ``sys.stderr``, while other native code
+may write to file descriptor 2 directly. :func:`quiet_executorch` therefore
+captures both around the call (``sys.stderr`` swapped for a buffer, fd 2
+redirected into a temporary file), drops the lines matching :data:`NOISE`,
+and writes every other line back to stderr; if the call raises, those other
+lines are also attached to the exception as a note, so real runtime errors
+are never lost.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -49,7 +53,7 @@ def _flush_c_stdio() -> None:
 
 @contextlib.contextmanager
 def quiet_executorch(noise: Sequence[re.Pattern] = NOISE) -> Iterator[None]:
-    """Capture native stderr (fd 2) for the block; re-emit all lines but the known ``noise``.
+    """Capture stderr (``sys.stderr`` and fd 2) for the block; re-emit all lines but the known ``noise``.
 
     Process-wide while active (fd 2 is shared by all threads); a lock keeps
     two such blocks in different threads from interleaving. Nested use is fine.
@@ -66,6 +70,8 @@ def quiet_executorch(noise: Sequence[re.Pattern] = NOISE) -> Iterator[None]:
             return
         cap = tempfile.TemporaryFile()
         os.dup2(cap.fileno(), 2)
+        py_err, py_buf = sys.stderr, io.StringIO()
+        sys.stderr = py_buf
         failed: BaseException | None = None
         try:
             yield
@@ -73,15 +79,12 @@ def quiet_executorch(noise: Sequence[re.Pattern] = NOISE) -> Iterator[None]:
             failed = e
             raise
         finally:
-            try:
-                sys.stderr.flush()
-            except (AttributeError, ValueError, OSError):
-                pass
+            sys.stderr = py_err
             _flush_c_stdio()
             os.dup2(saved, 2)
             os.close(saved)
             cap.seek(0)
-            text = cap.read().decode("utf-8", errors="replace")
+            text = py_buf.getvalue() + "\n" + cap.read().decode("utf-8", errors="replace")
             cap.close()
             kept = [ln for ln in text.splitlines() if ln.strip() and not any(p.search(ln) for p in noise)]
             if kept:

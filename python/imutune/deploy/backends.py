@@ -226,7 +226,7 @@ def _onnx_metadata(session) -> dict | None:
         if k.startswith("imutune."):
             try:
                 out[k[len("imutune."):]] = json.loads(v)
-            except ValueError:
+            except (ValueError, RecursionError):   # kept as text; check_embedded_metadata rejects it
                 out[k[len("imutune."):]] = v
     return out or None
 
@@ -256,7 +256,12 @@ def _executorch_thread_count() -> int | None:
     except ImportError:
         return None
     get = getattr(portable_lib, "_threadpool_get_thread_count", None)
-    return None if get is None else int(get())
+    if get is None:
+        return None
+    from ._quiet import quiet_executorch
+
+    with quiet_executorch():  # the first call creates the pool, which logs its cpuinfo probe
+        return int(get())
 
 
 def _set_executorch_threads(num_threads: int) -> bool:
@@ -269,10 +274,10 @@ def _set_executorch_threads(num_threads: int) -> bool:
     if reset is None:
         return False
     current = getattr(portable_lib, "_threadpool_get_thread_count", None)
-    if current is None or current() != num_threads:  # resetting is 'unsafe' while a method runs
-        from ._quiet import quiet_executorch
+    from ._quiet import quiet_executorch
 
-        with quiet_executorch():  # hides the runtime's cpuinfo / "Resetting threadpool" lines
+    with quiet_executorch():  # hides the runtime's cpuinfo / "Resetting threadpool" lines
+        if current is None or current() != num_threads:  # resetting is 'unsafe' while a method runs
             reset(int(num_threads))
     return True
 

@@ -642,6 +642,7 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
                     info.update(delegate=None, graph_rewrite=None)
                 else:
                     dlg = {"pte": delegate, "pte-int8": "xnnpack", "pte-portable": None}[variant]
+                    bar.stage(variant, "quantize + lower" if precision == "int8" else "lower to ExecuTorch")
                     prog, extra = _compute_pte(model, x[:1], dlg, precision=precision, calibration=calib,
                                                manifest=manifest)
                     data = prog.buffer

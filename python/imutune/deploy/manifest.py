@@ -38,12 +38,14 @@ if TYPE_CHECKING:
     from ..train.bundle import ModelBundle
 
 __all__ = ["manifest_for", "Manifest", "load_manifest", "verify_artifact", "MANIFEST_VERSION", "MANIFEST_KEYS",
-           "ARTIFACT_FORMATS"]
+           "ARTIFACT_FORMATS", "INPUT_LAYOUTS"]
 
 #: Version 2: the preprocessing contract in full (units, purity; sample counts verified).
 MANIFEST_VERSION = 2
 #: Keys of ``manifest.json`` besides the contract's.
 MANIFEST_KEYS = ("version", "model_name", "model_config", "input_layout", "input_name", "output_name", "artifacts")
+#: ``input_layout`` values a manifest may declare.
+INPUT_LAYOUTS = ("NCT",)
 #: ``format`` values of an artifact entry.
 ARTIFACT_FORMATS = ("onnx", "pte")
 # the flat keywords (and old positional order) a Manifest can be built from instead of a Preprocessing
@@ -130,13 +132,15 @@ class Manifest:
                                                       for k, v in fields.items()})
         if not preprocessing.has_normalization:
             raise ValueError("manifest preprocessing needs norm_mean / norm_std (the model's normalization)")
-        if not isinstance(model_name, str) or not model_name:
-            raise ValueError(f"manifest model_name must be a non-empty str, got {model_name!r}")
         if not isinstance(model_config, dict):
             raise ValueError(f"manifest model_config must be a dict, got {type(model_config).__name__}")
-        for name, v in (("input_layout", input_layout), ("input_name", input_name), ("output_name", output_name)):
-            if not isinstance(v, str) or not v:
-                raise ValueError(f"manifest {name} must be a non-empty str, got {v!r}")
+        for name, v in (("model_name", model_name), ("input_name", input_name), ("output_name", output_name)):
+            if not isinstance(v, str) or not v or len(v) > 256:
+                raise ValueError(f"manifest {name} must be a non-empty str of at most 256 characters, got "
+                                 f"{v!r:.80}")
+        if input_layout not in INPUT_LAYOUTS:
+            raise ValueError(f"manifest input_layout is {input_layout!r:.80}; expected one of {list(INPUT_LAYOUTS)} "
+                             "(batch, channel, time)")
         if isinstance(version, bool) or version != MANIFEST_VERSION:
             raise ValueError(f"manifest version is {version!r}; expected {MANIFEST_VERSION}")
         arts = {} if artifacts is None else artifacts

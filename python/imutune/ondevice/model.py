@@ -35,7 +35,7 @@ from torch import nn
 
 from ..personalize.selective import Selection, entry_masks
 
-__all__ = ["ConvAsMatmul", "TrainingNet", "training_net", "trainable_entries", "state_key", "BODY_PREFIX"]
+__all__ = ["ConvAsMatmul", "TrainingNet", "training_net", "trainable_entries", "state_key", "BODY_PREFIX", "AffineBatchNorm"]
 
 #: Prefix of every parameter name of a :class:`TrainingNet` (and so of the training program's names).
 BODY_PREFIX = "body."
@@ -76,6 +76,33 @@ class ConvAsMatmul(nn.Module):
         cols = cols.permute(0, 2, 3, 1, 4).reshape(n * t_out, c * k)     # (N, C, 1, T', k) -> (N*T', C*k)
         out = nn.functional.linear(cols, self.weight.reshape(self.weight.shape[0], c * k), self.bias)  # (N*T', O)
         return out.reshape(n, 1, t_out, -1).permute(0, 3, 1, 2)          # (N*T', O) -> (N, O, 1, T')
+
+
+class AffineBatchNorm(nn.Module):
+    """An eval-mode batch norm on (N, F, 1, T) as explicit per-channel multiply-add.
+
+    ``y = x * (weight / sqrt(running_var + eps)) + (bias - running_mean * weight / sqrt(running_var + eps))``,
+    the numbers of ``BatchNorm2d`` in eval mode, with ``weight`` and ``bias`` trainable and the statistics
+    frozen buffers. Used in the trainable path because the XNNPACK partitioner of executorch 1.5.1 folds a
+    ``_native_batch_norm_legit_no_training`` node's scale and shift into its delegate: the program then
+    stops returning them as parameters and the SGD step writes to the wrong tensors.
+    """
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        if not bn.affine or bn.running_var is None:
+            raise ValueError("AffineBatchNorm needs an affine batch norm with running statistics")
+        self.weight = nn.Parameter(bn.weight.detach().clone(), requires_grad=bn.weight.requires_grad)
+        self.bias = nn.Parameter(bn.bias.detach().clone(), requires_grad=bn.bias.requires_grad)
+        self.register_buffer("running_mean", bn.running_mean.detach().clone())
+        self.register_buffer("running_var", bn.running_var.detach().clone())
+        self.eps = float(bn.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inv = torch.rsqrt(self.running_var + self.eps)
+        scale = self.weight * inv
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)   # (F,) -> (1, F, 1, 1)
 
 
 class TrainingNet(nn.Module):
@@ -195,3 +222,5 @@ def _convs_to_matmul(body: nn.Module, first: str) -> None:
             full = f"{name}.{cname}" if name else cname
             if isinstance(c, nn.Conv2d) and full in late:
                 setattr(mod, cname, ConvAsMatmul(c))
+            elif isinstance(c, nn.BatchNorm2d) and full in late and c.affine and c.weight.requires_grad:
+                setattr(mod, cname, AffineBatchNorm(c))

@@ -18,19 +18,13 @@ from ..train.bundle import ModelBundle
 from ..train.loop import FINETUNE, TrainConfig, train
 from ..train.losses import FilterLoss
 from .filter import QualityConfig
+from .methods import METHOD_NAMES, canonical_loss
 from .weights import CategoryWeights, FilterConfig
 
 __all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'canonical_loss']
 
 #: Every name ``FinetuneConfig.loss`` (and ``imutune finetune --loss``) accepts, in dash form.
-LOSSES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "ce", "none", "oversample",
-                           "undersample", "class-weighted", "class-balanced", "focal", "gce", "sce", "cleanlab",
-                           "oracle")
-
-
-def canonical_loss(name: str) -> str:
-    """``"filterloss_cv"`` -> ``"filterloss-cv"``: method names with dashes (the CLI's spelling)."""
-    return str(name).replace("_", "-")
+LOSSES: tuple[str, ...] = METHOD_NAMES
 
 
 @dataclass(frozen=True)

@@ -484,13 +484,19 @@ def learn_weights(embeddings: np.ndarray, labels: np.ndarray, categories: np.nda
 
 def score_embeddings(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, *,
                      config: FilterConfig = FilterConfig(), head: tuple[np.ndarray, np.ndarray] | None = None,
-                     oof_probs: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Steps 2-4 on given embeddings: ``(oof_probs (N, K), agreement (N,), categories (N,), issues (N,) or None)``.
+                     oof_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 2-4 on given embeddings: ``(oof_probs (N, K), agreement (N,), categories (N,))``.
 
     ``oof_probs`` may be passed in (e.g. from ``oof="full"``); otherwise head fold models compute them.
-    ``issues`` are the confident-learning label issues (``config.quality.label_issues``), else None.
+    With ``config.quality.label_issues`` the confident-learning label issues of ``oof_probs`` join the
+    noisy rule (:func:`imutune.personalize.filter.categorize`).
     """
+    probs, agreement, cats, _ = _score_all(embeddings, labels, num_classes, config, head, oof_probs)
+    return probs, agreement, cats
+
+
+def _score_all(embeddings, labels, num_classes, config, head, oof_probs):
+    """:func:`score_embeddings` plus the label issues (N,) bool, or None when not used."""
     from .filter import label_issues
 
     z, y = _check_embeddings(embeddings, labels, num_classes)
@@ -499,7 +505,7 @@ def score_embeddings(embeddings: np.ndarray, labels: np.ndarray, num_classes: in
                                       steps=config.probe_steps, lr=config.probe_lr,
                                       weight_decay=config.probe_weight_decay, device=config.device)
     agreement = knn_agreement(z, y, k=config.quality.knn_k)
-    issues = label_issues(oof_probs, y) if config.quality.label_issues else None
+    issues = label_issues(oof_probs, y) if config.quality.label_issues != "off" else None
     cats = categorize(oof_probs, y, config=config.quality, agreement=agreement, issues=issues)
     return oof_probs, agreement, cats, issues
 
@@ -559,7 +565,7 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
     if config.oof == "full":
         oof = oof_probabilities_full(model, x, y, K, n_folds=config.n_folds, seed=config.seed,
                                      train_config=_oof_train_config(config))
-    probs, agreement, cats, issues = score_embeddings(z, y, K, config=config, head=head, oof_probs=oof)
+    probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof)
     soft = quality_factors(probs, y)
     for _stage in range(1, config.stages):
         # two-stage: re-score with fold models trained on the first pass's weights (noisy windows out)
@@ -567,7 +573,7 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
         if config.oof == "full":
             oof = oof_probabilities_full(model, x, y, K, n_folds=config.n_folds, seed=config.seed + 7,
                                          train_config=_oof_train_config(config), sample_weights=w1)
-        probs, agreement, cats, issues = score_embeddings(z, y, K, config=config, head=head, oof_probs=oof)
+        probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof)
         soft = quality_factors(probs, y)
     t1 = time.perf_counter()
     search: list[dict] = []

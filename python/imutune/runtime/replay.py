@@ -1098,7 +1098,7 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
 
 
 def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
-                config: ReplayConfig = ReplayConfig()) -> dict:
+                config: ReplayConfig = ReplayConfig(), progress: bool = False) -> dict:
     """Replay several recordings, each as its own stream, and summarize them together.
 
     The ring buffer starts empty for every recording (no window spans two
@@ -1116,6 +1116,8 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
         As in :func:`replay`.
     config : ReplayConfig
         As in :func:`replay`.
+    progress : bool, default False
+        Show a tqdm bar over the recordings (windows so far in its postfix).
 
     Returns
     -------
@@ -1153,8 +1155,9 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
     results: list[ReplayResult] = []
     skipped: list[str] = []
     remaining = config.max_windows
-    with _constraints(config, backend):
-        for orig, (rec, resampled) in zip(recordings, prepared):
+    bar = _RecordingBar(len(recordings), progress)
+    with _constraints(config, backend), bar:
+        for orig, (rec, resampled) in bar.wrap(zip(recordings, prepared), results):
             rid = orig.name or orig.user
             if remaining is not None and remaining <= 0:
                 skipped.append(rid)
@@ -1186,6 +1189,33 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
     out.update(n_recordings=len(results), n_resampled=sum(r.resampled for r in results),
                skipped_recordings=skipped, per_recording=per)
     return out
+
+
+class _RecordingBar:
+    """tqdm bar over the recordings of :func:`replay_many` (a no-op when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc="replay", unit="recording", leave=False, dynamic_ncols=True)
+
+    def wrap(self, items, results: list):
+        for item in items:
+            if self._bar is not None:
+                rid = item[0].name or item[0].user
+                self._bar.set_postfix_str(f"{rid}; {sum(r.n_windows for r in results)} windows so far")
+            yield item
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def __enter__(self) -> "_RecordingBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 # --------------------------------------------------------------------------- plotting

@@ -299,8 +299,9 @@ class Preprocessing:
         return replace(self, norm_mean=None, norm_std=None)
 
     def with_classes(self, class_names: Sequence[str]) -> "Preprocessing":
-        """A copy with another class list (a new head)."""
-        return replace(self, class_names=tuple(class_names))
+        """A copy with another class list (a new head); ``self`` if the list is the same."""
+        names = tuple(class_names)
+        return self if names == self.class_names else replace(self, class_names=names)
 
     def window_fields(self) -> dict[str, float]:
         """``window_s``, ``hop_s``, ``sample_rate_hz``, ``min_purity``: the fields of a window config."""

@@ -54,7 +54,7 @@ from ..data.recordings import Recording
 
 __all__ = ["LabelNoise", "NoLabelNoise", "BoundaryNoise", "ShiftNoise", "SymmetricNoise", "ConfusionNoise",
            "ComposeNoise", "LABEL_NOISE_NAMES", "WATCH_CONFUSION_PAIRS", "parse_label_noise", "label_segments",
-           "noisy_recording", "noisy_windows", "NoisyWindows", "concatenate_session"]
+           "noisy_recording", "noisy_windows", "NoisyWindows", "concatenate_session", "precision_recall"]
 
 LABEL_NOISE_NAMES = ("none", "boundary", "shift", "symmetric", "confusion")
 #: Exercises of the watch data that look alike: internal/external rotation, abduction/forward elevation.
@@ -469,3 +469,31 @@ def noisy_windows(recordings: Sequence[Recording], noise: LabelNoise, config=Non
         if m.level == "windows":
             y = m.apply_windows(y, w.class_names, rng=np.random.default_rng([int(seed), 2**31 - 1, j]))
     return NoisyWindows(dataclasses.replace(w, y=np.asarray(y, dtype=np.int64)), y_true, noise.describe())
+
+
+def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict:
+    """Noisy-window precision and recall of a filter against the injected truth.
+
+    Parameters
+    ----------
+    flagged, truth : np.ndarray
+        Arrays of shape (N,), bool: windows the filter marked noisy / whose label was corrupted.
+
+    Returns
+    -------
+    dict
+        ``flagged``, ``corrupted``, ``true_positives`` (int), ``precision`` (None when nothing is
+        flagged) and ``recall`` (None when nothing is corrupted).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    """
+    f = np.asarray(flagged, bool).ravel()
+    t = np.asarray(truth, bool).ravel()
+    if f.shape != t.shape:
+        raise ValueError(f"flagged has {f.shape[0]} entries and truth {t.shape[0]}; expected equal")
+    tp = int((f & t).sum())
+    return {"flagged": int(f.sum()), "corrupted": int(t.sum()), "true_positives": tp,
+            "precision": tp / int(f.sum()) if f.any() else None, "recall": tp / int(t.sum()) if t.any() else None}

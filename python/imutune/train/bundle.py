@@ -16,6 +16,7 @@ paired with another model's weights is refused on load.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -129,9 +130,8 @@ class ModelBundle:
 
     @property
     def normalizer(self) -> Normalizer:
-        """``(x - mean) / std`` with the contract's per-channel statistics."""
-        p = self.preprocessing
-        return Normalizer(np.asarray(p.norm_mean, np.float32), np.asarray(p.norm_std, np.float32))
+        """``(x - mean) / std`` with the contract's per-channel statistics (one object per statistics)."""
+        return _normalizer(self.preprocessing.norm_mean, self.preprocessing.norm_std)
 
     def derive(self, model: Any, *, class_names: tuple[str, ...] | list[str] | None = None,
                info: dict | None = None) -> "ModelBundle":
@@ -176,6 +176,14 @@ def contract_of_windows(windows: Windows, window: WindowConfig | None = None) ->
             raise ValueError(f"window= has {k} = {v!r}, but the windows were cut with {k} = {have!r} "
                              f"({spec.describe()}); pass the WindowConfig the windows were made with, or none")
     return spec
+
+
+@functools.lru_cache(maxsize=256)
+def _normalizer(mean: tuple[float, ...], std: tuple[float, ...]) -> Normalizer:
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    m.setflags(write=False)     # shared by every bundle with these statistics
+    s.setflags(write=False)
+    return Normalizer(m, s)
 
 
 def _contract_from_parts(class_names: Any, channels: Any, window: Any, normalizer: Any) -> Preprocessing:
@@ -377,13 +385,14 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
 
     with torch.device("meta"):      # shapes only: nothing is allocated for a hostile config
         skeleton = create_model(name, in_channels=c_in, num_classes=k, **cfg)
-    want = {key: tuple(t.shape) for key, t in skeleton.state_dict().items()}
-    have = {key: tuple(t.shape) for key, t in state.items()}
+    want = {key: (tuple(t.shape), t.dtype) for key, t in skeleton.state_dict().items()}
+    have = {key: (tuple(t.shape), t.dtype) for key, t in state.items()}
     if want != have:
         diff = sorted(set(want) ^ set(have))
-        shape = [key for key in want if key in have and want[key] != have[key]]
+        bad = [key for key in want if key in have and want[key] != have[key]]
         detail = (f"entries only in one of them: {diff[:4]}" if diff else
-                  f"{shape[0]} has shape {have[shape[0]]} in the file, the config gives {want[shape[0]]}")
+                  f"{bad[0]} has shape {have[bad[0]][0]} / {have[bad[0]][1]} in the file, the config gives "
+                  f"{want[bad[0]][0]} / {want[bad[0]][1]}")
         raise ValueError(f"model weights {str(weights_path)!r} do not match {name} with config {cfg} "
                          f"(in_channels={c_in}, num_classes={k}): {detail}")
     if c_in != spec.num_channels or k != spec.num_classes:
@@ -418,7 +427,7 @@ def _read_weights(path: Path, name: str, cfg: dict, src: str) -> dict:
                          f"{src} says model_name {name!r}; the two files do not belong together")
     try:
         wcfg = json.loads(wmeta.get("model_config", "null"))
-    except ValueError:
+    except (ValueError, RecursionError):
         wcfg = None
     full = {**asdict(default_config(name)), **cfg}
     if not isinstance(wcfg, dict) or {k: tuple(v) if isinstance(v, list) else v for k, v in wcfg.items()} != full:

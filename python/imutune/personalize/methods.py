@@ -1,0 +1,19 @@
+"""Names of the personalization methods, torch-free (the command line builds its choices from them).
+
+The implementations are in :mod:`imutune.personalize.baselines` (``METHODS``) and
+:mod:`imutune.personalize.finetune`; both spellings, ``filterloss_cv`` and ``filterloss-cv``, are accepted.
+"""
+from __future__ import annotations
+
+__all__ = ["METHOD_NAMES", "canonical_loss"]
+
+#: Every name ``FinetuneConfig.loss`` and ``imutune finetune --loss`` accept, in dash form. ``oracle`` is an
+#: upper bound (it needs the injected label-noise truth), not a method.
+METHOD_NAMES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "ce", "none", "oversample",
+                                 "undersample", "class-weighted", "class-balanced", "focal", "gce", "sce",
+                                 "cleanlab", "oracle")
+
+
+def canonical_loss(name: str) -> str:
+    """``"filterloss_cv"`` -> ``"filterloss-cv"``: method names with dashes (the CLI's spelling)."""
+    return str(name).replace("_", "-")
