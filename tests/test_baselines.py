@@ -16,7 +16,7 @@ from imutune.personalize.baselines import (
     resample_windows,
     run_method,
 )
-from imutune.personalize.quality import FilterConfig
+from imutune.personalize.weights import FilterConfig
 from imutune.signal.windows import WindowConfig, Windows
 from imutune.train.loop import TrainConfig, predict_logits
 from imutune.train.losses import (
@@ -47,11 +47,15 @@ def bundle():
 
 
 BUDGET = TrainConfig(epochs=2, batch_size=16, lr=1e-3, seed=0)
-FAST_FILTER = FilterConfig(probe_steps=20, meta_iterations=3)
+FAST_FILTER = FilterConfig(probe_steps=20, meta_iterations=3, oof_epochs=1, n_folds=2)
 
 
-def _opts(name):
-    return {"filter_config": FAST_FILTER} if name in ("filterloss_cv", "filterloss_learned") else {}
+def _opts(name, n=41):
+    if name in ("filterloss", "filterloss_cv", "filterloss_learned", "cleanlab"):
+        return {"filter_config": FAST_FILTER}
+    if name == "oracle":
+        return {"noisy_mask": np.arange(n) % 7 == 0}
+    return {}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -70,20 +74,68 @@ def test_every_method_fine_tunes_with_the_same_budget(bundle, name):
 
 def test_method_lists():
     assert set(BASELINES) | set(FILTERLOSS_METHODS) == set(METHODS)
-    assert {"none", "ce", "oversample", "undersample", "class_weighted", "class_balanced", "focal"} == set(BASELINES)
+    assert {"none", "ce", "oversample", "undersample", "class_weighted", "class_balanced", "focal", "gce", "sce",
+            "cleanlab", "oracle"} == set(BASELINES)
+
+
+def test_cleanlab_drops_flipped_labels_on_a_tiny_case(bundle):
+    from imutune.personalize.baselines import cleanlab_issues
+
+    w = _windows(counts=(30, 30, 30), seed=3)
+    flip = np.arange(0, 90, 9)                                    # 10 windows get the next class
+    y = w.y.copy()
+    y[flip] = (y[flip] + 1) % 3
+    noisy = Windows(w.x, y, w.recording, w.users, w.class_names, w.channels)
+    fc = FilterConfig(oof_epochs=15, n_folds=3, oof_lr=3e-3)
+    issues, probs = cleanlab_issues(bundle, noisy, BUDGET, filter_config=fc)
+    assert probs.shape == (90, 3) and np.allclose(probs.sum(1), 1)
+    assert np.isin(flip, np.flatnonzero(issues)).mean() >= 0.6    # most flipped windows are found ...
+    assert issues.sum() <= 2 * flip.size                          # ... without dropping half the data
+    out = run_method("cleanlab", bundle, noisy, BUDGET, filter_config=fc)
+    assert out.info["dropped"] == np.flatnonzero(issues).tolist()
+    assert out.info["n_train_effective"] == 90 - int(issues.sum())
+
+
+def test_gce_and_sce_use_their_losses(bundle, monkeypatch):
+    import imutune.personalize.baselines as B
+
+    seen = []
+    real = B.train
+
+    def spy(model, x, y, *, loss_fn=None, **kw):
+        seen.append(type(loss_fn).__name__)
+        return real(model, x, y, loss_fn=loss_fn, **kw)
+
+    monkeypatch.setattr(B, "train", spy)
+    a = run_method("gce", bundle, _windows(), BUDGET)
+    b = run_method("sce", bundle, _windows(), BUDGET)
+    assert seen == ["GeneralizedCrossEntropy", "SymmetricCrossEntropy"]
+    assert a.info["q"] == 0.7 and b.info["alpha"] == 0.1 and b.info["beta"] == 1.0
+
+
+def test_oracle_drops_exactly_the_corrupted_windows_and_needs_the_truth(bundle):
+    w = _windows()
+    mask = np.zeros(len(w), bool)
+    mask[[0, 5, 40]] = True
+    out = run_method("oracle", bundle, w, BUDGET, noisy_mask=mask)
+    assert out.info["dropped"] == [0, 5, 40] and out.info["n_train_effective"] == len(w) - 3
+    with pytest.raises(ValueError, match="needs noisy_mask"):
+        run_method("oracle", bundle, w, BUDGET)
+    with pytest.raises(ValueError, match="noisy_mask must have shape"):
+        run_method("oracle", bundle, w, BUDGET, noisy_mask=mask[:5])
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "none"])
 def test_methods_accept_a_class_without_windows(bundle, name):
     w = _windows(counts=(20, 6, 0))                               # class "c" has no target windows
-    out = run_method(name, bundle, w, BUDGET, **_opts(name))
+    out = run_method(name, bundle, w, BUDGET, **_opts(name, len(w)))
     assert all(np.isfinite(out.info["loss_history"]))
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "none"])
 def test_new_class_set_replaces_the_head(bundle, name):
     w = _windows(counts=(10, 10, 5, 5), class_names=("w", "x", "y", "z"))
-    out = run_method(name, bundle, w, BUDGET, **_opts(name))
+    out = run_method(name, bundle, w, BUDGET, **_opts(name, len(w)))
     assert out.class_names == ("w", "x", "y", "z") and out.model.num_classes == 4
     assert out.info["head_replaced"] is True
 

@@ -428,3 +428,20 @@ def test_quiet_executorch_keeps_real_native_errors(capfd):
             raise RuntimeError("load failed")
     assert "Program identifier" in capfd.readouterr().err
     assert any("Program identifier" in note for note in info.value.__notes__)
+
+
+def test_replay_many_progress_bar_counts_recordings(exported, capsys):
+    from imutune.data.recordings import Recording
+    from imutune.runtime.replay import ReplayConfig, replay_many
+
+    out, m = exported
+    rng = np.random.default_rng(0)
+    recs = [Recording(rng.standard_normal((300, C)).astype(np.float32), rng.integers(0, K, 300), 50.0,
+                      tuple(m.channels), tuple(m.class_names), user="u", name=f"rec{i}") for i in range(3)]
+    cfg = ReplayConfig(chunk_samples=None)
+    capsys.readouterr()
+    s = replay_many(recs, out / "model.onnx", m, config=cfg, progress=True)
+    err = capsys.readouterr().err
+    assert s["n_recordings"] == 3 and "replay" in err and "2/3" in err and "rec2; 10 windows so far" in err
+    replay_many(recs, out / "model.onnx", m, config=cfg)
+    assert "recording" not in capsys.readouterr().err  # progress=False (the default): no bar

@@ -31,12 +31,7 @@ from imutune.train.loop import TrainConfig
 FAST = TrainConfig(epochs=3, batch_size=8, lr=5e-3, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -233,6 +233,83 @@ def test_selection_hooks_refuse_checkpoints(model_and_data, tmp_path):
     assert not any("forward" in vars(mod) for mod in tuned.modules())
 
 
+# --------------------------------------------------------------------------- cached frozen prefix (issue 14)
+
+def _dropout_copy(m, p=0.3):
+    """The fixture model with dropout before the head (so the RNG stream must match as well)."""
+    from dataclasses import replace as _replace
+
+    from imutune.models.resnet1d import ResNet1d
+
+    d = ResNet1d(6, 4, _replace(m.config, dropout=p))
+    d.load_state_dict(m.state_dict())
+    return d.eval()
+
+
+def _rows(m, layer_prefixes, k=2):
+    return Selection({l.name: (np.arange(l.n_filters) < k) if l.name.startswith(layer_prefixes)
+                      else np.zeros(l.n_filters, bool) for l in conv_layers(m)}, ("head",))
+
+
+@pytest.mark.parametrize("case", ["last_block_rows", "second_block_partial_bn", "head_only", "weighted"])
+def test_cached_prefix_training_equals_uncached(model_and_data, case):
+    from imutune.personalize.selective import frozen_prefix
+    from imutune.train.losses import FilterLoss
+
+    m0, _, xd, y = model_and_data
+    m = _dropout_copy(m0)
+    sel = {"last_block_rows": _rows(m, ("stages.1.0.conv2",)),
+           "second_block_partial_bn": _rows(m, ("stages.1.",), k=5),
+           "head_only": Selection({}, ("head",)),
+           "weighted": _rows(m, ("stages.1.0.conv2",))}[case]
+    expect_units = {"last_block_rows": 2, "second_block_partial_bn": 2, "head_only": 3, "weighted": 2}[case]
+    assert frozen_prefix(m, sel) == expect_units
+    kw = {}
+    if case == "weighted":
+        kw = {"loss_fn": FilterLoss(), "sample_weights": np.linspace(0.1, 1.0, len(y)).astype(np.float32)}
+    runs = {}
+    for cache in (False, True):
+        tuned = copy.deepcopy(m)
+        res = finetune_selected(tuned, xd, y, sel, config=FAST, cache_prefix=cache, eval_fn=lambda mm: 0.0, **kw)
+        runs[cache] = (tuned, res)
+    (plain, r0), (cached, r1) = runs[False], runs[True]
+    assert r0["cached_units"] == 0 and r1["cached_units"] == expect_units
+    assert r1["loss"] == r0["loss"] and r1["steps"] == r0["steps"] and r1["frozen_drift"] == 0
+    assert [c[0] for c in r1["curve"]] == [c[0] for c in r0["curve"]] == list(range(FAST.epochs + 1))
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, cached.state_dict()[k]), k                 # same weights after N steps, bit for bit
+    assert not torch.equal(plain.head.weight, m.head.weight)             # and training did happen
+    assert all(p.requires_grad for p in cached.parameters()) and not cached.training
+
+
+def test_frozen_prefix_is_empty_when_the_stem_trains_or_the_model_is_not_a_chain(model_and_data):
+    from imutune.personalize.selective import frozen_prefix
+
+    m, _, xd, y = model_and_data
+    assert frozen_prefix(m, full_selection(m)) == 0
+    assert frozen_prefix(m, _rows(m, ("stem.",))) == 0
+    assert frozen_prefix(m, Selection({}, ("stages.1",))) == 2          # a whole module trained in full
+    other = torch.nn.Sequential(torch.nn.Conv1d(6, 4, 3), torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 4))
+    assert frozen_prefix(other, Selection({}, ("3",))) == 0
+    res = finetune_selected(other, xd, y, Selection({}, ("3",)), config=FAST, cache_prefix=True)
+    assert res["cached_units"] == 0 and res["steps"] > 0
+
+
+def test_prefix_activations_do_not_depend_on_the_batch_size(model_and_data):
+    """The exactness the cache relies on: per-window conv outputs are the same in any batch of >= 2 windows."""
+    from imutune.personalize.selective import _prefix_activations
+
+    m, _, xd, _ = model_and_data
+    full = _prefix_activations(m, 2, xd, torch.device("cpu"), batch_size=256)      # (24, 16, T')
+    for bs in (2, 3, 5, 16):
+        np.testing.assert_array_equal(_prefix_activations(m, 2, xd, torch.device("cpu"), batch_size=bs), full)
+    with torch.no_grad():
+        for idx in (torch.tensor([3, 17]), torch.arange(24)[torch.randperm(24)[:9]]):
+            direct = m.stages[0](m.stem(torch.from_numpy(xd)[idx])).numpy()
+            np.testing.assert_array_equal(direct, full[idx.numpy()])
+
+
 def test_personalize_paired_and_pairfree(model_and_data):
     from imutune.signal.windows import Normalizer, WindowConfig
     from imutune.train.bundle import ModelBundle

@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_filterloss(bench_sub) -> None:
-    b = bench_sub.add_parser("filterloss", help="FilterLoss vs baselines: leave-one-subject-out on the watch data "
-                                                "or a cross-dataset target")
+    b = bench_sub.add_parser("filterloss", help="FilterLoss vs baselines and confident learning under label noise: "
+                                                "calibrate-then-use on the watch data, or a cross-dataset target")
     b.add_argument("--out", required=True, help="output folder (finished cells there are reused)")
     b.add_argument("--quick", action="store_true", help="reduced run: 3 subjects, 1 seed, few epochs")
     b.add_argument("--model", default=None, help="registry model name (default mobilecnn1d)")
@@ -145,7 +145,15 @@ def _add_bench_filterloss(bench_sub) -> None:
     b.add_argument("--source-subjects", type=int, nargs="+", default=None,
                    help="pretraining subjects (default: all other subjects; all 10 for --target-data)")
     b.add_argument("--ratios", nargs="+", default=None,
-                   help="imbalance ratios, numbers >= 1 or 'natural' (default 1 10 50)")
+                   help="imbalance ratios, numbers >= 1 or 'natural' (default 10)")
+    b.add_argument("--protocol", default=None, choices=("calibrate-then-use", "new-placement"),
+                   help="target split (default calibrate-then-use; new-placement: the cross-arm stress case)")
+    b.add_argument("--calibration-fraction", type=float, default=None,
+                   help="calibrate-then-use: first share of each recording used for calibration (default 0.5)")
+    b.add_argument("--noises", nargs="+", default=None,
+                   help="label-noise specs (default none boundary:0.2 shift:1-3 symmetric:0.3)")
+    b.add_argument("--cached-only", action="store_true",
+                   help="report from the finished cells in --out only; run nothing new")
     b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
     b.add_argument("--methods", nargs="+", default=None, help="methods (default: all baselines + FilterLoss)")
     b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
@@ -153,9 +161,9 @@ def _add_bench_filterloss(bench_sub) -> None:
     b.add_argument("--target-data", nargs="+", default=(),
                    help="cross-dataset target: generic recordings of one user (.npz/.csv files or folders)")
     b.add_argument("--target-test-data", nargs="+", default=(),
-                   help="its test recordings (default: per-class halves of --target-data)")
+                   help="its test recordings (default: calibrate-then-use split of --target-data)")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    b.add_argument("--threads", type=int, default=2, help="torch CPU threads for the run (default 2)")
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads for the run (default 1)")
     b.add_argument("--no-progress", action="store_true")
 
 
@@ -180,13 +188,20 @@ def _bench_filterloss(args) -> int:
     if args.seeds:
         over["seeds"] = tuple(args.seeds)
     if args.methods:
-        over["methods"] = tuple(args.methods)
+        over["methods"] = tuple(m.replace("-", "_") for m in args.methods)
+    if args.protocol:
+        over["protocol"] = args.protocol
+    if args.calibration_fraction is not None:
+        over["calibration_fraction"] = args.calibration_fraction
+    if args.noises:
+        over["noises"] = tuple(args.noises)
     if args.epochs:
         over["finetune"] = replace(cfg.finetune, epochs=args.epochs)
     if args.pretrain_epochs:
         over["pretrain"] = replace(cfg.pretrain, epochs=args.pretrain_epochs)
     cfg = replace(cfg, **over)
-    res = run_filterloss_bench(args.out, cfg, progress=not args.no_progress, threads=args.threads)
+    res = run_filterloss_bench(args.out, cfg, progress=not args.no_progress, threads=args.threads,
+                               cached_only=args.cached_only)
     print(json.dumps(res["targets"], indent=2))
     return 0
 

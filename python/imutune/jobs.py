@@ -65,10 +65,10 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
 
     bundle = load_bundle(base)
     recs = load_many(data)
-    w = make_windows(recs, bundle.window, channels=bundle.channels)
+    w = make_windows(recs, bundle.preprocessing, channels=bundle.channels)
     wt = wt_before = None
     if test_data:   # checked against the class list the model will have before anything is trained
-        wt_raw = make_windows(load_many(test_data), bundle.window, channels=bundle.channels)
+        wt_raw = make_windows(load_many(test_data), bundle.preprocessing, channels=bundle.channels)
         wt = wt_raw.relabel(w.class_names, what=f"--test-data {[str(p) for p in test_data]}")
         if set(wt_raw.class_names) <= set(bundle.class_names):
             wt_before = wt_raw.relabel(bundle.class_names)
@@ -79,7 +79,7 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
                                                      "source_data": [str(p) for p in source_data],
                                                      "finetune": asdict(config), "imbalance_ratio": imbalance_ratio,
                                                      "seed": seed})
-    src = make_windows(load_many(source_data), bundle.window, channels=bundle.channels) if source_data else None
+    src = make_windows(load_many(source_data), bundle.preprocessing, channels=bundle.channels) if source_data else None
     per = finetune(bundle, w, config=config, source_windows=src, checkpoint_path=out / "checkpoints" / "finetune.ckpt",
                    progress=progress)
     save_bundle(per, out)
@@ -108,11 +108,11 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
     from .deploy.export import write_exports
 
     bundle = load_bundle(model_dir)
-    w = make_windows(load_many(data), bundle.window, channels=bundle.channels)
+    w = make_windows(load_many(data), bundle.preprocessing, channels=bundle.channels)
     x = bundle.normalizer(w.x[:max_parity_windows])
     ev = None
     if eval_data:
-        we = make_windows(load_many(eval_data), bundle.window, channels=bundle.channels)
+        we = make_windows(load_many(eval_data), bundle.preprocessing, channels=bundle.channels)
         ev = (bundle.normalizer(we.x), we.y)
     calib = bundle.normalizer(w.x) if any(str(f).endswith("-int8") for f in formats) else None
     return write_exports(bundle.model.cpu(), manifest_for(bundle), out_dir, x, formats=tuple(formats),

@@ -213,8 +213,10 @@ def _sessions(recs: list, by_side: bool) -> list:
     return out
 
 
-def _units(out: Path, cfg: FilterLossBenchConfig, progress: bool, log: Callable[[str], None]):
-    """Yield one :class:`_Unit` per target (pretraining lazily, so progress shows)."""
+def _units(out: Path, cfg: FilterLossBenchConfig, progress: bool, log: Callable[[str], None], *,
+           cached_only: bool = False):
+    """Yield one :class:`_Unit` per target (pretraining lazily, so progress shows; with ``cached_only``
+    targets without a cached pretraining are skipped)."""
     from ..data.recordings import load_many, load_watch
     from ..personalize.protocols import calibrate_then_use, split_target
 
@@ -245,6 +247,9 @@ def _units(out: Path, cfg: FilterLossBenchConfig, progress: bool, log: Callable[
                                                 calibration_fraction=cfg.calibration_fraction, gap_s=cfg.gap_s)
         else:
             cal, test_recs = tr, te
+        if cached_only and not (out / "pretrained" / name / "model.json").is_file():
+            log(f"[skip] {name}: no cached pretraining")
+            continue
         bundle, secs, cached = _pretrained(out, name, make_windows(source, cfg.window), cfg, progress)
         yield _Unit(name, bundle, _sessions(cal, by_side=True), make_windows(test_recs, cfg.window), secs, cached)
 
@@ -583,7 +588,7 @@ def _figures(res: dict[str, Any]) -> dict[str, Any]:
 
 def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConfig = FilterLossBenchConfig(), *,
                          progress: bool = True, log: Callable[[str], None] = print,
-                         threads: int | None = None) -> dict[str, Any]:
+                         threads: int | None = None, cached_only: bool = False) -> dict[str, Any]:
     """Run the benchmark (module docstring) and write its report.
 
     Parameters
@@ -596,6 +601,9 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
         Show a progress bar over the cells.
     threads : int, optional
         ``torch.set_num_threads`` for this run (CPU only); unchanged if None.
+    cached_only : bool
+        Report from the finished cells in ``out_dir`` only (targets without a cached pretraining are
+        skipped, missing cells are left out and counted in ``cells_missing``); trains nothing.
 
     Returns
     -------
@@ -626,7 +634,8 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
     pretrain_s = 0.0
     units_run = []
     skipped = []
-    for unit in _units(out, config, progress, log):
+    n_missing = 0
+    for unit in _units(out, config, progress, log, cached_only=cached_only):
         units_run.append(unit.name)
         pretrain_s += 0.0 if unit.cached else unit.pretrain_seconds
         log(f"[pretrain] {unit.name}: source accuracy {unit.bundle.info['source_accuracy']:.4f} "
@@ -649,6 +658,8 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
                             n_cached += 1
                         elif method == "none" and tuple(unit.test.class_names) != tuple(unit.bundle.class_names):
                             skipped.append(f"{unit.name}: 'none' needs the source class list")
+                        elif cached_only:
+                            n_missing += 1
                         else:
                             if nw is None:
                                 nw = _calibration(unit, noise, ratio, seed, config)
@@ -675,6 +686,7 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
                            "targets_run": units_run, "cells": cells, **stats,
                            "targets": _targets(stats["summary"], stats["paired"], config, wall),
                            "skipped": sorted(set(skipped)), "cells_run": n_run, "cells_cached": n_cached,
+                           "cells_missing": n_missing, "cached_only": cached_only,
                            "pretrain_seconds": pretrain_s, "wall_seconds": wall, "host": host}
     write_report(out, "filterloss", res, _markdown(res), _figures(res))
     log(f"[done] {out / 'filterloss.md'} ({res['wall_seconds']:.1f} s)")

@@ -9,8 +9,10 @@
    calibration windows after ``max_calibration_windows``) and a clean-labelled use session; plus
    ``n_broken`` deliberately broken users (a truncated file, a recording too short for a window) to show
    that failures are recorded and do not stop the fleet.
-3. **Scaling**: the same users with 1 worker, then 2 workers, on one local Ray instance (``num_cpus``
-   CPUs), each into a fresh folder: users/hour, users/core-hour, CPU utilisation.
+3. **Scaling**: the same users with 1 worker and with 2 workers, on one local Ray instance
+   (``num_cpus`` CPUs), each into a fresh folder, in interleaved rounds of ``round_users`` users (1 worker,
+   then 2 workers, on the same users; then the next users) so that a change of the host's load hits both
+   alike: users/hour, users/core-hour, CPU utilisation, summed over the rounds.
 4. **Killed worker**: a 2-worker run in which one worker process (a ``ray::imutune_fleet_user`` process
    started by this benchmark) is SIGKILLed after ``kill_after_fraction`` of the users; Ray retries its
    task. Then a rerun: every user must be skipped (verified), and every user's patch hash and scores must
@@ -65,6 +67,7 @@ class FleetBenchConfig:
     kill_worker: bool = True                             # phase 4
     kill_driver: bool = True                             # phase 5
     kill_after_fraction: float = 0.3                     # share of users finished before a kill
+    round_users: int = 10                                # scaling: users per interleaved round (1 w, 2 w, 1 w, ...)
     extra: dict = field(default_factory=dict)            # free-form notes recorded in the report
 
     def __post_init__(self) -> None:
@@ -78,7 +81,8 @@ class FleetBenchConfig:
 
 def quick_config(**overrides: Any) -> FleetBenchConfig:
     """20 users, a shorter pretraining: a few minutes on 2 cores."""
-    return replace(FleetBenchConfig(n_users=20, pretrain=TrainConfig(epochs=8, batch_size=64, lr=3e-3)), **overrides)
+    return replace(FleetBenchConfig(n_users=20, pretrain=TrainConfig(epochs=8, batch_size=64, lr=3e-3), round_users=5),
+                   **overrides)
 
 
 # --------------------------------------------------------------------------- setup
@@ -198,6 +202,28 @@ def compare_runs(a: dict, b: dict) -> dict[str, Any]:
     return {"compared": n, "identical": n - len(differ) - len(missing), "differ": differ, "missing": missing}
 
 
+def _merge_rounds(rounds: list[dict], full: dict) -> dict[str, Any]:
+    """One phase entry from interleaved rounds: sums of computed users, wall and CPU seconds."""
+    computed = sum(r["counts"]["computed"] for r in rounds)
+    wall = sum(r["throughput"]["wall_s"] or 0.0 for r in rounds)
+    cores = max((r["throughput"]["cores"] or 0) for r in rounds) or 1
+    cpu_s = sum(u["cpu_s"] or 0.0 for r in rounds for u in r["users"] if u["status"] in ("computed", "failed"))
+    job_cpu = sum(u["cpu_s"] or 0.0 for r in rounds for u in r["users"] if u["status"] == "computed")
+    host = [(r["throughput"]["host_cpu_utilisation"], r["throughput"]["wall_s"] or 0.0) for r in rounds
+            if r["throughput"]["host_cpu_utilisation"] is not None]
+    uph = computed / wall * 3600.0 if wall > 0 else None
+    jobs = sorted(u["seconds"] for r in rounds for u in r["users"] if u["status"] == "computed" and u["seconds"])
+    return {"counts": full["counts"], "rounds": len(rounds), "computed_in_rounds": computed, "wall_s": wall,
+            "workers": full["throughput"].get("workers") or rounds[0]["throughput"]["workers"],
+            "users_per_hour": uph, "users_per_core_hour": uph / cores if uph else None,
+            "task_cpu_utilisation": cpu_s / (wall * cores) if wall > 0 else None,
+            "host_cpu_utilisation": (sum(h * t for h, t in host) / sum(t for _, t in host)) if host else None,
+            "users_per_cpu_hour": computed / job_cpu * 3600.0 if job_cpu > 0 else None,
+            "median_job_s": jobs[len(jobs) // 2] if jobs else None,
+            "load_average_end": rounds[-1]["run"].get("load_average"),
+            "failures_by_reason": full["failures_by_reason"]}
+
+
 def _phase(report: dict) -> dict[str, Any]:
     t, c = report["throughput"], report["counts"]
     cpu_s = sum(u["cpu_s"] or 0.0 for u in report["users"] if u["status"] == "computed")
@@ -252,12 +278,23 @@ def run_fleet_bench(out_dir: str | os.PathLike, config: FleetBenchConfig = Fleet
                  logging_level=logging.WARNING)
     reports: dict[str, dict] = {}
     try:
+        from ..fleet.users import discover_users
+
+        specs = discover_users(users_dir)
+        rounds: dict[str, list[dict]] = {f"run_{w}w": [] for w in config.workers}
+        for name in rounds:
+            shutil.rmtree(out / name, ignore_errors=True)
+        step = max(1, int(config.round_users))
+        for i in range(0, len(specs), step):     # interleaved rounds: host-load drift hits every worker count alike
+            for w in config.workers:
+                name = f"run_{w}w"
+                rounds[name].append(run_fleet(base, specs[i:i + step], out / name, config=fleet_cfg, workers=w,
+                                              progress=False, command=command))
         for w in config.workers:
             name = f"run_{w}w"
-            shutil.rmtree(out / name, ignore_errors=True)
-            reports[name] = run_fleet(base, users_dir, out / name, config=fleet_cfg, workers=w, progress=progress,
-                                      command=command)
-            res["phases"][name] = _phase(reports[name])
+            full = run_fleet(base, specs, out / name, config=fleet_cfg, workers=w, progress=False, command=command)
+            reports[name] = full
+            res["phases"][name] = _merge_rounds(rounds[name], full)
         ref_name = f"run_{max(config.workers)}w"
         ref = reports[ref_name]
         if len(config.workers) >= 2:

@@ -57,7 +57,7 @@ from ..data.recordings import Recording
 from .model import ESCAPE_BITS, EntropyTables, LearnedCodec, codec_contract, codec_hash
 
 __all__ = ["IMZ_MAGIC", "LatentCoder", "StreamEncoder", "encode_values", "encode_recording", "decode_stream",
-           "decode_latents", "read_container", "pack_container", "codec_id", "write_imz", "read_imz", "segment_values",
+           "decode_latents", "read_container", "pack_container", "codec_id", "close_stream", "write_imz", "read_imz", "segment_values",
            "DecodedStream", "rate_estimate_bits"]
 
 IMZ_MAGIC = b"IMZ1"
@@ -306,14 +306,20 @@ def _compute_encode(codec, v, lab, class_names, user, name, encoder) -> bytes:
     enc = StreamEncoder(codec, encoder=encoder)
     for y in enc.latents(segs):
         enc.push_latents(y)
+    return close_stream(enc, n_samples=v.shape[0], labels=lab, class_names=class_names, user=user, name=name)
+
+
+def close_stream(enc: StreamEncoder, *, n_samples: int, labels: np.ndarray, class_names: Sequence[str],
+                 user: str, name: str) -> bytes:
+    """Finish a :class:`StreamEncoder` and wrap its payload in the ``.imz`` container."""
     words = enc.finish()
     payload = words.tobytes()
-    header = {"format": _FORMAT, "version": _VERSION,
-              "contract": codec_contract(codec), "n_segments": int(segs.shape[0]), "n_samples": int(v.shape[0]),
+    header = {"format": _FORMAT, "version": _VERSION, "contract": codec_contract(enc.codec),
+              "n_segments": int(enc.n_segments), "n_samples": int(n_samples),
               "payload_words": int(words.size), "payload_crc32": zlib.crc32(payload),
-              "recording": {"user": user, "name": name, "class_names": list(class_names),
-                            "labels_rle": _labels_rle(lab)}}
-    return pack_container(header, payload, codec)
+              "recording": {"user": str(user), "name": str(name), "class_names": [str(c) for c in class_names],
+                            "labels_rle": _labels_rle(np.asarray(labels, np.int64))}}
+    return pack_container(header, payload, enc.codec)
 
 
 def encode_recording(codec: LearnedCodec, recording: Recording, *, encoder: Any = None) -> bytes:

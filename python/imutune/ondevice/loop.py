@@ -110,8 +110,10 @@ class OnDeviceTrainer:
             p = V.check_file(program, what="training program")
             source, program = str(p), p.read_bytes()
         self.threads = set_executorch_threads(num_threads)
+        # the runtime reads delegate segments from this buffer lazily, at the first call: keep it alive
+        self._buffer = bytes(program)
         try:
-            self.module = _load_for_executorch_for_training_from_buffer(bytes(program))
+            self.module = _load_for_executorch_for_training_from_buffer(self._buffer)
         except Exception as e:  # the pybinding raises RuntimeError on a corrupt or foreign file
             raise ValueError(f"{source} is not an ExecuTorch program ({type(e).__name__}: {e})") from e
         self.metadata = read_program_metadata(self.module, source=source)

@@ -42,7 +42,7 @@ from .loop import OnDeviceConfig, OnDeviceTrainer, batch_indices, row_masks
 from .program import TRAIN_ARTIFACT
 
 __all__ = ["OnDeviceExport", "open_export", "calibration_labels", "quality_weights", "personalize_on_device",
-           "run_export_train", "run_personalize_on_device"]
+           "run_export_train", "run_personalize_on_device", "tuned_model"]
 
 
 class OnDeviceExport:
@@ -238,8 +238,8 @@ def personalize_on_device(export_dir: str | os.PathLike, windows: Any, *, config
         losses.append(trainer.step(xn[idx], y[idx], w[idx]))
         times.append(1000.0 * (time.perf_counter() - t0))
         if test is not None and config.eval_every and (i + 1) % config.eval_every == 0:
-            curve.append([i + 1, _score(_tuned(base_model, trainer.parameters()), *test, len(b.class_names))["macro_f1"]])
-    tuned = _tuned(base_model, trainer.parameters())
+            curve.append([i + 1, _score(tuned_model(base_model, trainer.parameters()), *test, len(b.class_names))["macro_f1"]])
+    tuned = tuned_model(base_model, trainer.parameters())
     patch = make_patch(base_model, tuned, info={"method": "on-device", "variant": export.entry.get("variant"),
                                                 "steps": config.steps, "lr": config.lr, "momentum": config.momentum,
                                                 "program_sha256": export.entry["sha256"]})
@@ -251,7 +251,8 @@ def personalize_on_device(export_dir: str | os.PathLike, windows: Any, *, config
     return patch, report
 
 
-def _tuned(base: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+def tuned_model(base: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of ``base`` (eval mode) with the trained ``params`` (state-dict name -> tensor) loaded."""
     m = copy.deepcopy(base)
     state = m.state_dict()
     for k, v in params.items():

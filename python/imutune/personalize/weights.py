@@ -197,7 +197,7 @@ class FilterConfig:
     oof_batch_size: int = 32               # batch size when oof="full"
     oof_lr: float = 1e-3                   # learning rate when oof="full"
     cv_folds: int = 3                      # folds of the weight search and of the meta-learning
-    cv_tolerance: float = 0.01             # "cv": the earliest grid entry within this macro-F1 of the best wins
+    cv_tolerance: float = 0.0              # "cv": the earliest grid entry within this macro-F1 of the best wins
     soft_grid: tuple[bool, ...] = (False, True)  # "cv": boundary weights scaled per window by label quality
     fixed_soft: bool = False               # soft per-window weights for "fixed"
     stages: int = 1                        # scoring passes; 2 re-scores with fold models trained on pass-1 weights
