@@ -48,10 +48,6 @@ def _alarm(signum, frame):   # noqa: ARG001
     raise _Hang()
 
 
-def _finite_only(detail: str) -> bool:
-    return "NaN/Inf" in detail or "is empty; expected a finite number" in detail
-
-
 def run(per_family: int, seed: int, repro: Path, examples_out: int = 5) -> dict:
     seeds = F.seed_files(repro)
     strategies = {"csv": F.csv_cases(), "npz": F.npz_cases(), "shl": F.shl_cases(), "mutate": F.mutate_cases(seeds)}
@@ -94,7 +90,7 @@ def run(per_family: int, seed: int, repro: Path, examples_out: int = 5) -> dict:
             if eo == "valid":
                 agree = so == "valid" and np.array_equal(ev, sv, equal_nan=True)
             elif so == "valid":
-                agree = _finite_only(ed)
+                agree = F.finite_only(ed)
             if not agree:
                 c["disagreements"] += 1
                 if len(failures[f"{family}/disagreement"]) < examples_out:

@@ -1,4 +1,6 @@
-"""Leave-one-subject-out check of source rehearsal during FilterLoss fine-tuning.
+"""Leave-one-subject-out check of source rehearsal during FilterLoss fine-tuning, on the
+new-placement stress case (calibrate on one arm side, test on the other; see
+imutune.personalize.protocols -- the default protocol elsewhere is calibrate-then-use).
 
 For each watch subject: pretrain ``mobilecnn1d`` on the other 9 (cached), then on the
 subject's arm side 0 long-tail subsampled to ``--ratio``, fine-tune with
@@ -22,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from imutune._io import write_json_atomic
-from imutune.bench.report import host_info, markdown_table, write_report
+from imutune.bench.report import host_info, markdown_table, new_figure, write_report
 from imutune.data.recordings import load_watch
 from imutune.demo import DemoConfig
 from imutune.personalize.finetune import finetune
@@ -94,10 +97,7 @@ def main() -> None:
     md = (f"# Source rehearsal, leave-one-subject-out (ratio {args.ratio:g}, rehearsal {args.rehearsal:g}x, "
           f"seeds {args.seeds})\n\n" + markdown_table(["method", "accuracy", "macro-F1", "restore ratio", "runs"], table)
           + f"\n\nWall time {time.perf_counter() - t0:.0f} s on {host_info()['cpu']}.\n")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = new_figure(figsize=(7, 3.5))
     ax.boxplot([[r["macro_f1"] for r in rows if r["method"] == m] for m in METHODS], tick_labels=METHODS)
     ax.set_ylabel("macro-F1 (target test side)")
     ax.tick_params(axis="x", rotation=20)

@@ -1,7 +1,7 @@
-"""Tests for imutune.bench.filterloss: the statistics, the per-class split, a
-tiny leave-one-subject-out run, and the cross-dataset path on generated .npz
-recordings with a new class set and another sample rate (tinycnn1d, very few
-epochs)."""
+"""Tests for imutune.bench.filterloss: the statistics, a tiny calibrate-then-use run with label noise
+(precision/recall against the injected truth, oracle, paired comparisons, resume, cached-only report),
+the new-placement stress case, and the cross-dataset path on generated .npz recordings with a new class
+set and another sample rate (tinycnn1d, very few epochs)."""
 from __future__ import annotations
 
 import json
@@ -13,18 +13,19 @@ import pytest
 from imutune.bench.filterloss import (
     FilterLossBenchConfig,
     paired_comparison,
+    quick_config,
     run_filterloss_bench,
-    split_per_class,
 )
 from imutune.data.recordings import WATCH_CHANNELS, Recording, save_npz
-from imutune.personalize.quality import FilterConfig
-from imutune.signal.windows import WindowConfig, Windows
+from imutune.personalize.weights import FilterConfig
+from imutune.signal.windows import WindowConfig
 from imutune.train.loop import TrainConfig
 from scipy import stats
 
 FAST = dict(model_name="tinycnn1d", window=WindowConfig(hop_s=2.0), seeds=(0,),
             pretrain=TrainConfig(epochs=1, batch_size=64), finetune=TrainConfig(epochs=2, batch_size=32),
-            filter=FilterConfig(probe_steps=20, meta_iterations=2, meta_unroll_steps=10), device="cpu")
+            filter=FilterConfig(probe_steps=20, meta_iterations=2, meta_unroll_steps=10, oof_epochs=1, n_folds=2),
+            device="cpu")
 
 
 def test_paired_comparison_matches_a_t_interval():
@@ -42,18 +43,6 @@ def test_paired_comparison_matches_a_t_interval():
         paired_comparison([], [])
 
 
-def test_split_per_class_halves_and_gap():
-    y = np.array([0] * 10 + [1] * 6 + [2])
-    rec = np.array([0] * 10 + [1] * 3 + [2] * 3 + [3])
-    w = Windows(np.zeros((17, 1, 8), np.float32), y, rec, np.array(["u"] * 17), ("a", "b", "c"), ("c0",))
-    tr, te = split_per_class(w, gap=2)
-    assert tr.tolist() == [0, 1, 2, 3, 4] + [10, 11, 12] + [16]       # a singleton class goes to training
-    assert te.tolist() == [7, 8, 9] + [13, 14, 15]                     # class a: 2 overlapping windows dropped;
-    tr0, te0 = split_per_class(w, gap=0)                               # class b: next recording, nothing dropped
-    assert te0.tolist() == [5, 6, 7, 8, 9, 13, 14, 15]
-    assert not set(tr.tolist()) & set(te.tolist())
-
-
 def test_config_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown methods"):
         FilterLossBenchConfig(methods=("ce", "smote"))
@@ -63,34 +52,65 @@ def test_config_rejects_bad_input():
         FilterLossBenchConfig(target_test_data=("x.npz",))
     with pytest.raises(ValueError):
         FilterLossBenchConfig(seeds=())
+    with pytest.raises(ValueError, match="label-noise spec 'loud'"):
+        FilterLossBenchConfig(noises=("loud",))
+    with pytest.raises(ValueError, match="protocol"):
+        FilterLossBenchConfig(protocol="cross-arm")
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        FilterLossBenchConfig(calibration_fraction=1.0)
+    q = quick_config()
+    assert q.protocol == "calibrate-then-use" and len(q.subjects) == 3 and "none" in q.noises
 
 
-def test_loso_run_writes_report_and_resumes(tmp_path):
-    cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2, 3), ratios=(10.0,),
-                                methods=("none", "ce", "class_weighted", "filterloss", "filterloss_cv",
-                                         "filterloss_learned"), **FAST)
+METHODS = ("none", "ce", "cleanlab", "oracle", "filterloss", "filterloss_cv")
+
+
+def test_calibrate_then_use_run_with_label_noise_writes_report_and_resumes(tmp_path):
+    cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2, 3), noises=("none", "symmetric:0.3"),
+                                methods=METHODS, **FAST)
     logs = []
     res = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
-    for name in ("filterloss.json", "filterloss.md", "macro_f1.png", "filterloss_weights.png",
+    for name in ("filterloss.json", "filterloss.md", "macro_f1.png", "filter_pr.png",
                  "pretrained/subject10/model.json"):
         assert (tmp_path / name).is_file(), name
-    assert res["cells_run"] == 6 and len(res["cells"]) == 6
-    s = res["summary"]["10"]
-    assert set(s) == {"none", "ce", "class_weighted", "filterloss", "filterloss_cv", "filterloss_learned"}
-    for m, v in s.items():
-        assert 0 <= v["macro_f1_mean"] <= 1 and v["restore_ratio_mean"] > 0
-    assert "weight_noisy_mean" in s["filterloss_cv"] and "selection_seconds_mean" in s["filterloss_learned"]
-    p = res["paired"]["10"]["filterloss_cv"]
-    assert p["baseline"] in ("none", "ce", "class_weighted") and p["unit"] == "seed"
+    assert res["protocol"] == "calibrate-then-use"
+    assert res["cells_run"] == 12 and len(res["cells"]) == 12
+    clean, noisy = res["summary"]["none | ratio 10"], res["summary"]["symmetric:0.3 | ratio 10"]
+    assert set(clean) == set(METHODS)
+    assert clean["ce"]["noise_rate_mean"] == 0 and 0.2 < noisy["ce"]["noise_rate_mean"] < 0.4
+    for m, v in noisy.items():
+        assert 0 <= v["macro_f1_mean"] <= 1
+    assert "personalization_gain_mean" in noisy["ce"]
+    cells = {(c["noise"], c["method"]): c for c in res["cells"]}
+    oracle, ce = cells[("symmetric:0.3", "oracle")], cells[("symmetric:0.3", "ce")]
+    assert oracle["n_train_effective"] == ce["n_train"] - ce["n_corrupted"]       # drops exactly the corrupted
+    for m in ("cleanlab", "filterloss", "filterloss_cv"):
+        f = cells[("symmetric:0.3", m)]["filter"]
+        assert f["corrupted"] == ce["n_corrupted"] and 0 <= f["true_positives"] <= f["flagged"]
+    assert 0 <= cells[("symmetric:0.3", "filterloss_cv")]["corrupted_weight_share"] <= 1
+    p = res["paired"]["symmetric:0.3 | ratio 10"]
+    assert {"filterloss_cv vs ce", "filterloss_cv vs cleanlab", "filterloss vs ce"} <= set(p)
+    assert p["filterloss_cv vs ce"]["unit"] == "seed"
     md = (tmp_path / "filterloss.md").read_text()
-    assert "| 10 | filterloss_learned |" in md and "## Targets" in md and "Paired comparison" in md
-    assert "| 10 | filterloss | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 | 0.1000 ± 0.0000 | 0.0000 ± 0.0000 |" in md
+    assert "calibrate-then-use" in md and "## Targets" in md and "precision / recall" in md
     data = json.loads((tmp_path / "filterloss.json").read_text())
-    assert data["targets"]["cost"]["filterloss_cv"]["finetune_s"] >= 0
+    assert "wall time" in data["targets"]
     # a rerun with the same config reuses the pretrained model and every cell
     res2 = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
-    assert res2["cells_run"] == 0 and res2["cells_cached"] == 6 and res2["pretrain_seconds"] == 0
-    assert res2["summary"]["10"]["ce"]["macro_f1_mean"] == pytest.approx(s["ce"]["macro_f1_mean"])
+    assert res2["cells_run"] == 0 and res2["cells_cached"] == 12 and res2["pretrain_seconds"] == 0
+    assert res2["summary"]["none | ratio 10"]["ce"]["macro_f1_mean"] == pytest.approx(clean["ce"]["macro_f1_mean"])
+    # cached-only: reports what is there, trains nothing, counts what is missing
+    res3 = run_filterloss_bench(tmp_path, replace(cfg, noises=("none", "symmetric:0.3", "boundary:0.2")),
+                                progress=False, log=logs.append, threads=1, cached_only=True)
+    assert res3["cells_run"] == 0 and res3["cells_missing"] == len(METHODS) and res3["cells_cached"] == 12
+
+
+def test_new_placement_stress_case(tmp_path):
+    cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2), noises=("none",), methods=("none", "ce"),
+                                protocol="new-placement", **FAST)
+    res = run_filterloss_bench(tmp_path, cfg, progress=False, log=lambda s: None, threads=1)
+    assert res["protocol"] == "new-placement" and len(res["cells"]) == 2
+    assert "new-placement (stress case)" in (tmp_path / "filterloss.md").read_text()
 
 
 def _write_target(folder, *, rate=100.0, seconds=60.0, seed=0):
@@ -111,28 +131,28 @@ def _write_target(folder, *, rate=100.0, seconds=60.0, seed=0):
 
 def test_cross_dataset_new_classes_and_sample_rate(tmp_path):
     _write_target(tmp_path / "target")
-    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None, 3.0),
+    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None, 3.0), noises=("none",),
                                 methods=("none", "ce", "oversample", "filterloss_cv"),
                                 target_data=(str(tmp_path / "target"),), **{**FAST, "seeds": (0, 1)})
     res = run_filterloss_bench(tmp_path / "out", cfg, progress=False, log=lambda s: None, threads=1)
-    assert res["targets_run"] == ["target"]
+    assert res["targets_run"] == ["target"] and res["protocol"] == "cross-dataset"
     assert any("'none' needs the source class list" in s for s in res["skipped"])
-    assert set(res["summary"]) == {"natural", "3"}
-    assert set(res["summary"]["natural"]) == {"ce", "oversample", "filterloss_cv"}
+    assert set(res["summary"]) == {"none | ratio natural", "none | ratio 3"}
+    assert set(res["summary"]["none | ratio natural"]) == {"ce", "oversample", "filterloss_cv"}
     cells = res["cells"]
     assert len(cells) == 2 * 2 * 3
     natural = [c for c in cells if c["ratio"] == "natural"]
-    # 60 s at 100 Hz resampled to 50 Hz, 2 s windows every 2 s: 30 windows per class, half for training
+    # 60 s at 100 Hz resampled to 50 Hz; first half of each recording calibrates: 2 s windows every 2 s, 15 each
     assert all(c["class_counts"] == [15, 15, 15] for c in natural)
     assert all(0 <= c["accuracy"] <= 1 for c in cells)
-    assert res["paired"]["natural"]["filterloss_cv"]["unit"] == "seed"
+    assert res["paired"]["none | ratio natural"]["filterloss_cv vs ce"]["unit"] == "seed"
     assert (tmp_path / "out" / "pretrained" / "watch_all" / "model.json").is_file()
 
 
 def test_cross_dataset_with_explicit_test_recordings_and_wrong_classes(tmp_path):
     tr = _write_target(tmp_path / "train", seed=1)
     te = _write_target(tmp_path / "test", seed=2)
-    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None,), methods=("ce",),
+    cfg = FilterLossBenchConfig(source_subjects=(1, 2), ratios=(None,), methods=("ce",), noises=("none",),
                                 target_data=tuple(map(str, tr)), target_test_data=tuple(map(str, te)), **FAST)
     res = run_filterloss_bench(tmp_path / "out", cfg, progress=False, log=lambda s: None, threads=1)
     assert res["cells"][0]["n_train"] == 90
@@ -148,7 +168,8 @@ def test_cli_bench_filterloss(tmp_path, capsys):
 
     rc = main(["bench", "filterloss", "--out", str(tmp_path), "--model", "tinycnn1d", "--subjects", "10",
                "--source-subjects", "1", "2", "--ratios", "10", "--seeds", "0", "--methods", "ce", "focal",
-               "--epochs", "1", "--pretrain-epochs", "1", "--threads", "1", "--device", "cpu", "--no-progress"])
+               "--noises", "none", "shift:1-3", "--epochs", "1", "--pretrain-epochs", "1", "--threads", "1",
+               "--device", "cpu", "--no-progress"])
     assert rc == 0
     assert (tmp_path / "filterloss.md").is_file()
     rc = main(["bench", "filterloss", "--out", str(tmp_path), "--methods", "smote", "--no-progress"])

@@ -281,6 +281,11 @@ def test_hostile_model_config_is_bounded(bundle_dir):
     (bundle_dir / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"model_config\.widths\[0\] is 1000000000; expected an integer in"):
         load_bundle(bundle_dir)
+    meta["model_config"]["widths"] = [8, 16]
+    del meta["model_config"]["dropout"]
+    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model_config has unknown fields \[\] / misses \['dropout'\]"):
+        load_bundle(bundle_dir)
 
 
 # --------------------------------------------------------------------------- finetune --test-data

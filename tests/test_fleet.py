@@ -312,3 +312,15 @@ def test_user_job_pins_cleanlab_to_one_process(monkeypatch):
         cf.find_label_issues([0], [[1.0]])              # what imutune.personalize.filter does, looked up at call time
         cf.find_label_issues([0], [[1.0]], n_jobs=3)    # an explicit choice is kept
     assert seen == [1, 3] and cf.find_label_issues is recorder
+
+
+def test_bench_compare_runs_flags_differences_and_missing_users():
+    from imutune.bench.fleet import compare_runs
+
+    def user(uid, sha, status="computed"):
+        return {"user_id": uid, "status": status, "patched_sha256": sha, "before_macro_f1": 0.5,
+                "after_macro_f1": 0.7, "before_accuracy": 0.5, "after_accuracy": 0.7, "n_calibration": 9, "n_test": 3}
+
+    a = {"users": [user("x", "1"), user("y", "2"), user("z", "3"), user("f", None, "failed")]}
+    b = {"users": [user("x", "1", "skipped"), user("y", "9"), user("z", None, "pending")]}
+    assert compare_runs(a, b) == {"compared": 3, "identical": 1, "differ": ["y"], "missing": ["z"]}

@@ -108,6 +108,7 @@ def test_atomic_folder_creates_replaces_and_carries_over(tmp_path):
     (out / "sub").mkdir()
     (out / "sub" / "x.txt").write_text("x")
     (out / ".model.onnx.1234.tmp").write_bytes(b"debris")  # left by an interrupted writer
+    (out / ".imutune-export-abc").mkdir()  # in-folder staging of the pre-atomic_folder exporter
     os.chmod(out, 0o750)
     with atomic_folder(out, drop=("model.onnx", "model.pte", "manifest.json", "model_int8.onnx")) as stage:
         _write_set(stage, "new")

@@ -132,8 +132,13 @@ def test_manifest_norm_std_positive(bad):
 
 
 def test_manifest_norm_not_finite():
-    with pytest.raises(ValueError, match=r"norm_std\[1\] in preprocessing must be a finite number, got nan"):
+    with pytest.raises(ValueError, match=r"norm_std\[1\] in preprocessing must be a finite number within float32 "
+                                         r"range .*, got nan"):
         _manifest(norm_std=(1.0, float("nan")))
+    with pytest.raises(ValueError, match=r"norm_mean\[0\] in preprocessing must be a finite number within float32"):
+        _manifest(norm_mean=(1e308, 0.0))           # inf once the phone casts it to float32
+    with pytest.raises(ValueError, match=r"norm_std\[0\] in preprocessing must be > 0 .*got 1e-300"):
+        _manifest(norm_std=(1e-300, 1.0))           # 0 in float32: a division by zero
 
 
 def test_manifest_needs_normalization():

@@ -279,7 +279,7 @@ def test_filter_weights_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         filter_weights(model, xn, y)
     with pytest.raises(ValueError, match="all sample weights are zero|all zero"):
-        filter_weights(model, x, y, config=FilterConfig(mode="fixed", fixed_weights=CategoryWeights(0, 0, 0)))
+        filter_weights(model, x, y, config=FilterConfig(mode="fixed", oof="head", fixed_weights=CategoryWeights(0, 0, 0)))
 
     class _NanEmbed(_MeanModel):
         def embed(self, x):
@@ -292,7 +292,7 @@ def test_filter_weights_bad_inputs():
 def test_filter_weights_with_a_class_without_windows():
     x, y, _ = _windows()
     keep = y != 2                                            # class 2 has no target windows
-    res = filter_weights(_MeanModel(3, 3), x[keep], y[keep], num_classes=3)
+    res = filter_weights(_MeanModel(3, 3), x[keep], y[keep], num_classes=3, config=FilterConfig(oof_epochs=2))
     assert np.all(np.isfinite(res.sample_weights)) and res.sample_weights.max() > 0
     assert res.class_factors.shape == (3,)
 
@@ -311,7 +311,7 @@ def test_finetune_with_filterloss_cv_and_learned():
                    train_config=TrainConfig(epochs=1, batch_size=16))
     for loss in ("filterloss-cv", "filterloss-learned"):
         cfg = FinetuneConfig(train=TrainConfig(epochs=1, batch_size=16), loss=loss,
-                             filter=FilterConfig(meta_iterations=3, probe_steps=20))
+                             filter=FilterConfig(meta_iterations=3, probe_steps=20, oof_epochs=1, n_folds=2))
         out = finetune(pre, w, config=cfg, progress=False)
         assert out.info["filter_mode"] == loss.split("-")[1]
         assert sum(out.info["category_counts"].values()) == len(y)

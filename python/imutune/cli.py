@@ -689,7 +689,9 @@ def _dispatch(args) -> int:
         from .personalize.finetune import FinetuneConfig
 
         cfg = FinetuneConfig(train=_train_config(args), loss=args.loss, rehearsal_ratio=args.rehearsal_ratio)
-        if args.label_noise != "none" or args.loss == "oracle":
+        from .personalize.finetune import NATIVE_LOSSES
+
+        if args.label_noise != "none" or args.loss not in NATIVE_LOSSES:   # baselines and noise rehearsal
             from .rehearse import run_finetune_rehearsal
             from .signal.label_noise import parse_label_noise
 

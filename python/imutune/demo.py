@@ -39,8 +39,9 @@ from ._io import write_json_atomic, write_text_atomic
 from .data.recordings import load_watch
 from .metrics import restore_ratio
 from .personalize.filter import NOISY
-from .personalize.finetune import FinetuneConfig, finetune
+from .personalize.finetune import FinetuneConfig
 from .personalize.protocols import PROTOCOLS, calibrate_then_use, split_target
+from .personalize.run import personalize
 from .signal.label_noise import concatenate_session, noisy_windows, parse_label_noise, precision_recall
 from .signal.windows import WindowConfig, longtail_subsample, make_windows
 from .train.bundle import evaluate_bundle, save_bundle
@@ -151,8 +152,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
 
     t = time.perf_counter()
     ft_cfg = replace(config.finetune, train=replace(config.finetune.train, seed=config.seed))
-    per = finetune(pre, w_tr, config=ft_cfg, source_windows=w_src, checkpoint_path=out / "checkpoints" / "finetune.ckpt",
-                   progress=progress, noisy_mask=noisy.noisy)
+    per = personalize(pre, w_tr, config=ft_cfg, source_windows=w_src,
+                      checkpoint_path=out / "checkpoints" / "finetune.ckpt", progress=progress, noisy_mask=noisy.noisy)
     per = replace(per, info={**per.info, "demo_config": asdict(config)})
     save_bundle(per, out / "personalized")
     timings["finetune_s"] = time.perf_counter() - t

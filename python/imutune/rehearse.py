@@ -21,7 +21,8 @@ import numpy as np
 from ._io import write_json_atomic
 from .data.recordings import load_many
 from .personalize.filter import NOISY
-from .personalize.finetune import FinetuneConfig, finetune
+from .personalize.finetune import FinetuneConfig
+from .personalize.run import personalize
 from .signal.label_noise import concatenate_session, noisy_windows, parse_label_noise, precision_recall
 from .signal.windows import longtail_subsample, make_windows
 from .train.bundle import evaluate_bundle, load_bundle, save_bundle
@@ -65,7 +66,7 @@ def run_finetune_rehearsal(base: str | os.PathLike, data: Sequence[str | os.Path
     write_json_atomic(out / "finetune_config.json", {"base": str(base), "data": [str(p) for p in data],
                                                      "finetune": asdict(config), "label_noise": label_noise,
                                                      "imbalance_ratio": imbalance_ratio, "seed": seed})
-    per = finetune(bundle, nw.windows, config=config, noisy_mask=nw.noisy, progress=progress)
+    per = personalize(bundle, nw.windows, config=config, noisy_mask=nw.noisy, progress=progress)
     save_bundle(per, out)
     flagged = None
     if "categories" in per.info:

@@ -62,8 +62,7 @@ from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
 from ..train.pretrain import pretrain
 from .report import host_info, markdown_table, new_figure, write_report
 
-__all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "split_per_class",
-           "paired_comparison", "DEFAULT_METHODS", "DEFAULT_NOISES", "precision_recall"]
+__all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS", "DEFAULT_NOISES", "precision_recall"]
 
 DEFAULT_METHODS: tuple[str, ...] = ("none", "ce", "undersample", "class_balanced", "focal", "gce", "cleanlab",
                                     "oracle", "filterloss", "filterloss_cv", "filterloss_learned")
@@ -135,33 +134,6 @@ def _fingerprint(obj: Any) -> str:
 
 
 # --------------------------------------------------------------------------- data
-
-def split_per_class(windows: Windows, *, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split windows into train/test halves per class, in recording and time order.
-
-    For each class the first half of its windows (in the order
-    :func:`imutune.windows.make_windows` produced them) is training data and
-    the rest test data, less the first ``gap`` test windows when they come
-    from the same recording as the last training window (they overlap it). A
-    class with a single window goes to training only (documented fallback).
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray)
-        Sorted int64 indices of the training and test windows.
-    """
-    tr, te = [], []
-    for k in np.unique(windows.y):
-        idx = np.flatnonzero(windows.y == k)
-        cut = max(1, idx.size // 2)
-        tr.append(idx[:cut])
-        rest = idx[cut:]
-        drop = 0
-        while drop < min(gap, rest.size) and windows.recording[rest[drop]] == windows.recording[idx[cut - 1]]:
-            drop += 1
-        te.append(rest[drop:])
-    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(te)) if te else np.zeros(0, np.int64)
-
 
 @dataclass
 class _Unit:

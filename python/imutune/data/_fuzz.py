@@ -49,7 +49,7 @@ from .npz import NpzStream, load_npz
 from .recording import MAX_CHANNELS, MAX_CLASSES, SAMPLE_RATE_RANGE_HZ, Stream
 from .shl2018 import Shl2018Stream, load_shl2018
 
-__all__ = ["Case", "csv_cases", "npz_cases", "shl_cases", "mutate_cases", "run_case", "OUTCOMES", "STRATEGIES",
+__all__ = ["Case", "finite_only", "csv_cases", "npz_cases", "shl_cases", "mutate_cases", "run_case", "OUTCOMES", "STRATEGIES",
            "seed_files"]
 
 OUTCOMES = ("valid", "clean_error", "unnamed_error", "wrapped_internal", "traceback", "silent_accept", "hang")
@@ -492,6 +492,12 @@ STRATEGIES = {"csv": csv_cases, "npz": npz_cases, "shl": shl_cases}
 
 
 # --------------------------------------------------------------------------- running one case
+
+
+def finite_only(detail: str) -> bool:
+    """Whether an error is the eager loader's finiteness rule (a Recording holds finite values; a stream passes
+    NaN/Inf/empty values on), the one way the two readers may disagree."""
+    return "NaN/Inf" in detail or "is empty; expected a finite number" in detail
 
 
 def _invariants(rec_or_stream, eager: bool) -> str | None:

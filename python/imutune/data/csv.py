@@ -33,6 +33,7 @@ from .recording import (
     find_gaps,
     infer_class_names,
     infer_sample_rate,
+    is_float,
     read_stream,
     reading,
 )
@@ -103,6 +104,7 @@ class CsvStream(Stream):
                  require_finite: bool = False) -> None:
         self.path = V.check_file(path, what="recording file", suffixes=(".csv",))
         self.where = where = f"recording file {str(self.path)!r}"
+        self._source = str(self.path)
         self.block_samples = check_block_samples(block_samples)
         self.require_finite = bool(require_finite)
         if timestamp_column == label_column:
@@ -125,30 +127,32 @@ class CsvStream(Stream):
             # First pass: the same row parser as blocks(); labels (for class inference) and early timestamps.
             need_labels = class_names is None
             labels: set[str] = set()
-            ts: list[float] = []
+            ts: list[str] = []
             ts_lines: list[int] = []
             n_rows = 0
             for line, row in self._rows():
                 n_rows += 1
-                if len(ts) < RATE_INFERENCE_ROWS:
-                    ts.append(self._timestamp(row[ti], line))
+                if n_rows <= RATE_INFERENCE_ROWS:
+                    ts.append(row[ti])
                     ts_lines.append(line)
                 if need_labels:
-                    lab = self._label(row[li], line)
+                    lab = row[li]
                     if lab not in labels:
                         labels.add(lab)
+                        self._labels([lab], [line])                  # length check
                         if len(labels) > MAX_CLASSES + 2:
-                            infer_class_names(labels, where=where)   # raises: too many distinct labels
-                elif len(ts) >= RATE_INFERENCE_ROWS:
+                            infer_class_names({x.strip() for x in labels}, where=where)   # raises: too many
+                elif n_rows >= RATE_INFERENCE_ROWS:
                     break
             if n_rows == 0:
                 raise ValueError(f"{where} has no data rows; expected at least 1 row after the header")
+            t = self._timestamps(ts, ts_lines)
             if sample_rate_hz is None:
-                t = np.asarray(ts, dtype=np.float64)
                 self._check_increasing(t, ts_lines)
                 sample_rate_hz = infer_sample_rate(t, where=where)
             self.sample_rate_hz = sample_rate_hz
-            self.class_names = class_names if class_names is not None else infer_class_names(labels, where=where)
+            self.class_names = (class_names if class_names is not None else
+                                infer_class_names({x.strip() for x in labels}, where=where))
         self.user = str(user) if user is not None else self.path.stem
         self.name = self.path.stem
         self.n_samples = None
@@ -159,7 +163,7 @@ class CsvStream(Stream):
     def _read_header(self) -> list[str]:
         where = self.where
         with _open_text(self.path) as fh:
-            reader = csv.reader(fh, strict=True)
+            reader = csv.reader(_no_nul(fh, where), strict=True)
             try:
                 header = next(reader)
             except StopIteration:
@@ -190,34 +194,27 @@ class CsvStream(Stream):
         where, ncol = self.where, len(self._header)
         self.dropped_rows = 0
         with _open_text(self.path) as fh:
-            reader = csv.reader(fh, strict=True)
+            reader = csv.reader(_no_nul(fh, where), strict=True)
             prev_line = 1
             try:
                 next(reader)
                 prev_line = reader.line_num
                 held: tuple[int, list[str]] | None = None   # a short row: dropped if it is the last one
-                while True:
-                    try:
-                        row = next(reader)
-                    except StopIteration:
-                        break
+                for row in reader:
                     line, prev_line = prev_line + 1, reader.line_num
-                    if reader.line_num > line:
+                    if prev_line > line:
                         raise ValueError(f"{where} row {line}: a quoted field runs over lines {line}-"
-                                         f"{reader.line_num} (a stray '\"'?); expected one row per line")
-                    if not row:
-                        continue
-                    for f in row:
-                        if "\x00" in f:   # Python >= 3.11's csv module passes NUL bytes through
-                            raise ValueError(f"{where} row {line} contains a NUL byte; expected text (the file "
-                                             "may be corrupt or not a CSV)")
-                    if held is not None:
-                        raise ValueError(f"{where} row {held[0]} has {len(held[1])} fields; expected {ncol}")
+                                         f"{prev_line} (a stray '\"'?); expected one row per line")
                     if len(row) != ncol:
-                        if len(row) > ncol:
-                            raise ValueError(f"{where} row {line} has {len(row)} fields; expected {ncol}")
+                        if not row:
+                            continue
+                        if held is not None or len(row) > ncol:
+                            bad = held if held is not None else (line, row)
+                            raise ValueError(f"{where} row {bad[0]} has {len(bad[1])} fields; expected {ncol}")
                         held = (line, row)
                         continue
+                    if held is not None:
+                        raise ValueError(f"{where} row {held[0]} has {len(held[1])} fields; expected {ncol}")
                     yield line, row
             except csv.Error as e:
                 raise ValueError(f"{where} row {prev_line + 1}: {_csv_error_text(e)}; expected one row of "
@@ -225,26 +222,38 @@ class CsvStream(Stream):
             if held is not None:
                 self.dropped_rows = 1
 
-    def _timestamp(self, s: str, line: int) -> float:
-        if len(s) > MAX_NUMBER_CHARS:
-            raise ValueError(f"{self.where} row {line} has a {len(s)}-character timestamp; expected a number "
-                             "of seconds")
+    def _timestamps(self, col: list[str], lines: list[int]) -> np.ndarray:
+        """Timestamp fields -> (n,) float64 seconds; finite, at most MAX_NUMBER_CHARS characters each."""
+        if not col:
+            return np.empty(0, dtype=np.float64)
+        if max(map(len, col)) > MAX_NUMBER_CHARS:
+            k = next(k for k, x in enumerate(col) if len(x) > MAX_NUMBER_CHARS)
+            raise ValueError(f"{self.where} row {lines[k]} has a {len(col[k])}-character timestamp; expected a "
+                             "number of seconds")
         try:
-            t = float(s)
+            with np.errstate(over="ignore"):
+                t = np.array(col, dtype=str).astype(np.float64)
         except ValueError:
-            raise ValueError(f"{self.where} row {line} has a non-numeric timestamp {s[:40]!r}; expected seconds") \
-                from None
-        if not np.isfinite(t):
-            raise ValueError(f"{self.where} row {line} has timestamp {s.strip()!r}; expected a finite number "
-                             "of seconds")
+            k = next(k for k, x in enumerate(col) if not is_float(x))
+            raise ValueError(f"{self.where} row {lines[k]} has a non-numeric timestamp {col[k][:40]!r}; expected "
+                             "seconds") from None
+        fin = np.isfinite(t)
+        if not fin.all():
+            k = int(np.argmin(fin))
+            raise ValueError(f"{self.where} row {lines[k]} has timestamp {col[k].strip()!r}; expected a finite "
+                             "number of seconds")
         return t
 
-    def _label(self, s: str, line: int) -> str:
-        s = s.strip()
-        if len(s) > MAX_NAME_CHARS:
-            raise ValueError(f"{self.where} row {line} has a {len(s)}-character label; expected a class name "
-                             f"of at most {MAX_NAME_CHARS} characters")
-        return s
+    def _labels(self, col: list[str], lines: list[int]) -> list[str]:
+        """Label fields, stripped; at most MAX_NAME_CHARS characters each."""
+        if max(map(len, col)) > MAX_NAME_CHARS:
+            out = [x.strip() for x in col]
+            k = next((k for k, x in enumerate(out) if len(x) > MAX_NAME_CHARS), None)
+            if k is not None:
+                raise ValueError(f"{self.where} row {lines[k]} has a {len(out[k])}-character label; expected a "
+                                 f"class name of at most {MAX_NAME_CHARS} characters")
+            return out
+        return [x.strip() for x in col]
 
     def _check_increasing(self, t: np.ndarray, lines: list[int], last_t: float | None = None) -> None:
         full = t if last_t is None else np.concatenate([[last_t], t])
@@ -261,7 +270,7 @@ class CsvStream(Stream):
         out = np.empty((len(rows), len(self._ch_idx)), dtype=np.float32)
         for j, ci in enumerate(self._ch_idx):
             col = [r[ci] for r in rows]
-            longest = max(len(s) for s in col)
+            longest = max(map(len, col))
             if longest > MAX_NUMBER_CHARS:
                 k = next(k for k, s in enumerate(col) if len(s) > MAX_NUMBER_CHARS)
                 raise ValueError(f"{self.where} row {lines[k]} column {self._header[ci]!r} has a "
@@ -278,7 +287,7 @@ class CsvStream(Stream):
                 with np.errstate(over="ignore"):
                     out[:, j] = arr.astype(np.float64)
             except (ValueError, OverflowError):
-                k = next(k for k, s in enumerate(col) if s.strip() and not _is_float(s))
+                k = next(k for k, s in enumerate(col) if s.strip() and not is_float(s))
                 raise ValueError(f"{self.where} row {lines[k]} has a non-numeric value {col[k][:40]!r} in column "
                                  f"{self._header[ci]!r}; expected a number") from None
             if self.require_finite:
@@ -288,10 +297,6 @@ class CsvStream(Stream):
                     raise ValueError(f"{self.where} row {lines[k]} column {self._header[ci]!r} is {col[k][:40]!r}, "
                                      "which is NaN/Inf in float32; expected a finite number")
         return out
-
-    def blocks(self) -> Iterator[StreamBlock]:
-        with reading(self.where, str(self.path)):
-            yield from self._blocks()
 
     def _blocks(self) -> Iterator[StreamBlock]:
         coder = LabelCoder(self.class_names, where=self.where)
@@ -314,10 +319,10 @@ class CsvStream(Stream):
                 done = True
             if not rows:
                 break
-            t = np.array([self._timestamp(r[self._ti], ln) for r, ln in zip(rows, lines)], dtype=np.float64)
+            t = self._timestamps([r[self._ti] for r in rows], lines)
             self._check_increasing(t, lines, last_t)
             values = self._values(rows, lines)
-            labels = coder.codes([self._label(r[self._li], ln) for r, ln in zip(rows, lines)], lines)
+            labels = coder.codes(self._labels([r[self._li] for r in rows], lines), lines)
             full_t = t if last_t is None else np.concatenate([[last_t], t])
             gaps, missing = find_gaps(np.diff(full_t), fs)
             cuts = (gaps + (0 if last_t is not None else 1)).tolist()  # index in this block where a gap ends
@@ -334,6 +339,16 @@ class CsvStream(Stream):
             last_t = float(t[-1])
 
 
+def _no_nul(lines, where: str):
+    """The file's lines, refusing NUL bytes (Python >= 3.11's csv module passes them through, and numpy drops
+    trailing NULs of strings, so "1\x00" would read as 1.0)."""
+    for n, line in enumerate(lines, 1):
+        if "\x00" in line:
+            raise ValueError(f"{where} line {n} contains a NUL byte; expected text (the file may be corrupt or "
+                             "not a CSV)")
+        yield line
+
+
 def _csv_error_text(e: Exception) -> str:
     """The csv module's error, said for a user."""
     msg = str(e)
@@ -344,14 +359,6 @@ def _csv_error_text(e: Exception) -> str:
     if "expected after" in msg:
         return f"malformed quoting ({msg}: a stray '\"' inside a field?)"
     return f"malformed CSV ({msg})"
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def load_csv(path: str | os.PathLike, *, class_names: Sequence[str] | None = None,

@@ -33,6 +33,7 @@ from .recording import (
     Stream,
     StreamBlock,
     check_block_samples,
+    check_gaps,
     check_names,
     check_sample_rate,
     read_stream,
@@ -101,6 +102,7 @@ class NpzStream(Stream):
         self.path = V.check_file(path, what="recording file", suffixes=(".npz",))
         self.block_samples = check_block_samples(block_samples)
         self.where = where = f"recording file {str(self.path)!r}"
+        self._source = str(self.path)
         with reading(where, str(self.path)):
             self._open(where)
         self.name = self.path.stem
@@ -109,6 +111,8 @@ class NpzStream(Stream):
     def _open(self, where: str) -> None:
         try:
             zf = zipfile.ZipFile(self.path)
+        except PermissionError:
+            raise
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise ValueError(f"{where} could not be read as .npz ({e}); it is not a complete .npz archive "
                              "and may be truncated") from e
@@ -207,18 +211,7 @@ class NpzStream(Stream):
         if gaps.dtype.kind not in "iu" or gaps.ndim != 2 or gaps.shape[1] != 2:
             raise ValueError(f"gaps in {where} must be an integer array of shape (G, 2), got dtype {gaps.dtype} "
                              f"of shape {gaps.shape}")
-        out = tuple((int(a), int(m)) for a, m in gaps.tolist())
-        prev = 0
-        for a, m in out:
-            if not (prev < a < self.n_samples) or m < 1:
-                raise ValueError(f"gaps in {where} has ({a}, {m}); expected increasing sample indices in "
-                                 f"1..{self.n_samples - 1} and at least 1 missing sample")
-            prev = a
-        return out
-
-    def blocks(self) -> Iterator[StreamBlock]:
-        with reading(self.where, str(self.path)):
-            yield from self._blocks()
+        return check_gaps(gaps.tolist(), self.n_samples, where)
 
     def _blocks(self) -> Iterator[StreamBlock]:
         where = self.where

@@ -128,6 +128,15 @@ def check_names(kind: str, names, *, where: str, limit: int) -> tuple[str, ...]:
     return out
 
 
+def is_float(s: str) -> bool:
+    """Whether ``float(s)`` parses (the number syntax of every text reader)."""
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
 def _int_or_none(s: str) -> int | None:
     s = s.strip()
     if not s or len(s) > 20 or not s.lstrip("+-").isdigit():
@@ -259,7 +268,8 @@ def reading(where: str, path: str):
 # --------------------------------------------------------------------------- Recording
 
 
-def _check_gaps(gaps, n_samples: int, where: str) -> tuple[tuple[int, int], ...]:
+def check_gaps(gaps, n_samples: int, where: str) -> tuple[tuple[int, int], ...]:
+    """Require ``(sample index, missing samples)`` pairs with increasing indices in 1..S-1 and >= 1 missing."""
     out = []
     prev = 0
     for g in gaps:
@@ -357,7 +367,7 @@ class Recording:
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "class_names", class_names)
         object.__setattr__(self, "user", str(self.user))
-        object.__setattr__(self, "gaps", _check_gaps(self.gaps, values.shape[0], where))
+        object.__setattr__(self, "gaps", check_gaps(self.gaps, values.shape[0], where))
 
     @property
     def n_samples(self) -> int:
@@ -459,8 +469,19 @@ class Stream:
     #: True when ``n_samples`` was checked against the bytes present (so it can be preallocated).
     _n_samples_verified: bool = False
 
-    def blocks(self) -> Iterator[StreamBlock]:  # pragma: no cover - abstract
-        """Yield the stream from its start, block by block (each call starts over)."""
+    #: The file or folder errors name (``where`` must contain it); set by file readers.
+    _source: str = ""
+
+    def blocks(self) -> Iterator[StreamBlock]:
+        """Yield the stream from its start, block by block (each call starts over).
+
+        File readers implement ``_blocks``; this wrapper gives every error the
+        documented types and the file's name (:func:`reading`).
+        """
+        with reading(self.where, self._source):
+            yield from self._blocks()
+
+    def _blocks(self) -> Iterator[StreamBlock]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self) -> dict:

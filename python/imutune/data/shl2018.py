@@ -27,6 +27,7 @@ from .recording import (
     StreamBlock,
     check_names,
     check_sample_rate,
+    is_float,
     read_stream,
     reading,
 )
@@ -116,14 +117,6 @@ def _read_order(path: Path) -> np.ndarray:
     return order
 
 
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
 def _parse_line(path: Path, lineno: int, text: str, dtype) -> np.ndarray:
     text = text.strip()
     if not text:
@@ -134,7 +127,7 @@ def _parse_line(path: Path, lineno: int, text: str, dtype) -> np.ndarray:
             return np.fromstring(text, dtype=dtype, sep=" ")
         except (ValueError, DeprecationWarning):
             pass
-    bad = next((t for t in text.split() if not _is_float(t)), text[:40])
+    bad = next((t for t in text.split() if not is_float(t)), text[:40])
     raise ValueError(f"SHL file {str(path)!r} line {lineno} has a non-numeric value {bad[:40]!r}; "
                      "expected whitespace-separated numbers")
 
@@ -200,6 +193,7 @@ class Shl2018Stream(Stream):
                  sample_rate_hz: float = 100.0, require_finite: bool = False) -> None:
         root = V.check_dir(folder, what="SHL folder")
         self.where = where = f"SHL folder {str(root)!r}"
+        self._source = str(root)
         channels = _check_channels(channels, root)
         self.sample_rate_hz = check_sample_rate(sample_rate_hz, where=where)
         self.require_finite = bool(require_finite)
@@ -257,10 +251,6 @@ class Shl2018Stream(Stream):
                              f"{self.frame_length} values (as in line 1 of {SHL_LABEL_FILE}); the file may be "
                              "truncated")
         return offsets
-
-    def blocks(self) -> Iterator[StreamBlock]:
-        with reading(self.where, str(self.root)):
-            yield from self._blocks()
 
     def _blocks(self) -> Iterator[StreamBlock]:
         F, C = self.frame_length, len(self.channels)

@@ -21,10 +21,12 @@ from .filter import QualityConfig
 from .methods import METHOD_NAMES, canonical_loss
 from .weights import CategoryWeights, FilterConfig
 
-__all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'canonical_loss']
+__all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'NATIVE_LOSSES', 'canonical_loss']
 
 #: Every name ``FinetuneConfig.loss`` (and ``imutune finetune --loss``) accepts, in dash form.
 LOSSES: tuple[str, ...] = METHOD_NAMES
+#: The losses :func:`finetune` itself runs (with rehearsal, checkpoints and given sample weights).
+NATIVE_LOSSES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "ce")
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,12 @@ class FinetuneConfig:
 
 def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = FinetuneConfig(),
              sample_weights: np.ndarray | None = None, source_windows: Windows | None = None,
-             checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
-             noisy_mask: np.ndarray | None = None) -> ModelBundle:
+             checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> ModelBundle:
     """Fine-tune a pretrained bundle for one target user with FilterLoss.
 
-    ``config.loss`` other than the FilterLoss variants and ``"ce"`` runs the
-    baseline of that name (:mod:`imutune.personalize.baselines`) with
-    ``config.train`` as its budget; ``noisy_mask`` (N,) bool, the injected
-    truth of a label-noise rehearsal, is needed by ``"oracle"`` only. Those
-    baselines take no rehearsal windows, checkpoint or sample weights.
+    ``config.loss`` must be a FilterLoss variant or ``"ce"``
+    (:data:`NATIVE_LOSSES`); every other method name of ``FinetuneConfig``
+    runs through :func:`imutune.personalize.run.personalize`.
 
     If the target's class list differs from the bundle's, the classifier head
     is replaced (FilterLoss paper, Sec. III: transfer to a new class set);
@@ -96,9 +95,9 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     from .filter import categorize, category_counts
     from .weights import sample_weights as _weights
 
-    if config.loss not in ("filterloss", "filterloss-cv", "filterloss-learned", "ce"):
-        return _other_method(bundle, windows, config, sample_weights=sample_weights, progress=progress,
-                             noisy_mask=noisy_mask)
+    if config.loss not in NATIVE_LOSSES:
+        raise ValueError(f"loss {config.loss!r} is a baseline, not a FilterLoss fine-tune; run it with "
+                         "imutune.personalize.run.personalize (or imutune.personalize.baselines.run_method)")
 
     if tuple(windows.channels) != tuple(bundle.channels):
         raise ValueError(f"target windows have channels {list(windows.channels)}; the model expects "
@@ -170,23 +169,6 @@ def _add_rehearsal(xn: np.ndarray, y: np.ndarray, weights: np.ndarray | None, bu
     return (np.concatenate([xn, bundle.normalizer(source.x[idx])]),   # (N + n, C, T)
             np.concatenate([y, source.y[idx]]),
             np.concatenate([w_t, np.ones(n, np.float32)]))
-
-
-def _other_method(bundle: ModelBundle, windows: Windows, config: FinetuneConfig, *,
-                  sample_weights: np.ndarray | None, progress: bool, noisy_mask: np.ndarray | None) -> ModelBundle:
-    """A baseline by name, same budget (``config.train``)."""
-    from .baselines import run_method
-
-    if sample_weights is not None or config.rehearsal_ratio > 0:
-        raise ValueError(f"loss {config.loss!r} takes no sample_weights and no rehearsal (rehearsal_ratio="
-                         f"{config.rehearsal_ratio}); use 'filterloss*' or 'ce' for those")
-    name = config.loss.replace("-", "_")
-    opts: dict[str, Any] = {}
-    if name == "oracle":
-        opts["noisy_mask"] = noisy_mask
-    if name == "cleanlab":
-        opts["filter_config"] = config.filter
-    return run_method(name, bundle, windows, config.train, progress=progress, **opts)
 
 
 def _first_version_probs(model: nn.Module, xn: np.ndarray, y: np.ndarray, num_classes: int,

@@ -27,24 +27,28 @@ Here (1-D sensor models, :mod:`imutune.models`):
   distribution), a standardized 2-Wasserstein distance between Gaussians
   (:func:`reference_distances`).
 
-Selective fine-tuning (:func:`finetune_selected`) trains only the selected
-entries; everything else stays bit-identical:
+Selective fine-tuning (:func:`finetune_selected`) runs the one training loop
+(:func:`imutune.train.loop.train`) with the hooks of :func:`selection_hooks`
+and trains only the selected entries; everything else stays bit-identical:
 
-* gradients of unselected rows are masked to zero, and after every optimizer
-  step unselected rows are copied back from a frozen copy (AdamW's decoupled
-  weight decay would otherwise move them);
+* gradients of unselected rows are masked to zero and partly selected tensors
+  get no weight decay (:class:`~imutune.train.loop.GradientMask`; AdamW's
+  decoupled decay would otherwise move the unselected rows); at the end the
+  unselected entries are copied back from a frozen copy as a safety net;
 * batch norm: a layer whose filters are all selected trains normally (batch
   statistics, running statistics updated); a layer with none selected runs in
   eval mode (running statistics, untouched); a partly selected layer uses
   batch statistics for its selected channels and the frozen running
   statistics for the others (so training and inference agree for frozen
-  channels), and its running statistics and ``num_batches_tracked`` are
-  restored for unselected channels after every step (``num_batches_tracked``
-  is unused with the default momentum).
+  channels); running statistics move only for the selected channels (in
+  scratch buffers, committed at the end, :class:`_PartialBN`), and
+  ``num_batches_tracked`` stays as it was (unused with the default momentum).
 
 The same loop trains any :class:`Selection` -- full fine-tuning, the last
 block plus head, random filters, Borda-selected filters -- so their times are
-comparable.
+comparable. With ``cache_prefix=True`` a frozen leading part of the model is
+run once and training starts from its cached outputs (:func:`frozen_prefix`;
+bit-identical weights, less time per epoch).
 """
 from __future__ import annotations
 
@@ -76,8 +80,8 @@ from ..train.loop import (
 
 __all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "reference_distances", "borda_count",
            "rank_filters", "select_filters", "random_selection", "last_block_selection", "full_selection",
-           "entry_masks", "count_trainable", "selection_hooks", "frozen_prefix", "finetune_selected", "SelectiveConfig", "personalize",
-           "run_personalize"]
+           "entry_masks", "count_trainable", "selection_hooks", "frozen_prefix", "finetune_selected",
+           "SelectiveConfig", "personalize", "run_personalize"]
 
 
 # --------------------------------------------------------------------------- layers and selections

@@ -11,29 +11,38 @@ parameters).
 
 Algorithm (:func:`filter_weights`)
 ----------------------------------
+Scoring (steps 1-4) is in :mod:`imutune.personalize.filter`, the weights (step 5) here.
+
 1. **Embeddings.** The pretrained model embeds every target training window
    (``model.embed``, the penultimate features), once.
 2. **Out-of-fold probabilities** (the model's opinion of a window without
-   having fitted that window): the windows are split into ``n_folds``
+   having fitted that window): the windows are split into ``n_folds`` (4)
    stratified folds; for each fold a model is fine-tuned *from the pretrained
    weights* on the other folds and predicts the held-out fold. With
-   ``oof="head"`` (default) the fold model is the pretrained classifier head
-   fine-tuned on the frozen embeddings (full-batch gradient descent with
-   momentum, L2 pull towards the pretrained head; milliseconds); with
-   ``oof="full"`` the whole network is fine-tuned for ``oof_epochs`` epochs.
-3. **kNN label agreement**: the share of a window's ``knn_k`` nearest
-   neighbours (cosine similarity of the pretrained embeddings, the window
-   itself excluded) that carry its label, divided by the most that can
-   (``min(knn_k, n_label - 1)``), so a window of a rare class is not
-   penalized for having few same-class neighbours. A window that is the only
-   one of its class has no evidence either way and gets agreement 1.
-4. **Categories** (:func:`categorize` with ``agreement``), with ``p`` the
-   out-of-fold probabilities, ``margin = p(label) - max_{k != label} p(k)``
-   and ``a`` the agreement; thresholds in :class:`QualityConfig`:
+   ``oof="full"`` (default) the whole network is fine-tuned end to end for
+   ``oof_epochs`` (10) epochs (the fold models see the user's data, so a user
+   shift of the pretrained model does not read as label noise); with
+   ``oof="head"`` the fold model is the pretrained classifier head fine-tuned
+   on the frozen embeddings (full-batch gradient descent with momentum, L2
+   pull towards the pretrained head; milliseconds).
+3. **Two label-quality views.** (a) *kNN label agreement*: the share of a
+   window's ``knn_k`` nearest neighbours (cosine similarity of the pretrained
+   embeddings, the window itself excluded) that carry its label, divided by
+   the most that can (``min(knn_k, n_label - 1)``); a window alone in its
+   class gets 1. (b) *Confident-learning label issues* on the out-of-fold
+   probabilities (``cleanlab.filter.find_label_issues``, per-class
+   thresholds ``t_k`` = mean self-confidence of class k; Northcutt et al.,
+   JAIR 2021), with ``QualityConfig.label_issues``.
+4. **Categories** (:func:`~imutune.personalize.filter.categorize`), with
+   ``p`` the out-of-fold probabilities, ``margin = p(label) - max_{k != label}
+   p(k)`` and ``a`` the agreement; thresholds in ``QualityConfig``:
 
-   * **noisy** -- the fold model predicts another class with probability
-     >= ``noisy_confidence`` (0.6) *and* ``a < agreement_noisy`` (0.5): both
-     views contradict the label (a flipped or wrong label);
+   * **noisy** -- ``a < agreement_noisy`` (0.5) *and* the probability view
+     contradicts the label: the fold model predicts another class with
+     probability >= ``noisy_confidence`` (0.6), or (``label_issues="agree"``,
+     default) confident learning flags the window and the fold model predicts
+     another class. ``"union"`` takes either view alone, ``"off"`` only the
+     confidence rule (the original filter);
    * **high-value** -- the fold model predicts the label with
      ``margin >= boundary_margin`` (0.2) *and* ``a >= agreement_high`` (0.5);
    * **boundary** -- everything else (one view unsure or in conflict);
@@ -41,19 +50,27 @@ Algorithm (:func:`filter_weights`)
      never noisy (at worst boundary): with so few examples neither view can
      tell a rare class from a wrong label.
 
+   With ``stages=2`` the fold models are trained again with the first pass's
+   weights (noisy windows out) and steps 2-4 repeat (two-stage re-scoring).
+
 5. **Weights.** A window's weight is ``c[category] * f[label]``, with ``c``
    the category weights and ``f_k = (n_min / n_k) ** beta`` a class-balance
-   factor (``beta = 0``: the paper's category-only weights).
+   factor (``beta = 0``: the paper's category-only weights); with *soft*
+   weighting a boundary window's weight is also multiplied by its label
+   quality ``min(1, p(label) / t_label)`` (:func:`quality_factors`), so
+   per-window scores replace the flat boundary weight (the paper's stated
+   limit of three flat categories).
 
-   * ``mode="fixed"``: ``c`` and ``beta`` as configured;
-   * ``mode="cv"`` (:func:`select_weights`): every ``(c, beta)`` of a small
-     grid is scored by stratified ``cv_folds``-fold cross-validation on the
-     target training windows only, with the head fine-tuned on frozen
+   * ``mode="fixed"``: ``c``, ``beta`` and soft weighting as configured;
+   * ``mode="cv"`` (:func:`select_weights`): every ``(c, beta, soft)`` of a
+     small grid is scored by stratified ``cv_folds``-fold cross-validation on
+     the target training windows only, with the head fine-tuned on frozen
      embeddings under FilterLoss as the (cheap) proxy model; the pooled
-     out-of-fold macro-F1 on the held-out windows *not* categorized noisy
-     (their labels are suspect, and scoring against them would reward fitting
-     the noise) picks the winner (ties: lower class-balanced held-out
-     cross-entropy on the same windows, then the earlier grid entry);
+     out-of-fold macro-F1 over *all* held-out windows against their observed
+     labels picks the winner (so zeroing windows wrongly marked noisy costs
+     the held-out windows they would have taught; ties: lower class-balanced
+     held-out cross-entropy; ``cv_tolerance > 0`` prefers the earliest grid
+     entry, i.e. the least filtering, within that much macro-F1 of the best);
    * ``mode="learned"`` (:func:`learn_weights`, the paper's future work):
      ``c = sigmoid(theta)`` (and ``beta = sigmoid(rho)``; with
      ``per_sample=True`` also one logit offset per window) are trainable
@@ -73,8 +90,11 @@ terms); non-finite embeddings or probabilities raise ``ValueError``; a grid
 entry that zeroes every training weight of a fold is skipped; all weights zero
 in ``mode="fixed"`` raises ``ValueError``.
 
-First version (:func:`categorize` without ``agreement``): the categories come
-from class probabilities alone (for example of the pretrained model):
+First version (:func:`categorize` without ``agreement``; ``loss="filterloss"`` in
+:func:`imutune.personalize.finetune.finetune`): the categories come from class
+probabilities alone -- out-of-fold probabilities of heads on the frozen
+embeddings, not the pretrained model's own (which a user shift makes
+confidently wrong on clean windows):
 
 * **noisy** -- the model predicts another class than the label with
   probability >= ``noisy_confidence`` (confidently wrong);

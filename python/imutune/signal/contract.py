@@ -61,6 +61,8 @@ CONTRACT_KEYS = ("channels", "units", "class_names", "sample_rate_hz", "window_s
                  "hop_samples", "min_purity", "norm_mean", "norm_std")
 _MAX_NAMES = 100_000          # channels or classes one contract may list
 _MAX_NAME_CHARS = 256
+_F32_MAX = 3.4028234663852886e38       # np.finfo(np.float32).max
+_F32_TINY = 1.1754943508222875e-38     # np.finfo(np.float32).tiny
 
 
 def seconds_to_samples(seconds: float, sample_rate_hz: float, *, minimum: int = 0) -> int:
@@ -183,10 +185,12 @@ def _stats(name: str, value: Any, n: int, where: str, *, positive: bool) -> tupl
             f = float(v)
         except OverflowError:
             raise ValueError(f"{name}[{i}]{_where(where)} must be a finite number, got {_short(v)}") from None
-        if not math.isfinite(f):
-            raise ValueError(f"{name}[{i}]{_where(where)} must be a finite number, got {v!r}")
-        if positive and not f > 0:
-            raise ValueError(f"{name}[{i}]{_where(where)} must be > 0 (a per-channel standard deviation), got {v!r}")
+        if not math.isfinite(f) or abs(f) > _F32_MAX:
+            raise ValueError(f"{name}[{i}]{_where(where)} must be a finite number within float32 range (the model "
+                             f"input is float32), got {v!r}")
+        if positive and not f >= _F32_TINY:
+            raise ValueError(f"{name}[{i}]{_where(where)} must be > 0 (a per-channel standard deviation of at least "
+                             f"{_F32_TINY:.3g}, float32's smallest normal number), got {v!r}")
         out.append(f)
     return tuple(out)
 

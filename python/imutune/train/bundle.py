@@ -309,8 +309,10 @@ def _check_model_config(name: str, cfg: Any, src: str) -> dict:
                          f"{name!r} config fields")
     fields = asdict(default_config(name))
     unknown = sorted(k for k in cfg if k not in fields)
-    if unknown:
-        raise ValueError(f"{src}: model_config has unknown fields {unknown}; expected some of {list(fields)}")
+    missing = [k for k in fields if k not in cfg]
+    if unknown or missing:
+        raise ValueError(f"{src}: model_config has unknown fields {unknown} / misses {missing}; expected exactly "
+                         f"{list(fields)}")
     out: dict[str, Any] = {}
     for k, v in cfg.items():
         ref = fields[k]

@@ -37,7 +37,7 @@ import torch
 from .._io import sha256_bytes, write_bytes_atomic, write_json_atomic
 
 __all__ = ["FORMAT", "VERSION", "TrainState", "save_checkpoint", "read_checkpoint_header", "load_checkpoint",
-           "tensors_path"]
+           "tensors_path", "capture_rng", "restore_rng", "checkpoint_error"]
 
 FORMAT = "imutune-train-checkpoint"
 VERSION = 1
@@ -72,7 +72,8 @@ def _fresh_hint(path: Path) -> str:
             "folder)")
 
 
-def _bad(path: Path, reason: str) -> ValueError:
+def checkpoint_error(path: Path, reason: str) -> ValueError:
+    """The ValueError for an unusable checkpoint: names the file, the reason and how to start fresh."""
     return ValueError(f"checkpoint {path} is not a usable imutune checkpoint: {reason}; {_fresh_hint(path)}")
 
 
@@ -202,35 +203,36 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        raise _bad(path, "it is a folder, expected a JSON file")
+        raise checkpoint_error(path, "it is a folder, expected a JSON file")
     size = path.stat().st_size
     if size == 0:
-        raise _bad(path, "the file is empty (0 bytes; an interrupted copy?)")
+        raise checkpoint_error(path, "the file is empty (0 bytes; an interrupted copy?)")
     if size > _MAX_JSON_BYTES:
-        raise _bad(path, f"the file has {size} bytes, far more than a checkpoint header (at most {_MAX_JSON_BYTES})")
+        raise checkpoint_error(path, f"the file has {size} bytes, far more than a checkpoint header "
+                                     f"(at most {_MAX_JSON_BYTES})")
     raw = path.read_bytes()
     if raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80":
-        raise _bad(path, "it is a pickle / torch.save file (older imutune versions wrote those); imutune never "
-                         "unpickles checkpoints because a pickle can run code")
+        raise checkpoint_error(path, "it is a pickle / torch.save file (older imutune versions wrote those); "
+                                     "imutune never unpickles checkpoints because a pickle can run code")
     try:
         head = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"it is not UTF-8 JSON (truncated or foreign: {type(e).__name__}: {e})") from None
+        raise checkpoint_error(path, f"it is not UTF-8 JSON (truncated or foreign: {type(e).__name__}: {e})") from None
     if not isinstance(head, dict) or head.get("format") != FORMAT:
         got = head.get("format") if isinstance(head, dict) else type(head).__name__
-        raise _bad(path, f"its format is {got!r}, expected {FORMAT!r}")
+        raise checkpoint_error(path, f"its format is {got!r}, expected {FORMAT!r}")
     if head.get("version") != VERSION:
-        raise _bad(path, f"it has version {head.get('version')!r}; this imutune reads version {VERSION}")
+        raise checkpoint_error(path, f"it has version {head.get('version')!r}; this imutune reads version {VERSION}")
     types = {"epoch": int, "steps": int, "identity": dict, "history": list, "curve": list, "optimizer": dict,
              "scheduler": dict, "rng": dict, "tensors_sha256": str}
     for k, t in types.items():
         if not isinstance(head.get(k), t) or isinstance(head.get(k), bool):
-            raise _bad(path, f"field {k!r} is {head.get(k)!r}, expected a {t.__name__}")
+            raise checkpoint_error(path, f"field {k!r} is {head.get(k)!r}, expected a {t.__name__}")
     if not _SHA256.match(head["tensors_sha256"]):
-        raise _bad(path, f"tensors_sha256 is {head['tensors_sha256']!r}, expected 64 hex digits")
+        raise checkpoint_error(path, f"tensors_sha256 is {head['tensors_sha256']!r}, expected 64 hex digits")
     if head["epoch"] < 0 or head["steps"] < 0 or len(head["history"]) != head["epoch"]:
-        raise _bad(path, f"epoch {head['epoch']}, steps {head['steps']} and {len(head['history'])} history entries "
-                         "do not agree")
+        raise checkpoint_error(path, f"epoch {head['epoch']}, steps {head['steps']} and {len(head['history'])} "
+                                     "history entries do not agree")
     return head
 
 
@@ -250,17 +252,17 @@ def load_checkpoint(path: str | os.PathLike, head: dict[str, Any] | None = None)
     head = read_checkpoint_header(path) if head is None else head
     tpath = tensors_path(path, head["tensors_sha256"])
     if not tpath.is_file():
-        raise _bad(path, f"its tensors file {tpath.name} is missing")
+        raise checkpoint_error(path, f"its tensors file {tpath.name} is missing")
     blob = tpath.read_bytes()
     sha = sha256_bytes(blob)
     if sha != head["tensors_sha256"]:
-        raise _bad(path, f"its tensors file {tpath.name} has SHA-256 {sha[:16]}..., the checkpoint names "
+        raise checkpoint_error(path, f"its tensors file {tpath.name} has SHA-256 {sha[:16]}..., the checkpoint names "
                          f"{head['tensors_sha256'][:16]}... (truncated or modified)")
     try:
         tensors = st_load(blob)
         optimizer = _join_optimizer(tensors, head["optimizer"])
     except Exception as e:  # safetensors raises its own error types on a malformed header
-        raise _bad(path, f"{tpath.name} cannot be read ({type(e).__name__}: {e})") from None
+        raise checkpoint_error(path, f"{tpath.name} cannot be read ({type(e).__name__}: {e})") from None
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     return TrainState(epoch=head["epoch"], steps=head["steps"], identity=head["identity"],
                       history=list(head["history"]), curve=list(head["curve"]), model=model, optimizer=optimizer,

@@ -17,6 +17,7 @@ Uses CUDA when available (``device="auto"``), the CPU otherwise.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import asdict
@@ -316,7 +317,15 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
 def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, config: TrainConfig,
                    loss_fn: nn.Module, device: torch.device, hooks: _Hooks, checkpoint_path, desc: str,
                    progress: bool, extra_config: dict | None, eval_fn) -> TrainResult:
-    from .checkpoint import TrainState, capture_rng, load_checkpoint, read_checkpoint_header, restore_rng
+    from .checkpoint import (
+        TrainState,
+        capture_rng,
+        checkpoint_error,
+        load_checkpoint,
+        read_checkpoint_header,
+        restore_rng,
+        save_checkpoint,
+    )
 
     n = x.shape[0]
     torch.manual_seed(config.seed)
@@ -331,8 +340,11 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     sched = one_cycle_schedule(opt, config.lr, config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
-    identity = {"train": {k: v for k, v in asdict(config).items() if k != "threads"}, "n_windows": n,
-                "data_sha256": _fingerprint(x, y, w), **(extra_config or {})}
+    identity = None
+    if checkpoint_path is not None:   # what makes a checkpoint this run's: config (threads aside), data, extras
+        identity = {"train": {k: v for k, v in asdict(config).items() if k != "threads"}, "n_windows": n,
+                    "data_sha256": _fingerprint(x, y, w), **(extra_config or {})}
+        identity = json.loads(json.dumps(identity))       # as the checkpoint stores it (tuples -> lists)
     start_epoch, steps, history, curve = 0, 0, [], []
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         head = read_checkpoint_header(checkpoint_path)
@@ -347,10 +359,8 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
                 gen.set_state(st.shuffle_rng)
                 restore_rng(st.rng)           # dropout and any global-RNG user continue where they stopped
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-                from .checkpoint import _bad
-
-                raise _bad(Path(checkpoint_path), f"its state does not fit this model and optimiser "
-                                                  f"({type(e).__name__}: {e})") from None
+                raise checkpoint_error(Path(checkpoint_path), f"its state does not fit this model and optimiser "
+                                                              f"({type(e).__name__}: {e})") from None
             start_epoch, steps, history, curve = st.epoch, st.steps, list(st.history), [list(c) for c in st.curve]
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
     seconds, steps_run = 0.0, 0
@@ -400,8 +410,6 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         if checkpoint_path is not None:
-            from .checkpoint import save_checkpoint
-
             save_checkpoint(checkpoint_path, TrainState(
                 epoch=epoch + 1, steps=steps + steps_run, identity=identity, history=history, curve=curve,
                 model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
