@@ -75,6 +75,9 @@ def test_fuzz_harness_flags_what_it_must():
     lost = F.Case("csv", good.files, "a.csv", rows=3)
     assert F.run_case(lost, Path(tempfile.mkdtemp()), "eager")[:2] == \
         ("silent_accept", "3 rows in the file, 2 read and 0 counted as dropped")
+    corrupt = F.Case("csv", good.files, "a.csv", values=np.array([[1.0], [2.5]], np.float32))
+    assert F.run_case(corrupt, Path(tempfile.mkdtemp()), "stream")[:2] == \
+        ("silent_accept", "the values read differ from the values the file holds")
     bad = F.Case("csv", {"b.csv": b"timestamp_s,x,label\n"}, "b.csv")
     out, detail, _ = F.run_case(bad, Path(tempfile.mkdtemp()), "eager")
     assert out == "clean_error" and "b.csv' has no data rows" in detail

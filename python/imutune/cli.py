@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device profile: phone-big-core, phone-two-cores, phone-big-core-per-sample, host")
     r.add_argument("--smoothing-k", type=int, default=1, help="also score a majority vote over k windows")
     r.add_argument("--stream", action="store_true", help="read recordings incrementally (constant memory)")
+    r.add_argument("--dump-golden", default=None, metavar="DIR",
+                   help="also write golden data (raw samples, window ends, inputs, logits) to DIR")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sub.add_parser("models", help="list registered models")
@@ -383,6 +385,8 @@ def _add_fleet(sub, bench_sub) -> None:
     b.add_argument("--users", type=int, default=None, help="simulated users (default 200; --quick 20)")
     b.add_argument("--quick", action="store_true", help="20 users, shorter pretraining")
     b.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default 2)")
+    b.add_argument("--workers", type=int, nargs="+", default=None,
+                   help="worker counts of the scaling runs (default 1 2; the largest is the reference run)")
     b.add_argument("--no-kill", action="store_true", help="skip the killed-worker and killed-fleet phases")
     b.add_argument("--no-kill-driver", action="store_true", help="skip the killed-fleet phase only")
     b.add_argument("--no-progress", action="store_true")
@@ -433,6 +437,8 @@ def _bench_fleet(args) -> int:
         over["n_users"] = args.users
     if args.num_cpus:
         over["num_cpus"] = args.num_cpus
+    if args.workers:
+        over["workers"] = tuple(args.workers)
     if args.no_kill:
         over.update(kill_worker=False, kill_driver=False)
     if args.no_kill_driver:
@@ -440,6 +446,7 @@ def _bench_fleet(args) -> int:
     cmd = ["imutune bench fleet --out", str(args.out)] + (["--quick"] if args.quick else [])
     cmd += [f"--users {args.users}"] if args.users else []
     cmd += [f"--num-cpus {args.num_cpus}"] if args.num_cpus else []
+    cmd += ["--workers " + " ".join(str(w) for w in args.workers)] if args.workers else []
     cmd += ["--no-kill"] if args.no_kill else []
     cmd += ["--no-kill-driver"] if args.no_kill_driver else []
     res = run_fleet_bench(args.out, replace(cfg, **over), command=" ".join(cmd), progress=not args.no_progress)
@@ -728,7 +735,8 @@ def _dispatch(args) -> int:
         chunk = args.chunk_samples if args.chunk_samples in (None, "hop") else int(args.chunk_samples)
         s = run_replay(args.model, args.data, args.out, manifest_path=args.manifest, num_threads=args.threads,
                        chunk_samples=chunk, realtime=args.realtime, profile=args.profile,
-                       smoothing_k=args.smoothing_k, stream=args.stream, progress=not args.no_progress)
+                       smoothing_k=args.smoothing_k, stream=args.stream, progress=not args.no_progress,
+                       dump_golden=args.dump_golden)
         print(json.dumps({k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "latency_ms", "deadline_misses")}))
         return 0
     if args.command == "bench":

@@ -124,7 +124,8 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
 def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                manifest_path: str | os.PathLike | None = None, num_threads: int | None = None,
                chunk_samples: int | str | None = None, realtime: bool | None = None, profile: str | None = None,
-               smoothing_k: int = 1, stream: bool = False, progress: bool = True) -> dict[str, Any]:
+               smoothing_k: int = 1, stream: bool = False, progress: bool = True,
+               dump_golden: str | os.PathLike | None = None) -> dict[str, Any]:
     """Replay recordings through an exported artifact; writes ``replay_report.json``,
     ``replay_report.md`` and ``confusion_matrix.png`` into ``out_dir``.
 
@@ -134,6 +135,9 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     (not None) override them. ``chunk_samples="hop"`` delivers once per hop.
     ``stream=True`` reads each file incrementally (:func:`imutune.streams.open_streams`)
     instead of loading it. ``progress`` shows a bar over the recordings.
+    ``dump_golden`` (a folder) also writes the golden data of the replay there
+    (:class:`imutune.runtime.golden.GoldenCapture`: raw samples fed, window
+    ends, normalized inputs, logits, predictions; ``golden.json`` index).
     """
     from .deploy.backends import load_backend
     from .deploy.manifest import load_manifest
@@ -156,7 +160,15 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
         recs: list[Any] = [s for p in data for s in open_streams(p)]
     else:
         recs = load_many(data)
-    summary = replay_many(recs, backend, manifest, config=cfg, progress=progress)
+    capture = None
+    if dump_golden is not None:
+        from .runtime.golden import GoldenCapture
+
+        capture = GoldenCapture()
+    summary = replay_many(recs, backend, manifest, config=cfg, progress=progress, capture=capture)
+    if capture is not None:
+        capture.write(dump_golden, manifest_path=manifest_path if manifest_path is not None else
+                      artifact.parent / "manifest.json", extra={"artifact": artifact.name})
     out = Path(out_dir)
     summary = {"artifact": str(artifact), "replay_config": asdict(cfg), **summary}
     write_json_atomic(out / "replay_report.json", summary)

@@ -51,7 +51,7 @@ from ..personalize.finetune import FinetuneConfig, finetune
 from ..personalize.protocols import calibrate_then_use
 from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
-from ..train.loop import TrainConfig, predict_logits
+from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
 from .report import host_info, markdown_table, new_figure, write_report
 
@@ -66,8 +66,8 @@ class CodecBenchConfig:
     test_subjects: tuple[int, ...] = (8, 9, 10)                  # held-out users
     classifier_model: str = "mobilecnn1d"
     window: WindowConfig = WindowConfig(window_s=2.0, hop_s=0.5, sample_rate_hz=50.0)
-    pretrain: TrainConfig = TrainConfig(epochs=15, batch_size=64, lr=3e-3)
-    finetune: FinetuneConfig = FinetuneConfig(train=TrainConfig(epochs=15, batch_size=32, lr=1e-3), loss="ce")
+    pretrain: TrainConfig = replace(PRETRAIN, epochs=15)
+    finetune: FinetuneConfig = FinetuneConfig(train=replace(FINETUNE, epochs=15), loss="ce")
     calibration_fraction: float = 0.5
     codec: CodecConfig = CodecConfig(hidden_channels=32)
     modes: tuple[str, ...] = ("codec", "classifier", "joint")
@@ -98,8 +98,8 @@ class CodecBenchConfig:
 def quick_config(**overrides: Any) -> CodecBenchConfig:
     """A reduced run: 2 source and 1 test subject, two lambdas, few epochs and k values."""
     base = CodecBenchConfig(source_subjects=(1, 2, 3), test_subjects=(10,), lambdas=(8.0, 64.0), codec_epochs=3,
-                            pretrain=TrainConfig(epochs=4, batch_size=64, lr=3e-3),
-                            finetune=FinetuneConfig(train=TrainConfig(epochs=4, batch_size=32, lr=1e-3), loss="ce"),
+                            pretrain=replace(PRETRAIN, epochs=4),
+                            finetune=FinetuneConfig(train=replace(FINETUNE, epochs=4), loss="ce"),
                             kbits=(2, 4, 8), latency_lambda_index=0, latency_segments=60)
     return replace(base, **overrides)
 
@@ -203,6 +203,32 @@ def _evaluate_point(point: _Point, base: ModelBundle, users: dict, cfg: CodecBen
         point.per_user[user] = row
 
 
+def _evaluate_cached(out: Path, point: _Point, base: ModelBundle, users: dict, cfg: CodecBenchConfig,
+                     raw_reference: dict, log) -> None:
+    """:func:`_evaluate_point`, reusing ``out/points/<name>.json`` when its fingerprint matches (same codec,
+    classifier, users, protocol and fine-tuning settings)."""
+    from .._io import write_json_atomic
+    from ..codec.model import codec_hash
+
+    ident = codec_hash(point.codec) if isinstance(point.codec, LearnedCodec) else asdict(point.codec)
+    fp = _fp({"codec": ident, "name": point.name, "base": base.info.get("bench_fingerprint"),
+              "clf": point.classifier.info.get("codec_lambda") if point.classifier else None,
+              "users": sorted(users), "finetune": asdict(cfg.finetune), "window": asdict(cfg.window),
+              "cal": cfg.calibration_fraction, "raw": raw_reference})
+    path = out / "points" / (point.name.replace(" ", "_").replace("=", "").replace("+", "_").replace("/", "_") + ".json")
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") == fp:
+                point.per_user = saved["per_user"]
+                log(f"[{point.name}] reusing {path}")
+                return
+        except (ValueError, KeyError):
+            pass
+    _evaluate_point(point, base, users, cfg, raw_reference)
+    write_json_atomic(path, {"fingerprint": fp, "per_user": point.per_user})
+
+
 def _summary(point: _Point) -> dict[str, Any]:
     keys = next(iter(point.per_user.values())).keys()
     out: dict[str, Any] = {"family": point.family, "name": point.name, "param": point.param}
@@ -264,7 +290,7 @@ def run_codec_bench(out_dir: str, config: CodecBenchConfig = CodecBenchConfig(),
             points.append(_Point(f"learned/{mode}", f"learned {mode} lambda={lm:g}", float(lm), codec, clf))
     for p in points:
         t = time.perf_counter()
-        _evaluate_point(p, base, users, cfg, raw_ref)
+        _evaluate_cached(out, p, base, users, cfg, raw_ref, log)
         s = _summary(p)
         log(f"[{p.name}] {s['bits_per_sample']:.3f} bits/sample, PRDN {s['prdn']:.1f}%, classifier F1 "
             f"{s['classifier_macro_f1_decoded']:.3f}, personalized F1 {s['personalized_macro_f1']:.3f} "

@@ -45,7 +45,7 @@ from ..fleet.report import gain_histogram
 from ..fleet.run import DONE_FILE, FAILED_FILE, TASK_NAME, run_fleet
 from ..fleet.simulate import SimulationConfig, simulate_fleet
 from ..fleet.worker import FleetConfig
-from ..train.loop import TrainConfig
+from ..train.loop import PRETRAIN, TrainConfig
 from .report import host_info, markdown_table, write_report
 
 __all__ = ["FleetBenchConfig", "quick_config", "run_fleet_bench", "compare_runs"]
@@ -59,7 +59,7 @@ class FleetBenchConfig:
     n_broken: int = 2                                    # deliberately broken users (0..2)
     model_name: str = "mobilecnn1d"                      # base model
     source_subjects: tuple[int, ...] = (1, 2, 3, 4, 5)   # watch subjects the base model is pretrained on
-    pretrain: TrainConfig = TrainConfig(epochs=15, batch_size=64, lr=3e-3)
+    pretrain: TrainConfig = replace(PRETRAIN, epochs=15)
     fleet: FleetConfig = FleetConfig(method="filterloss-cv", max_calibration_windows=150)
     simulation: SimulationConfig = SimulationConfig()
     workers: tuple[int, ...] = (1, 2)                    # scaling runs, in this order
@@ -81,7 +81,7 @@ class FleetBenchConfig:
 
 def quick_config(**overrides: Any) -> FleetBenchConfig:
     """20 users, a shorter pretraining: a few minutes on 2 cores."""
-    return replace(FleetBenchConfig(n_users=20, pretrain=TrainConfig(epochs=8, batch_size=64, lr=3e-3), round_users=5),
+    return replace(FleetBenchConfig(n_users=20, pretrain=replace(PRETRAIN, epochs=8), round_users=5),
                    **overrides)
 
 
@@ -403,7 +403,8 @@ def _markdown(res: dict) -> str:
               "per user.", "", "## Runs", ""]
     rows = []
     for name, p in res["phases"].items():
-        rows.append([name, p["workers"], p["counts"]["computed"], p["counts"]["failed"], p["wall_s"],
+        rows.append([name, p["workers"], p.get("computed_in_rounds", p["counts"]["computed"]), p["counts"]["failed"],
+                     p["wall_s"],
                      p["users_per_hour"], p["users_per_core_hour"], p["users_per_cpu_hour"],
                      p["task_cpu_utilisation"], p["host_cpu_utilisation"],
                      " ".join(f"{v:.2f}" for v in (p["load_average_end"] or []))])

@@ -69,6 +69,7 @@ class CodecConfig:
     kernel_size: int = 5                   # conv kernel in samples (odd)
     prior_filters: tuple[int, ...] = (3, 3, 3)  # hidden sizes of the per-channel density (Ballé 2018, App. 6.1)
     likelihood_bound: float = 1e-9         # likelihood floor in the rate term
+    latent_gain: float = 1.0               # init only: last analysis conv scaled by this, first synthesis conv by 1/this
     table_support: int = 1024              # tables cover integers in [-support, support] before tail trimming
     table_tail_mass: float = 1e-7          # probability mass left to the escape symbol on each side
 
@@ -78,6 +79,7 @@ class CodecConfig:
         V.check_int_at_least("hidden_channels", self.hidden_channels, 1)
         V.check_int_at_least("latent_channels", self.latent_channels, 1)
         V.check_int_at_least("table_support", self.table_support, 1)
+        V.check_positive("latent_gain", self.latent_gain, where="CodecConfig")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {self.kernel_size!r}")
         if not self.strides or any(int(s) < 1 for s in self.strides):
@@ -181,6 +183,12 @@ class SensorCodec(nn.Module):
         syn.append(_conv(h, c, k))
         self.synthesis = nn.Sequential(*syn)
         self.prior = FactorizedPrior(L, config.prior_filters, likelihood_bound=config.likelihood_bound)
+        if config.latent_gain != 1.0:   # start with a finer effective quantization step (init only)
+            with torch.no_grad():
+                last, first = self.analysis[-1], self.synthesis[0]
+                last.weight.mul_(config.latent_gain)
+                last.bias.mul_(config.latent_gain)
+                first.weight.div_(config.latent_gain)
 
     def quantize(self, y: torch.Tensor, *, noise: bool) -> torch.Tensor:
         """``y + U(-1/2, 1/2)`` if ``noise`` (training), else ``round(y)``."""

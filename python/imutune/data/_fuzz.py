@@ -66,7 +66,8 @@ class Case:
     defects the generator injected on purpose (a reader must reject the
     input; ``eager_broken`` ones only the eager loader, e.g. NaN values);
     ``rows`` is the number of data rows a CSV holds (for the data-loss
-    check), None when unknown.
+    check) and ``values`` the (S, C) float32 samples the file holds (for the
+    corruption check), None when unknown.
     """
 
     kind: str
@@ -75,6 +76,7 @@ class Case:
     broken: tuple = ()
     eager_broken: tuple = ()
     rows: int | None = None
+    values: np.ndarray | None = None
     kwargs: dict = field(default_factory=dict)
 
     def write(self, folder: Path) -> Path:
@@ -193,6 +195,16 @@ def csv_cases(draw) -> Case:
             eager_broken.append(inject)
         elif inject in ("not_utf8", "nul", "big_field"):
             pass                                             # applied to the bytes below
+    expected = None
+    if not broken and chans:
+        ci = [j for j, c in enumerate(cols) if c not in ("timestamp_s", "label")]
+        try:
+            with np.errstate(over="ignore"):
+                expected = np.array([[float(r[j]) if r[j].strip() else np.nan for j in ci] for r in rows],
+                                    dtype=np.float64).reshape(n, len(ci)).astype(np.float32)   # (n*C,) -> (n, C)
+        except ValueError:
+            expected = None
+
     def q(s: str) -> str:
         return '"' + s.replace('"', '""') + '"' if ("," in s or '"' in s[1:] or s.startswith(" ")) else s
     quote_all = draw(st.booleans())
@@ -249,7 +261,8 @@ def csv_cases(draw) -> Case:
         if not ok and not broken:
             broken.append("inferred_rate")                   # one row, or a rate outside the accepted range
     name = draw(st.sampled_from(["rec.csv", "my data.csv", "ÜBER.csv", "x.CSV"]))
-    return Case("csv", {name: data}, name, tuple(broken), tuple(eager_broken), rows=n_rows, kwargs=kwargs)
+    return Case("csv", {name: data}, name, tuple(broken), tuple(eager_broken), rows=n_rows, kwargs=kwargs,
+                values=expected if not broken else None)
 
 
 # --------------------------------------------------------------------------- npz assembly
@@ -351,7 +364,8 @@ def npz_cases(draw) -> Case:
             if defect == "dup_member":
                 k = draw(st.sampled_from(sorted(members)))
                 zf.writestr(k, members[k])
-    return Case("npz", {"rec.npz": buf.getvalue()}, "rec.npz", tuple(broken), tuple(eager_broken))
+    expected = values.astype(np.float32) if not broken else None
+    return Case("npz", {"rec.npz": buf.getvalue()}, "rec.npz", tuple(broken), tuple(eager_broken), values=expected)
 
 
 # --------------------------------------------------------------------------- SHL folders
@@ -575,6 +589,8 @@ def run_case(case: Case, folder: Path, mode: str) -> tuple[str, str, object]:
         bad = next((b for b in (_invariants(r, True) for r in recs) if b), None)
     if bad:
         return "silent_accept", bad, None
+    if case.values is not None and not np.array_equal(values, case.values, equal_nan=True):
+        return "silent_accept", "the values read differ from the values the file holds", None
     if case.rows is not None and n + dropped != case.rows:
         return "silent_accept", f"{case.rows} rows in the file, {n} read and {dropped} counted as dropped", None
     return "valid", f"{n} samples", values

@@ -781,8 +781,14 @@ def _smooth(pred: np.ndarray, segs: np.ndarray, k: int, K: int) -> np.ndarray:
 
 
 def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, clock: _Clock, report: dict, *,
-            rid: str, resampled: bool, max_windows: int | None, n_hint: int | None) -> ReplayResult:
+            rid: str, resampled: bool, max_windows: int | None, n_hint: int | None,
+            capture: Any = None) -> ReplayResult:
     """The online loop: deliveries -> ring buffer -> window -> model -> prediction.
+
+    ``capture`` (optional, e.g. :class:`imutune.runtime.golden.GoldenCapture`)
+    is called with every block fed (``samples(values)``), every window
+    (``window(end, x, logits)``, untimed), every reset gap (``reset(skipped)``)
+    and the result (``finish(result)``).
 
     Buffering is done per block, vectorized: each incoming block is
     normalized once into channel-first layout and joined to the last T - 1
@@ -852,8 +858,14 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
             abs_n += ev[1]
             carry = carry[:0]
             tail = tail[:, :0]
+            if capture is not None:
+                capture.reset(ev[1])
             continue
         values, labels = ev[1], ev[2]
+        if capture is not None:
+            ts = perf()
+            capture.samples(values)
+            excl += perf() - ts
         n = values.shape[0]
         vt = np.subtract(values.T, mean)             # (C, n) normalized, channel-first (runtime work)
         np.divide(vt, std, out=vt)
@@ -904,6 +916,8 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
             td = perf()
             lat[w] = tc - tb
             ovh[w] = (tb - t_last) - excl + (td - tc)
+            if capture is not None:
+                capture.window(abs_n, x_in, logits)
             # -- harness (untimed): lateness, memory; ground truth after the block
             if realtime and td > t0 + (abs_n + H) / fs:
                 late += 1
@@ -943,7 +957,7 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
               "maxrss_mb": _maxrss_mb()}
     preds, trues, ends, segs = (a[:w].copy() for a in (preds, trues, ends, segs))
     lat, ovh = lat[:w] * 1e3, ovh[:w] * 1e3                # seconds -> ms
-    return ReplayResult(
+    result = ReplayResult(
         predictions=preds, true_labels=trues, window_ends=ends, latencies_ms=lat, runtime_overhead_ms=ovh,
         deadline_misses=int(np.sum(lat > hop_period_ms)), hop_period_ms=float(hop_period_ms),
         class_names=tuple(manifest.class_names), backend_name=name, num_threads=threads, resampled=resampled,
@@ -952,21 +966,24 @@ def _engine(events, backend: Any, manifest: Manifest, config: ReplayConfig, cloc
         smoothed_predictions=_smooth(preds, segs, config.smoothing_k, K), segments=segs,
         input_report=dict(report), stream_duration_s=abs_n / fs, memory=memory, profile=config.profile,
         cpu_affinity=config.cpu_affinity)
+    if capture is not None:
+        capture.finish(result)
+    return result
 
 
 def _replay_prepared(rec: Recording, backend: Any, manifest: Manifest, config: ReplayConfig, *, resampled: bool,
-                     max_windows: int | None) -> ReplayResult:
+                     max_windows: int | None, capture: Any = None) -> ReplayResult:
     from ..data.streams import RecordingStream
 
     clock, report = _Clock(), _new_report()
     report["rows_dropped"] = int(rec.meta.get("dropped_rows", 0))
     events = _condition(RecordingStream(rec, block_samples=config.block_samples), manifest, config, clock, report)
     return _engine(events, backend, manifest, config, clock, report, rid=_rec_id(rec), resampled=resampled,
-                   max_windows=max_windows, n_hint=rec.n_samples)
+                   max_windows=max_windows, n_hint=rec.n_samples, capture=capture)
 
 
 def _replay_stream(stream: Any, backend: Any, manifest: Manifest, config: ReplayConfig, *,
-                   max_windows: int | None) -> ReplayResult:
+                   max_windows: int | None, capture: Any = None) -> ReplayResult:
     clock, report = _Clock(), _new_report()
     resampled = not np.isclose(float(stream.sample_rate_hz), manifest.sample_rate_hz, rtol=1e-9)
     events = _condition(stream, manifest, config, clock, report)
@@ -974,13 +991,13 @@ def _replay_stream(stream: Any, backend: Any, manifest: Manifest, config: Replay
     if hint is not None and resampled:
         hint = int(hint * manifest.sample_rate_hz / float(stream.sample_rate_hz)) + 1
     result = _engine(events, backend, manifest, config, clock, report, rid=stream.name or stream.user,
-                     resampled=resampled, max_windows=max_windows, n_hint=hint)
+                     resampled=resampled, max_windows=max_windows, n_hint=hint, capture=capture)
     result.input_report["rows_dropped"] = int(getattr(stream, "dropped_rows", 0))  # known once the file is read
     return result
 
 
 def replay(recording: Recording, backend: Any, manifest: Manifest, *,
-           config: ReplayConfig = ReplayConfig()) -> ReplayResult:
+           config: ReplayConfig = ReplayConfig(), capture: Any = None) -> ReplayResult:
     """Stream one recording through the runtime, as a phone app would.
 
     Steps: channels are selected by name in the manifest's order; labels are
@@ -1013,6 +1030,12 @@ def replay(recording: Recording, backend: Any, manifest: Manifest, *,
     config : ReplayConfig
         Delivery chunk size, realtime pacing, threads, pinning, smoothing,
         window cap (see :meth:`ReplayConfig.from_profile` for device profiles).
+    capture : object, optional
+        A capture hook such as :class:`imutune.runtime.golden.GoldenCapture`
+        (methods ``samples(values (n, C) float32)``, ``window(end, x (1, C, T),
+        logits (1, K))``, ``reset(skipped)``, ``finish(result)``); it sees the
+        raw samples fed, every window's input and logits (golden data for the
+        Android host tests). Its window calls are not timed.
 
     Returns
     -------
@@ -1036,7 +1059,8 @@ def replay(recording: Recording, backend: Any, manifest: Manifest, *,
         raise ValueError(f"recording {_rec_id(recording)!r} has {rec.n_samples} samples at "
                          f"{manifest.sample_rate_hz} Hz; one window needs {manifest.window_samples}")
     with _constraints(config, backend):
-        return _replay_prepared(rec, backend, manifest, config, resampled=resampled, max_windows=config.max_windows)
+        return _replay_prepared(rec, backend, manifest, config, resampled=resampled, max_windows=config.max_windows,
+                                capture=capture)
 
 
 def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
@@ -1098,7 +1122,7 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
 
 
 def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
-                config: ReplayConfig = ReplayConfig(), progress: bool = False) -> dict:
+                config: ReplayConfig = ReplayConfig(), progress: bool = False, capture: Any = None) -> dict:
     """Replay several recordings, each as its own stream, and summarize them together.
 
     The ring buffer starts empty for every recording (no window spans two
@@ -1118,6 +1142,8 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
         As in :func:`replay`.
     progress : bool, default False
         Show a tqdm bar over the recordings (windows so far in its postfix).
+    capture : object, optional
+        A capture hook (see :func:`replay`), called for every replayed recording.
 
     Returns
     -------
@@ -1163,7 +1189,7 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
                 skipped.append(rid)
                 continue
             if resampled is None:
-                res = _replay_stream(rec, backend, manifest, config, max_windows=remaining)
+                res = _replay_stream(rec, backend, manifest, config, max_windows=remaining, capture=capture)
                 if res.n_windows == 0:
                     skipped.append(rid)
                     continue
@@ -1171,7 +1197,8 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
                 if rec.n_samples < manifest.window_samples:
                     skipped.append(rid)
                     continue
-                res = _replay_prepared(rec, backend, manifest, config, resampled=resampled, max_windows=remaining)
+                res = _replay_prepared(rec, backend, manifest, config, resampled=resampled, max_windows=remaining,
+                                       capture=capture)
             results.append(res)
             if remaining is not None:
                 remaining -= res.n_windows
