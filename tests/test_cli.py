@@ -60,7 +60,7 @@ def test_new_class_set_replaces_head_and_rate_is_resampled(stages):
     root, _ = stages
     me = json.loads((root / "me" / "model.json").read_text())
     assert me["class_names"] == ["swing", "raise", "rotate"] and me["num_classes"] == 3
-    assert me["window"]["sample_rate_hz"] == 50.0       # the model keeps its rate; 100 Hz data were resampled
+    assert me["sample_rate_hz"] == 50.0       # the model keeps its rate; 100 Hz data were resampled
     rep = json.loads((root / "me" / "finetune_report.json").read_text())
     assert rep["head_replaced"] is True and "after" in rep and "before" not in rep
     manifest = json.loads((root / "export" / "manifest.json").read_text())

@@ -42,6 +42,7 @@ _API: dict[str, str] = {
     "WindowConfig": "imutune.signal.windows",
     "Windows": "imutune.signal.windows",
     "make_windows": "imutune.signal.windows",
+    "Preprocessing": "imutune.signal.contract",
     # models
     "create_model": "imutune.models.resnet1d",
     "list_models": "imutune.models.resnet1d",

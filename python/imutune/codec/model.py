@@ -69,7 +69,7 @@ class CodecConfig:
     kernel_size: int = 5                   # conv kernel in samples (odd)
     prior_filters: tuple[int, ...] = (3, 3, 3)  # hidden sizes of the per-channel density (Ballé 2018, App. 6.1)
     likelihood_bound: float = 1e-9         # likelihood floor in the rate term
-    latent_gain: float = 1.0               # init only: last analysis conv scaled by this, first synthesis conv by 1/this
+    latent_gain: float = 8.0               # init only: last analysis conv scaled by this, first synthesis conv by 1/this
     table_support: int = 1024              # tables cover integers in [-support, support] before tail trimming
     table_tail_mass: float = 1e-7          # probability mass left to the escape symbol on each side
 

@@ -3,7 +3,11 @@
 Layout: a header row, then one row per sample: a timestamp column in seconds
 (``timestamp_s``), a label column (``label``: a class name, an integer index
 into a declared class list, or ``""`` / ``"-1"`` for unlabeled) and one column
-per channel. UTF-8, with or without a byte-order mark (as spreadsheet programs
+per channel; a channel column may declare its unit as a suffix in brackets,
+``acc_x[m/s^2]`` (channel ``acc_x`` in m/s^2; 'g', 'm/s^2', 'rad/s', 'deg/s'
+are converted to the model's units by
+:func:`imutune.signal.windows.make_windows`; the units go to
+``meta["units"]``). UTF-8, with or without a byte-order mark (as spreadsheet programs
 write it). The rules for sample rates, gaps, labels and names are those of
 :mod:`imutune.data.recording`.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -123,7 +128,7 @@ class CsvStream(Stream):
             self._ch_idx = [i for i in range(len(header)) if i not in (ti, li)]
             if not self._ch_idx:
                 raise ValueError(f"{where} has no channel columns; header is {header}")
-            self.channels = tuple(header[i] for i in self._ch_idx)
+            self.channels, self._units = _split_units([header[i] for i in self._ch_idx], where)
             # First pass: the same row parser as blocks(); labels (for class inference) and early timestamps.
             need_labels = class_names is None
             labels: set[str] = set()
@@ -156,7 +161,7 @@ class CsvStream(Stream):
         self.user = str(user) if user is not None else self.path.stem
         self.name = self.path.stem
         self.n_samples = None
-        self.meta: dict = {}
+        self.meta: dict = {} if self._units is None else {"units": dict(zip(self.channels, self._units))}
 
     # ------------------------------------------------------------------ the one row parser
 
@@ -337,6 +342,24 @@ class CsvStream(Stream):
                 yield StreamBlock(values[start:], labels[start:], pending_gap)
                 pending_gap = 0
             last_t = float(t[-1])
+
+
+_UNIT_SUFFIX = re.compile(r"^(.*?\S)\s*\[([^\[\]]+)\]$")
+
+
+def _split_units(names: list[str], where: str) -> tuple[tuple[str, ...], tuple[str | None, ...] | None]:
+    """Channel names and units from header fields: ``acc_x[m/s^2]`` is channel ``acc_x`` in ``m/s^2``.
+
+    A field without a ``[unit]`` suffix declares no unit (None); None overall when no field has one.
+    """
+    chans: list[str] = []
+    units: list[str | None] = []
+    for n in names:
+        m = _UNIT_SUFFIX.match(n)
+        chans.append(m.group(1) if m else n)
+        units.append(m.group(2).strip() if m else None)
+    out = check_names("channels", chans, where=where, limit=MAX_CHANNELS)
+    return out, (None if all(u is None for u in units) else tuple(units))
 
 
 def _no_nul(lines, where: str):

@@ -106,7 +106,7 @@ class NpzStream(Stream):
         with reading(where, str(self.path)):
             self._open(where)
         self.name = self.path.stem
-        self.meta: dict = {}
+        self.meta: dict = {} if self._units is None else {"units": dict(zip(self.channels, self._units))}
 
     def _open(self, where: str) -> None:
         try:
@@ -126,6 +126,7 @@ class NpzStream(Stream):
                 raise ValueError(f"{where} lacks keys {missing}; expected keys {list(NPZ_KEYS)}")
             small = {k: self._small(zf, k, where) for k in _SMALL}
             gaps = self._small(zf, "gaps", where) if "gaps.npy" in names else None
+            units = self._small(zf, "units", where) if "units.npy" in names else None
             vshape, vfortran, vdtype, voff = self._big_header(zf, "values", where)
             lshape, lfortran, ldtype, loff = self._big_header(zf, "labels", where)
         if len(vshape) != 2 or vdtype.kind not in "fiu":
@@ -162,6 +163,7 @@ class NpzStream(Stream):
                              f"values has {vshape[1]} columns")
         self.n_samples = int(vshape[0])
         self.gaps = self._gaps(gaps, where)
+        self._units = self._unit_names(units, where)
         self._vdtype, self._ldtype, self._voff, self._loff = vdtype, ldtype, voff, loff
         self._n_samples_verified = self._stored_exactly
 
@@ -204,6 +206,22 @@ class NpzStream(Stream):
             raise ValueError(f"{kind} in {where} must be a 1-D array of strings, got dtype {arr.dtype} of shape "
                              f"{arr.shape}")
         return check_names(kind, np.atleast_1d(arr).tolist(), where=where, limit=limit)
+
+    def _unit_names(self, units: np.ndarray | None, where: str) -> tuple[str, ...] | None:
+        """The optional ``units`` member: (C,) str, one physical unit per channel ('g', 'm/s^2', 'rad/s',
+        'deg/s', ...; '' for undeclared)."""
+        if units is None:
+            return None
+        if units.dtype.kind != "U" or units.ndim != 1 or units.shape[0] != len(self.channels):
+            raise ValueError(f"units in {where} must be a 1-D array of {len(self.channels)} strings (one unit per "
+                             f"channel {list(self.channels)!r:.200}, e.g. 'g', 'm/s^2', 'rad/s', 'deg/s'), got "
+                             f"dtype {units.dtype} of shape {units.shape}")
+        out = tuple(str(u).strip() for u in units.tolist())
+        long = [u for u in out if len(u) > MAX_NAME_CHARS]
+        if long:
+            raise ValueError(f"units in {where} has a unit of {len(long[0])} characters; expected at most "
+                             f"{MAX_NAME_CHARS}")
+        return out
 
     def _gaps(self, gaps: np.ndarray | None, where: str) -> tuple[tuple[int, int], ...]:
         if gaps is None:
@@ -254,7 +272,11 @@ def load_npz(path: str | os.PathLike) -> Recording:
 
     The ``.npz`` holds ``values`` (S, C) real, ``labels`` (S,) integer with -1
     for unlabeled samples, ``sample_rate_hz`` (scalar, Hz), ``channels`` (C,)
-    str, ``class_names`` (K,) str, ``user`` (str) and optionally ``gaps``.
+    str, ``class_names`` (K,) str, ``user`` (str) and optionally ``gaps`` and
+    ``units`` ((C,) str, one physical unit per channel: 'g', 'm/s^2', 'rad/s',
+    'deg/s'; '' for undeclared), which goes to ``meta["units"]`` as a
+    channel -> unit mapping (:func:`imutune.signal.windows.make_windows`
+    converts to the model's units).
 
     Raises
     ------
@@ -274,6 +296,11 @@ def save_npz(recording: Recording, path: str | os.PathLike) -> Path:
 
     def _w(tmp: str) -> None:
         extra = {"gaps": np.asarray(recording.gaps, dtype=np.int64).reshape(-1, 2)} if recording.gaps else {}
+        declared = recording.meta.get("units") if isinstance(recording.meta, dict) else None
+        if isinstance(declared, dict):
+            extra["units"] = np.array([str(declared.get(c) or "") for c in recording.channels], dtype=str)
+        elif isinstance(declared, (list, tuple)) and len(declared) == len(recording.channels):
+            extra["units"] = np.array([str(u or "") for u in declared], dtype=str)
         with open(tmp, "wb") as fh:
             np.savez(fh, values=recording.values, labels=recording.labels,
                      sample_rate_hz=np.float64(recording.sample_rate_hz),

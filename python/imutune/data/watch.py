@@ -16,11 +16,13 @@ import numpy as np
 
 from .recording import Recording
 
-__all__ = ["load_watch", "WATCH_CLASS_NAMES", "WATCH_CHANNELS", "WATCH_SAMPLE_RATE_HZ"]
+__all__ = ["load_watch", "WATCH_CLASS_NAMES", "WATCH_CHANNELS", "WATCH_SAMPLE_RATE_HZ", "WATCH_UNITS"]
 
 WATCH_CLASS_NAMES = ("PEN", "ABD", "FEL", "IR", "ER", "TRAP", "ROW")
 WATCH_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
 WATCH_SAMPLE_RATE_HZ = 50.0
+#: Physical unit per channel (accelerometer in g, gyroscope in rad/s), declared in every recording's ``meta["units"]``.
+WATCH_UNITS = {"acc_x": "g", "acc_y": "g", "acc_z": "g", "gyr_x": "rad/s", "gyr_y": "rad/s", "gyr_z": "rad/s"}
 
 
 def _watch_file() -> Path:
@@ -53,7 +55,8 @@ def load_watch(*, subjects: Sequence[int] | None = None) -> list[Recording]:
         One per (subject, arm side, exercise): values (S, 6) float32 with
         channels ``acc_x, acc_y, acc_z`` in g and ``gyr_x, gyr_y, gyr_z`` in
         rad/s at 50 Hz; every sample labelled with the exercise (7 classes);
-        ``user = f"subject{n:02d}"``; ``meta = {"side": 0 or 1, "subject": n}``.
+        ``user = f"subject{n:02d}"``; ``meta = {"side": 0 or 1, "subject": n,
+        "units": WATCH_UNITS}``.
     """
     # The file is a pickled dict inside seglearn's installed package (not user input), hence allow_pickle.
     raw = np.load(_watch_file(), allow_pickle=True).item()
@@ -67,7 +70,7 @@ def load_watch(*, subjects: Sequence[int] | None = None) -> list[Recording]:
         labels = np.full(x.shape[0], y, dtype=np.int64)
         out.append(Recording(x, labels, WATCH_SAMPLE_RATE_HZ, WATCH_CHANNELS, WATCH_CLASS_NAMES,
                              user=f"subject{subj:02d}", name=f"watch_s{subj:02d}_side{side}_{WATCH_CLASS_NAMES[y]}_{i:03d}",
-                             meta={"side": side, "subject": subj}))
+                             meta={"side": side, "subject": subj, "units": dict(WATCH_UNITS)}))
     if keep is not None and not out:
         raise ValueError(f"subjects {sorted(keep)} not found in the watch data; expected numbers in 1..10")
     return out

@@ -19,7 +19,85 @@ from ..data.recordings import Recording
 from .contract import DEFAULT_MIN_PURITY, Preprocessing, check_window_fields, seconds_to_samples
 
 __all__ = ["seconds_to_samples", "WindowConfig", "Windows", "make_windows", "resample", "resample_recording",
-           "Normalizer", "longtail_subsample", "window_starts", "Preprocessing"]
+           "Normalizer", "longtail_subsample", "window_starts", "Preprocessing", "STANDARD_GRAVITY",
+           "UNIT_SCALE", "unit_factor", "parse_units"]
+
+#: Standard gravity in m/s^2 (CGPM 1901; ISO 80000-3): 1 g = 9.80665 m/s^2.
+STANDARD_GRAVITY = 9.80665
+#: Units imutune converts between: unit -> (quantity, factor to the quantity's SI unit).
+UNIT_SCALE: dict[str, tuple[str, float]] = {
+    "g": ("acceleration", STANDARD_GRAVITY),
+    "m/s^2": ("acceleration", 1.0),
+    "rad/s": ("angular velocity", 1.0),
+    "deg/s": ("angular velocity", float(np.pi / 180.0)),
+}
+_UNIT_ALIASES = {"m/s2": "m/s^2", "m/s**2": "m/s^2", "ms^-2": "m/s^2", "dps": "deg/s", "°/s": "deg/s",
+                 "rad/sec": "rad/s", "deg/sec": "deg/s", "G": "g"}
+
+
+def _canonical_unit(u: str) -> str:
+    u = str(u).strip()
+    return _UNIT_ALIASES.get(u, u)
+
+
+def unit_factor(from_unit: str, to_unit: str, *, where: str = "") -> float:
+    """The factor that converts values in ``from_unit`` to ``to_unit`` (``x_to = x_from * factor``).
+
+    g <-> m/s^2 uses :data:`STANDARD_GRAVITY` (1 g = 9.80665 m/s^2); deg/s <->
+    rad/s uses pi / 180. Equal unit names give 1 (also for units imutune
+    does not know, which are carried as given).
+
+    Raises
+    ------
+    ValueError
+        If the units differ and are not both in :data:`UNIT_SCALE` for the
+        same quantity (e.g. 'g' -> 'rad/s'); the message names ``where``.
+    """
+    a, b = _canonical_unit(from_unit), _canonical_unit(to_unit)
+    if a == b:
+        return 1.0
+    qa, qb = UNIT_SCALE.get(a), UNIT_SCALE.get(b)
+    if qa is None or qb is None or qa[0] != qb[0]:
+        at = f"{where}: " if where else ""
+        raise ValueError(f"{at}cannot convert {from_unit!r} to {to_unit!r}; expected units of the same quantity "
+                         f"among {sorted(UNIT_SCALE)} (g <-> m/s^2, rad/s <-> deg/s)")
+    return qa[1] / qb[1]
+
+
+def parse_units(units: str | Sequence[str | None] | None, channels: Sequence[str], *,
+                what: str = "units") -> tuple[str | None, ...] | None:
+    """Per-channel units from a user's statement (``--units`` / ``units=``).
+
+    ``units`` is None, a sequence of one unit per channel, or a string: one
+    unit for every channel (``"g"``), a comma-separated list in channel
+    order (``"g,g,g,rad/s,rad/s,rad/s"``), or ``channel=unit`` pairs
+    (``"acc_x=m/s^2,acc_y=m/s^2,..."``; unnamed channels stay undeclared).
+
+    Raises
+    ------
+    ValueError
+        If the count does not match ``channels`` or a named channel is not among them.
+    """
+    if units is None:
+        return None
+    channels = tuple(channels)
+    if isinstance(units, str):
+        parts = [u.strip() for u in units.split(",") if u.strip()]
+        if parts and all("=" in u for u in parts):
+            named = dict(tuple(x.strip() for x in u.split("=", 1)) for u in parts)
+            unknown = [c for c in named if c not in channels]
+            if unknown:
+                raise ValueError(f"{what} {units!r} names channels {unknown} that are not among {list(channels)}; "
+                                 "expected channel=unit pairs for the model's channels")
+            return tuple(_canonical_unit(named[c]) if c in named else None for c in channels)
+        if len(parts) == 1:
+            parts = parts * len(channels)
+        units = parts
+    out = tuple(None if u is None else _canonical_unit(u) for u in units)
+    if len(out) != len(channels):
+        raise ValueError(f"{what} has {len(out)} entries {list(out)}; expected {len(channels)} (one per channel "
+                         f"{list(channels)}), one unit for all, or channel=unit pairs")
+    return out
 
 
 @dataclass(frozen=True)
@@ -83,6 +161,10 @@ class Windows:
         The contract the windows were cut with (set by :func:`make_windows`;
         without normalization). None for windows built by hand, which then
         need a window config wherever a model is trained on them.
+    unit_conversions : tuple of str
+        What :func:`make_windows` converted on load, one line per recording
+        and channel group (e.g. ``"recording 'u1': acc_x, acc_y, acc_z m/s^2
+        -> g (x 0.101972)"``); empty when nothing was converted.
 
     Raises
     ------
@@ -98,6 +180,7 @@ class Windows:
     class_names: tuple[str, ...]
     channels: tuple[str, ...]
     preprocessing: Preprocessing | None = None
+    unit_conversions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         p = self.preprocessing
@@ -119,7 +202,7 @@ class Windows:
     def subset(self, idx: np.ndarray) -> "Windows":
         """Windows at integer or boolean index ``idx``."""
         return Windows(self.x[idx], self.y[idx], self.recording[idx], self.users[idx],
-                       self.class_names, self.channels, self.preprocessing)
+                       self.class_names, self.channels, self.preprocessing, self.unit_conversions)
 
     def relabel(self, class_names: Sequence[str], *, what: str = "windows") -> "Windows":
         """The same windows labelled against another class list, matched by name.
@@ -143,7 +226,8 @@ class Windows:
                              "model's class names)")
         lookup = np.array([target.index(c) for c in self.class_names], dtype=np.int64)
         spec = None if self.preprocessing is None else self.preprocessing.with_classes(target)
-        return Windows(self.x, lookup[self.y], self.recording, self.users, target, self.channels, spec)
+        return Windows(self.x, lookup[self.y], self.recording, self.users, target, self.channels, spec,
+                       self.unit_conversions)
 
     @property
     def num_classes(self) -> int:
@@ -206,26 +290,57 @@ def _recording_units(rec: Recording, channels: Sequence[str]) -> tuple[str | Non
     else:
         raise ValueError(f"recording {rec.name or rec.user!r} declares units {declared!r}; expected one unit per "
                          f"channel {list(rec.channels)} (a list or a channel -> unit mapping)")
-    return tuple(None if by_name.get(c) is None else str(by_name[c]) for c in channels)
+    out = tuple(None if by_name.get(c) in (None, "") else _canonical_unit(by_name[c]) for c in channels)
+    return None if all(u is None for u in out) else out
 
 
-def _merge_units(units: tuple[str | None, ...] | None, new: tuple[str | None, ...] | None,
-                 channels: Sequence[str], what: str) -> tuple[str | None, ...] | None:
-    if new is None:
-        return units
-    if units is None:
-        return new
-    for c, a, b in zip(channels, units, new):
-        if a is not None and b is not None and a != b:
-            raise ValueError(f"{what} declares channel {c!r} in {b!r}, but earlier recordings (or the model) "
-                             f"declare {a!r}; expected the same units (convert the recording first)")
-    return tuple(a if a is not None else b for a, b in zip(units, new))
+def _target_units(config: "WindowConfig | Preprocessing", channels: tuple[str, ...],
+                  sources: list[tuple[str | None, ...] | None]) -> tuple[str | None, ...]:
+    """The units the windows are converted to: the contract's where it declares them (matched by channel
+    name), else the first unit any recording declares (or ``units=`` states) for that channel."""
+    target: list[str | None] = [None] * len(channels)
+    if isinstance(config, Preprocessing) and config.units is not None:
+        by_name = dict(zip(config.channels, config.units))
+        target = [None if by_name.get(c) is None else _canonical_unit(by_name[c]) for c in channels]
+    for src in sources:
+        if src is None:
+            continue
+        target = [t if t is not None else u for t, u in zip(target, src)]
+    return tuple(target)
+
+
+def _convert_units(values: np.ndarray, src: tuple[str | None, ...] | None, target: tuple[str | None, ...],
+                   channels: tuple[str, ...], what: str) -> tuple[np.ndarray, list[str]]:
+    """``values`` (S, C) converted channel by channel from ``src`` to ``target`` units, and the log lines."""
+    need = [c for c, t, u in zip(channels, target, src or (None,) * len(channels)) if t is not None and u is None]
+    if need:
+        expected = [f"{c}[{t}]" for c, t in zip(channels, target) if t is not None]
+        raise ValueError(f"{what} declares no units for channels {need}; expected units {expected} (the model's "
+                         "or the other recordings'). Declare them in the file (npz key 'units'; CSV header "
+                         "'acc_x[m/s^2]') or state them: units= in Python, --units on the command line "
+                         "(e.g. --units g,g,g,rad/s,rad/s,rad/s)")
+    if src is None:
+        return values, []
+    factors = np.ones(len(channels), dtype=np.float64)
+    groups: dict[tuple[str, str, float], list[str]] = {}
+    for j, (c, t, u) in enumerate(zip(channels, target, src)):
+        if t is None or u is None:
+            continue
+        f = unit_factor(u, t, where=f"{what} channel {c!r}")
+        if f != 1.0:
+            factors[j] = f
+            groups.setdefault((u, t, f), []).append(c)
+    if not groups:
+        return values, []
+    out = (values.astype(np.float64) * factors[None, :]).astype(np.float32)   # (S, C) * (1, C)
+    log = [f"{what}: {', '.join(cs)} {u} -> {t} (x {f:.6g})" for (u, t, f), cs in groups.items()]
+    return out, log
 
 
 def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preprocessing = WindowConfig(), *,
                  channels: Sequence[str] | None = None,
-                 units: Sequence[str | None] | None = None) -> Windows:
-    """Cut recordings into labelled windows.
+                 units: str | Sequence[str | None] | None = None) -> Windows:
+    """Cut recordings into labelled windows, converting units to the model's.
 
     Parameters
     ----------
@@ -234,27 +349,37 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
     config : WindowConfig or Preprocessing
         Window length, hop, model sample rate and minimum label purity. A
         model's contract (``bundle.preprocessing``) also gives the default
-        channels and the units the recordings must agree with.
+        channels and the units the windows are converted to.
     channels : sequence of str, optional
         Channel names in model order; by default ``config.channels`` for a
         contract, else the first recording's channels.
-    units : sequence of (str or None), optional
-        Unit per selected channel ('g', 'm/s^2', 'rad/s', 'deg/s'...). By
-        default the units the recordings declare (``units`` attribute or
-        ``meta["units"]``); unknown where none is declared.
+    units : str or sequence of (str or None), optional
+        The units of recordings that declare none, as the user states them
+        (``--units`` on the command line): one per selected channel, one for
+        all, or ``"channel=unit,..."`` (:func:`parse_units`). A recording's
+        own declaration (``meta["units"]``, set by the readers from an npz
+        ``units`` key, a CSV header suffix ``acc_x[m/s^2]``, or the watch
+        loader's g and rad/s) takes precedence for that recording.
 
     Returns
     -------
     Windows
-        ``x`` of shape (N, C, T) float32 with T = ``config.window_samples``;
-        ``preprocessing`` holds the contract (without normalization).
+        ``x`` of shape (N, C, T) float32 with T = ``config.window_samples``, in
+        the target units: the contract's where it declares them, else the
+        first unit declared for the channel by any recording. Conversions
+        (g <-> m/s^2 with 1 g = :data:`STANDARD_GRAVITY` m/s^2, rad/s <->
+        deg/s) are listed in ``unit_conversions``; ``preprocessing`` holds the
+        contract (without normalization) with the target units.
 
     Raises
     ------
     ValueError
         If ``recordings`` is empty, class lists differ, a channel is missing,
-        units disagree where both sides declare them, or no window passes the
-        purity check.
+        a recording declares no units for a channel whose units are known
+        (the model's or another recording's) and ``units`` does not state
+        them (the message names the recording and the expected units), units
+        of different quantities meet ('g' vs 'rad/s'), or no window passes
+        the purity check.
     """
     if len(recordings) == 0:
         raise ValueError("recordings is empty; expected at least one Recording")
@@ -267,20 +392,29 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         channels = config.channels
     else:
         channels = recordings[0].channels
-    unit_set = None if units is None else tuple(None if u is None else str(u) for u in units)
-    if unit_set is not None and len(unit_set) != len(channels):
-        raise ValueError(f"units has {len(unit_set)} entries; expected {len(channels)} (one per channel "
-                         f"{list(channels)})")
+    stated = parse_units(units, channels)
+    sources = []
+    for rec in recordings:
+        own = _recording_units(rec, channels)
+        if stated is not None:
+            own = stated if own is None else tuple(o if o is not None else s for o, s in zip(own, stated))
+        sources.append(own)
+    target = _target_units(config, channels, sources)
     T, H = config.window_samples, config.hop_samples
     xs, ys, recs, users = [], [], [], []
+    log: list[str] = []
     for i, rec in enumerate(recordings):
         if rec.class_names != class_names:
             raise ValueError(f"recording {rec.name!r} has classes {list(rec.class_names)}; expected "
                              f"{list(class_names)} like the first recording")
-        if units is None:
-            unit_set = _merge_units(unit_set, _recording_units(rec, channels), channels,
-                                    f"recording {rec.name or rec.user!r}")
-        rec = resample_recording(rec.select_channels(channels), config.sample_rate_hz)
+        rec = rec.select_channels(channels)
+        values, lines = _convert_units(rec.values, sources[i], target, channels,
+                                       f"recording {rec.name or rec.user!r}")
+        if lines:
+            log.extend(lines)
+            rec = Recording(values, rec.labels, rec.sample_rate_hz, rec.channels, rec.class_names, rec.user,
+                            rec.name, rec.meta, rec.gaps)
+        rec = resample_recording(rec, config.sample_rate_hz)
         starts = window_starts(rec.n_samples, T, H)
         if starts.size == 0:
             continue
@@ -297,9 +431,7 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         ys.append(maj[keep])
         recs.append(np.full(int(keep.sum()), i, dtype=np.int64))
         users.append(np.full(int(keep.sum()), rec.user, dtype=object))
-    if isinstance(config, Preprocessing):
-        model_units = config.units if tuple(channels) == config.channels else None
-        unit_set = _merge_units(model_units, unit_set, channels, "the recordings")
+    unit_set = None if all(t is None for t in target) else target
     spec = Preprocessing(channels=tuple(channels), class_names=tuple(class_names),
                          sample_rate_hz=config.sample_rate_hz, window_s=config.window_s, hop_s=config.hop_s,
                          units=unit_set, min_purity=config.min_purity)
@@ -307,7 +439,8 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         raise ValueError(f"no window of {T} samples with label purity >= {config.min_purity} was found in "
                          f"{len(recordings)} recordings")
     return Windows(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64),
-                   np.concatenate(recs), np.concatenate(users).astype(str), class_names, channels, spec)
+                   np.concatenate(recs), np.concatenate(users).astype(str), class_names, channels, spec,
+                   tuple(log))
 
 
 @dataclass(frozen=True)
