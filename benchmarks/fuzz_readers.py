@@ -148,7 +148,8 @@ def _markdown(result: dict, command: str) -> str:
              f"{t['wrapped_internal_errors']} | 0 |",
              f"| documented type without the file name | {t['unnamed_errors']} | 0 |",
              f"| hang > 10 s | {t['hangs_over_10s']} | 0 |",
-             f"| silent accept of broken structure / uncounted lost rows | {t['silent_accepts']} | 0 |",
+             f"| silent accept (broken structure accepted, rows lost uncounted, values read wrong) | "
+             f"{t['silent_accepts']} | 0 |",
              f"| eager vs stream disagreement (inputs) | {t['eager_stream_disagreements']} | 0 |", "",
              f"Inputs broken on purpose by the generators: {t['inputs_broken_on_purpose']}; inputs the generators "
              f"considered valid but the eager loader rejected: {t['generator_valid_but_rejected']}.", "",

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, r in enumerate(streams):
-            p = Path(tmp) / f"{i:02d}_{r.name.split(':')[0]}.npz"
+            stem = "+".join(part.split(":")[0].replace("watch_", "") for part in r.name.split("+"))
+            p = Path(tmp) / f"{stem}.npz"
             save_npz(r, p)
             paths.append(str(p))
             print(f"stream {i}: {r.name} ({r.n_samples} samples)")
@@ -92,10 +93,118 @@ def main(argv: list[str] | None = None) -> int:
                           "smoothed": _smooth(pred, segs, k, K).tolist()})
     write_json_atomic(Path(args.out) / "smoothing_cases.json", {"source": "imutune.runtime.replay._smooth",
                                                                 "cases": cases})
+    index_path = Path(args.out) / "golden.json"
+    index = json.loads(index_path.read_text())
+    for entry, r in zip(index["streams"], streams):
+        entry["source"] = f"imutune.data.recordings.load_watch(): {r.name} (held-out target data of the demo)"
+    index["generated_by"] = ("android_demo/tools/make_golden.py: imutune replay --model " + str(Path(args.export).name)
+                             + f"/model.onnx --smoothing-k {args.smoothing_k} --dump-golden ...")
+    write_json_atomic(index_path, index)
+    write_json_atomic(Path(args.out) / "contract_cases.json", _contract_cases(Path(args.out) / "manifest.json"))
     out = Path(args.out)
     total = sum(f.stat().st_size for f in out.iterdir())
     print(f"golden data in {out}: {len(streams)} streams, {total} bytes")
     return 0
+
+
+def _contract_cases(manifest_path: Path) -> dict:
+    """Mutations of the real manifest and the Python loader's verdict on each (None: accepted).
+
+    The Java host tests require ``dev.imutune.core.Manifest`` to reject exactly the cases the Python
+    loader (``imutune.deploy.manifest.load_manifest``) rejects.
+    """
+    import copy
+
+    from imutune.deploy.manifest import load_manifest
+
+    base = json.loads(manifest_path.read_text())
+    C = len(base["channels"])
+    arts = base["artifacts"]
+    first = next(iter(arts))
+    muts = [
+        ("valid as exported", {}, []),
+        ("missing hop_s", {}, ["hop_s"]),
+        ("missing artifacts", {}, ["artifacts"]),
+        ("unknown field", {"extra": 1}, []),
+        ("version 1", {"version": 1}, []),
+        ("version 2.0", {"version": 2.0}, []),
+        ("version true", {"version": True}, []),
+        ("window_samples disagrees", {"window_samples": base["window_samples"] - 1}, []),
+        ("window_samples as float", {"window_samples": float(base["window_samples"])}, []),
+        ("hop_samples disagrees", {"hop_samples": base["hop_samples"] + 1}, []),
+        ("hop changed consistently", {"hop_s": 0.5, "hop_samples": int(round(0.5 * base["sample_rate_hz"]))}, []),
+        ("hop rounds half to even", {"hop_s": 0.05, "hop_samples": 2}, []),
+        ("hop rounded half up", {"hop_s": 0.05, "hop_samples": 3}, []),
+        ("norm_std zero", {"norm_std": [0.0] * C}, []),
+        ("norm_std negative", {"norm_std": [-1.0] * C}, []),
+        ("norm_std tiny", {"norm_std": [1e-40] * C}, []),
+        ("norm_mean too short", {"norm_mean": base["norm_mean"][:-1]}, []),
+        ("norm_mean string entry", {"norm_mean": ["0"] + base["norm_mean"][1:]}, []),
+        ("norm_mean beyond float32", {"norm_mean": [1e39] + base["norm_mean"][1:]}, []),
+        ("normalization null", {"norm_mean": None, "norm_std": None}, []),
+        ("only norm_std null", {"norm_std": None}, []),
+        ("channels duplicate", {"channels": [base["channels"][0]] * C}, []),
+        ("channels empty", {"channels": []}, []),
+        ("channel name blank", {"channels": ["  "] + base["channels"][1:]}, []),
+        ("class_names a string", {"class_names": "PEN"}, []),
+        ("class_names number entry", {"class_names": [1] + base["class_names"][1:]}, []),
+        ("units declared", {"units": ["g"] * 3 + ["rad/s"] * (C - 3)}, []),
+        ("units all null", {"units": [None] * C}, []),
+        ("units wrong length", {"units": ["g"]}, []),
+        ("units empty string", {"units": [""] * C}, []),
+        ("units a string", {"units": "g"}, []),
+        ("sample_rate_hz zero", {"sample_rate_hz": 0}, []),
+        ("sample_rate_hz negative", {"sample_rate_hz": -50.0}, []),
+        ("sample_rate_hz string", {"sample_rate_hz": "50"}, []),
+        ("sample_rate_hz true", {"sample_rate_hz": True}, []),
+        ("sample_rate_hz int", {"sample_rate_hz": 50}, []),
+        ("window too short", {"window_s": 0.1, "window_samples": 5}, []),
+        ("window too long", {"window_s": 1e6, "window_samples": int(1e6 * base["sample_rate_hz"])}, []),
+        ("min_purity zero", {"min_purity": 0}, []),
+        ("min_purity above one", {"min_purity": 1.5}, []),
+        ("min_purity one", {"min_purity": 1}, []),
+        ("input_layout NTC", {"input_layout": "NTC"}, []),
+        ("input_name empty", {"input_name": ""}, []),
+        ("model_name number", {"model_name": 3}, []),
+        ("model_config a list", {"model_config": [1, 2]}, []),
+        ("artifacts a list", {"artifacts": []}, []),
+        ("artifact name with a slash", {"artifacts": {"../model.onnx": arts[first]}}, []),
+        ("artifact without sha256", {"artifacts": {first: {k: v for k, v in arts[first].items() if k != "sha256"}}}, []),
+        ("artifact format tflite", {"artifacts": {first: {**arts[first], "format": "tflite"}}}, []),
+        ("artifact format null", {"artifacts": {first: {**arts[first], "format": None}}}, []),
+        ("no artifacts", {"artifacts": {}}, []),
+    ]
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sets, deletes in muts:
+            d = copy.deepcopy(base)
+            d.update(sets)
+            for k in deletes:
+                d.pop(k)
+            p = Path(tmp) / "manifest.json"
+            text = json.dumps(d)
+            p.write_text(text)
+            try:
+                load_manifest(p)
+                verdict = None
+            except ValueError as e:
+                verdict = str(e).replace(str(p), "manifest.json")
+            cases.append({"name": name, "set": sets, "delete": deletes, "text": text, "python_error": verdict})
+    raw = [("not JSON", "{\"version\": 2,"), ("a JSON array", "[1, 2]"), ("empty file", ""),
+           ("trailing data", manifest_path.read_text() + " x")]
+    raw_cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in raw:
+            p = Path(tmp) / "manifest.json"
+            p.write_text(text)
+            try:
+                load_manifest(p)
+                verdict = None
+            except ValueError as e:
+                verdict = str(e).replace(str(p), "manifest.json")
+            raw_cases.append({"name": name, "text": text, "python_error": verdict})
+    return {"source": "imutune.deploy.manifest.load_manifest on mutations of the exported manifest.json",
+            "cases": cases, "raw_cases": raw_cases}
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ __version__ = "0.1.0"
 #: public name -> module that defines it
 _API: dict[str, str] = {
     # data
-    "Recording": "imutune.data.recordings",
+    "Recording": "imutune.data.recording",
     "load_recordings": "imutune.data.recordings",
-    "load_watch": "imutune.data.recordings",
-    "save_npz": "imutune.data.recordings",
+    "load_watch": "imutune.data.watch",
+    "save_npz": "imutune.data.npz",
     "open_stream": "imutune.data.streams",
     # signal
     "WindowConfig": "imutune.signal.windows",

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mobilecnn1d", help="registry model name")
     p.add_argument("--channels", nargs="+", default=None, help="channel names in model order (default: all)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="source recordings held out for source accuracy")
+    p.add_argument("--units", default=None, help="units of recordings that declare none, converted to the model's: one for all, one per channel (g,g,g,rad/s,rad/s,rad/s) or channel=unit pairs; units: g, m/s^2, rad/s, deg/s")
     _add_window_args(p)
     _add_train_args(p, preset="PRETRAIN")
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source windows mixed in per target window (needs --source-data; default 0)")
     f.add_argument("--imbalance-ratio", type=float, default=None,
                    help="long-tail subsample the target windows to this ratio (experiments)")
+    f.add_argument("--units", default=None, help="units of recordings that declare none, converted to the model's: one for all, one per channel (g,g,g,rad/s,rad/s,rad/s) or channel=unit pairs; units: g, m/s^2, rad/s, deg/s")
     _add_train_args(f, preset="FINETUNE")
 
     e = sub.add_parser("export", help="export a bundle to ONNX and ExecuTorch (.pte) with parity checks")
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variants; int8 ones are calibrated on the --data windows (default onnx pte)")
     e.add_argument("--eval-data", nargs="+", default=(),
                    help="held-out recordings: record each artifact's accuracy and the int8 change vs fp32")
+    e.add_argument("--units", default=None, help="units of recordings that declare none (as for finetune)")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     r = sub.add_parser("replay", help="stream recordings through an exported model")
@@ -688,7 +691,8 @@ def _dispatch(args) -> int:
 
         w = WindowConfig(args.window_s, args.hop_s, args.sample_rate_hz, args.min_purity)
         b = run_pretrain(args.data, args.out, model_name=args.model, window=w, train_config=_train_config(args),
-                         holdout_fraction=args.holdout_fraction, channels=args.channels, progress=not args.no_progress)
+                         holdout_fraction=args.holdout_fraction, channels=args.channels, units=args.units,
+                         progress=not args.no_progress)
         print(json.dumps({k: b.info.get(k) for k in ("source_accuracy", "source_macro_f1", "n_train", "n_holdout")}))
         return 0
     if args.command == "finetune":
@@ -716,14 +720,14 @@ def _dispatch(args) -> int:
             return 0
         res = run_finetune(args.base, args.data, args.out, config=cfg, imbalance_ratio=args.imbalance_ratio,
                            test_data=args.test_data, source_data=args.source_data, seed=args.seed,
-                           progress=not args.no_progress)
+                           units=args.units, progress=not args.no_progress)
         print(json.dumps(res))
         return 0
     if args.command == "export":
         from .jobs import run_export
 
         m = run_export(args.model, args.data, args.out, formats=args.formats, eval_data=args.eval_data,
-                       progress=not args.no_progress)
+                       units=args.units, progress=not args.no_progress)
         print(json.dumps({k: {"sha256": v["sha256"][:16], "parity_max_abs_err": v.get("parity_max_abs_err"),
                               **{f: v[f] for f in ("parity_top1_agreement", "eval_accuracy",
                                                    "accuracy_change_vs_fp32_points") if f in v}}

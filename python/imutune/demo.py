@@ -161,6 +161,12 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     log(f"[finetune] {ft_cfg.loss}, rehearsal {ft_cfg.rehearsal_ratio:g}x: categories {per.info.get('category_counts')}; target after "
         f"{after['accuracy']:.4f}, macro-F1 {after['macro_f1']:.4f} ({timings['finetune_s']:.1f} s)")
 
+    from .personalize.reference import reference_report
+
+    reference = reference_report(w_tr, w_te, model_macro_f1=after["macro_f1"])   # same calibration windows/labels
+    log(f"[reference] RandomForest macro-F1 {reference['methods']['random_forest']['macro_f1']:.4f}, logistic "
+        f"regression {reference['methods']['logistic_regression']['macro_f1']:.4f}; {reference['verdict']}")
+
     t = time.perf_counter()
     manifest = manifest_for(per)
     manifest = write_exports(per.model.cpu(), manifest, out, per.normalizer(w_te.x), formats=("onnx", "pte"),
@@ -199,6 +205,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
         "target_macro_f1": after["macro_f1"],
         "protocol": config.protocol,
         "personalization_gain": after["macro_f1"] - before["macro_f1"],
+        "classical_reference": reference,
         "label_noise": {"spec": config.label_noise, "description": noisy.description,
                         "corrupted_windows": int(noisy.noisy.sum()), "corrupted_share": noisy.noise_rate,
                         "filter": (precision_recall(np.asarray(per.info["categories"]) == NOISY, noisy.noisy)
@@ -223,6 +230,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
 
 
 def _report_md(r: dict[str, Any], class_names: Sequence[str]) -> str:
+    from .personalize.reference import reference_markdown
+
     lines = [f"# imutune demo report: {r['target_user']}", "",
              f"Dataset: {r['dataset']}. Model: `{r['model_name']}`. Seed: {r['seed']}.", "",
              "| metric | value |", "|---|---|",
@@ -236,6 +245,8 @@ def _report_md(r: dict[str, Any], class_names: Sequence[str]) -> str:
              f"| target macro-F1 before / after | {r['target_macro_f1_before']:.4f} / {r['target_macro_f1']:.4f} |",
              f"| personalization gain (macro-F1 after - before) | {r['personalization_gain']:+.4f} |",
              f"| parity max abs err ONNX / PTE | {r['parity_max_abs_err']['onnx']:.2e} / {r['parity_max_abs_err']['pte']:.2e} |",
+             "", "## Classical reference (same calibration windows and labels)", "",
+             reference_markdown(r["classical_reference"]),
              "", "## Replay of the held-out target recordings", "",
              "| backend | windows | accuracy | macro-F1 | p50 ms | p95 ms | p99 ms | deadline misses |",
              "|---|---|---|---|---|---|---|---|"]

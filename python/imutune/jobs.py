@@ -32,11 +32,12 @@ __all__ = ["run_pretrain", "run_finetune", "run_export", "run_replay"]
 def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model_name: str = "mobilecnn1d",
                  window: WindowConfig = WindowConfig(), train_config: TrainConfig = PRETRAIN,
                  holdout_fraction: float = 0.2, channels: Sequence[str] | None = None,
-                 progress: bool = True) -> ModelBundle:
+                 units: str | Sequence[str] | None = None, progress: bool = True) -> ModelBundle:
     """Pretrain on recordings and write the bundle (``model.safetensors``, ``model.json``)
-    plus ``pretrain_config.json`` and a resumable ``checkpoints/pretrain.ckpt`` into ``out_dir``."""
+    plus ``pretrain_config.json`` and a resumable ``checkpoints/pretrain.ckpt`` into ``out_dir``.
+    ``units`` states the units of recordings that declare none (``make_windows``)."""
     recs = load_many(data)
-    w = make_windows(recs, window, channels=channels)
+    w = make_windows(recs, window, channels=channels, units=units)
     out = Path(out_dir)
     write_json_atomic(out / "pretrain_config.json", {"data": [str(p) for p in data], "model_name": model_name,
                                                      "window": asdict(window), "train": asdict(train_config),
@@ -51,8 +52,13 @@ def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
 def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  config: FinetuneConfig = FinetuneConfig(), imbalance_ratio: float | None = None,
                  test_data: Sequence[str | os.PathLike] = (), source_data: Sequence[str | os.PathLike] = (),
-                 seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 seed: int = 0, units: str | Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune a bundle for a target user and write the personalized bundle.
+
+    Recordings are converted to the bundle's units (g <-> m/s^2, rad/s <->
+    deg/s); ``units`` states the units of recordings that declare none (else
+    such a recording is an error naming the model's units when the bundle
+    declares them). The conversions go to the report (``unit_conversions``).
 
     Target recordings are windowed with the base bundle's window config (and so
     resampled to its sample rate) and channels; a new class set replaces the
@@ -65,10 +71,10 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
 
     bundle = load_bundle(base)
     recs = load_many(data)
-    w = make_windows(recs, bundle.preprocessing, channels=bundle.channels)
+    w = make_windows(recs, bundle.preprocessing, channels=bundle.channels, units=units)
     wt = wt_before = None
     if test_data:   # checked against the class list the model will have before anything is trained
-        wt_raw = make_windows(load_many(test_data), bundle.preprocessing, channels=bundle.channels)
+        wt_raw = make_windows(load_many(test_data), bundle.preprocessing, channels=bundle.channels, units=units)
         wt = wt_raw.relabel(w.class_names, what=f"--test-data {[str(p) for p in test_data]}")
         if set(wt_raw.class_names) <= set(bundle.class_names):
             wt_before = wt_raw.relabel(bundle.class_names)
@@ -85,19 +91,33 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     save_bundle(per, out)
     result: dict[str, Any] = {"n_train": len(w), "class_counts": w.class_counts().tolist(),
                               "category_counts": per.info.get("category_counts"),
-                              "head_replaced": per.info["head_replaced"]}
+                              "head_replaced": per.info["head_replaced"],
+                              "unit_conversions": list(w.unit_conversions)}
     if wt is not None:
         if wt_before is not None and not per.info["head_replaced"]:
             result["before"] = evaluate_bundle(bundle, wt_before)
         result["after"] = evaluate_bundle(per, wt)
+    result["classical_reference"] = _classical_reference(w, wt, result.get("after"))
     write_json_atomic(out / "finetune_report.json", result)
     return result
+
+
+def _classical_reference(w, wt, after: dict | None) -> dict[str, Any]:
+    """RandomForest / logistic regression on window statistics of the same calibration windows
+    (:mod:`imutune.personalize.reference`), scored on the test windows beside the personalized model."""
+    from .personalize.reference import reference_report
+
+    if wt is None:
+        return {"skipped": "no --test-data: the reference and the model are scored on held-out windows only"}
+    if np.unique(w.y).size < 2:
+        return {"skipped": f"the calibration windows hold {np.unique(w.y).size} class; the reference needs 2"}
+    return reference_report(w, wt, model_macro_f1=None if after is None else after["macro_f1"])
 
 
 def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                formats: Sequence[str] = ("onnx", "pte"), max_parity_windows: int = 256,
                tolerance: float = 1e-4, eval_data: Sequence[str | os.PathLike] = (),
-               progress: bool = True) -> Manifest:
+               units: str | Sequence[str] | None = None, progress: bool = True) -> Manifest:
     """Export a bundle to ONNX / ExecuTorch with parity checked on real windows from ``data``.
 
     int8 variants (``"onnx-int8"``, ``"pte-int8"``) are calibrated on the windows of ``data`` (use
@@ -108,11 +128,11 @@ def run_export(model_dir: str | os.PathLike, data: Sequence[str | os.PathLike], 
     from .deploy.export import write_exports
 
     bundle = load_bundle(model_dir)
-    w = make_windows(load_many(data), bundle.preprocessing, channels=bundle.channels)
+    w = make_windows(load_many(data), bundle.preprocessing, channels=bundle.channels, units=units)
     x = bundle.normalizer(w.x[:max_parity_windows])
     ev = None
     if eval_data:
-        we = make_windows(load_many(eval_data), bundle.preprocessing, channels=bundle.channels)
+        we = make_windows(load_many(eval_data), bundle.preprocessing, channels=bundle.channels, units=units)
         ev = (bundle.normalizer(we.x), we.y)
     calib = bundle.normalizer(w.x) if any(str(f).endswith("-int8") for f in formats) else None
     return write_exports(bundle.model.cpu(), manifest_for(bundle), out_dir, x, formats=tuple(formats),

@@ -537,7 +537,8 @@ def _prepare(recording: Recording, manifest: Manifest) -> tuple[Recording, bool]
                              f"list {list(manifest.class_names)}")
         labels = mapped
     rec = Recording(values, labels, recording.sample_rate_hz, tuple(manifest.channels),
-                    tuple(manifest.class_names), recording.user, recording.name, dict(recording.meta))
+                    tuple(manifest.class_names), recording.user, recording.name, dict(recording.meta),
+                    gaps=recording.gaps)
     resampled = not np.isclose(rec.sample_rate_hz, manifest.sample_rate_hz, rtol=1e-9)
     if resampled:
         rec = resample_recording(rec, manifest.sample_rate_hz)

@@ -339,7 +339,7 @@ def _convert_units(values: np.ndarray, src: tuple[str | None, ...] | None, targe
 
 def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preprocessing = WindowConfig(), *,
                  channels: Sequence[str] | None = None,
-                 units: str | Sequence[str | None] | None = None) -> Windows:
+                 units: str | Sequence[str | None] | None = None, unlabeled: bool = False) -> Windows:
     """Cut recordings into labelled windows, converting units to the model's.
 
     Parameters
@@ -360,6 +360,11 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         own declaration (``meta["units"]``, set by the readers from an npz
         ``units`` key, a CSV header suffix ``acc_x[m/s^2]``, or the watch
         loader's g and rad/s) takes precedence for that recording.
+    unlabeled : bool
+        Keep every full window (for self-supervised pretraining,
+        :mod:`imutune.train.selfsup`): a window whose majority label covers
+        less than ``min_purity`` of it (or is unlabeled) gets ``y = -1``
+        instead of being dropped. Such windows are not for supervised training.
 
     Returns
     -------
@@ -424,6 +429,9 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         counts = np.stack([(lab == k).sum(axis=1) for k in range(K)], axis=1)  # (W, K)
         maj = counts.argmax(axis=1)
         keep = counts.max(axis=1) >= config.min_purity * T
+        if unlabeled:
+            maj = np.where(keep, maj, -1)
+            keep = np.ones_like(keep)
         if not keep.any():
             continue
         win = rec.values[idx[keep]]                               # (W', T, C)

@@ -193,7 +193,7 @@ public final class Manifest {
         try {
             JSONTokener tok = new JSONTokener(text);
             v = tok.nextValue();
-            if (tok.more()) {   // trailing data after the value ("{...} x"): Python's json.loads refuses it too
+            if (tok.nextClean() != 0) {   // trailing data after the value ("{...} x"): Python's json.loads refuses it too
                 throw new JSONException("extra data after the JSON value");
             }
         } catch (JSONException e) {

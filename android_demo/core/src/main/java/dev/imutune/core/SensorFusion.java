@@ -55,14 +55,16 @@ public final class SensorFusion {
             sensor[i] = s;
             axis[i] = a;
             gyroUsed |= s == GYRO;
-            String unit = manifest.units != null ? manifest.units.get(i) : null;
-            if (unit == null && fallbackUnits != null) unit = fallbackUnits.get(i);
-            scale[i] = (float) factor(s, unit, manifest.channels.get(i));
         }
         if (!unmapped.isEmpty()) {
             throw new ContractException("manifest channels " + unmapped + " have no Android sensor source; this app "
                     + "provides " + Arrays.asList("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
                     + " (accelerometer, gyroscope); the manifest expects " + manifest.channels);
+        }
+        for (int i = 0; i < n; i++) {
+            String unit = manifest.units != null ? manifest.units.get(i) : null;
+            if (unit == null && fallbackUnits != null) unit = fallbackUnits.get(i);
+            scale[i] = (float) factor(sensor[i], unit, manifest.channels.get(i));
         }
         needsGyro = gyroUsed;
     }
