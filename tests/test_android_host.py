@@ -5,11 +5,13 @@ unless IMUTUNE_REQUIRE_JVM=1 (as in CI, after .ci/run installs them): then missi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,53 @@ def test_jvm_host_tests_pass(tmp_path):
     assert proc.returncode == 0 and m.group(2) == "0", f"JVM host tests failed:\n{out[-4000:]}"
     assert int(m.group(1)) >= 15
     assert "max |input - python input|" in proc.stdout
+
+
+def test_contract_cases_still_match_the_python_loader(tmp_path):
+    """The Java loader is tested against Python's verdicts stored in contract_cases.json; if the Python
+    contract changes, this fails: regenerate with android_demo/tools/make_golden.py and update
+    dev.imutune.core.Manifest to match."""
+    from imutune.deploy.manifest import load_manifest
+
+    doc = json.loads((GOLDEN / "contract_cases.json").read_text())
+    changed = []
+    for case in doc["cases"] + doc["raw_cases"]:
+        p = tmp_path / "manifest.json"
+        p.write_text(case["text"])
+        try:
+            load_manifest(p)
+            rejects = False
+        except ValueError:
+            rejects = True
+        if rejects != (case["python_error"] is not None):
+            changed.append(case["name"])
+    assert not changed, f"the Python loader's verdict changed for {changed}"
+
+
+def test_built_apk_contents():
+    """The APK android_demo/build_apk.sh builds (not in CI: it downloads ~0.5 GB of tools); never run on a phone.
+    No resources.arsc: the app has no resources (its label is a literal)."""
+    apk = Path(os.environ.get("IMUTUNE_APK", ROOT / "android_demo" / "build" / "imutune-demo-ort.apk"))
+    if not apk.is_file():
+        pytest.skip(f"{apk} not built (bash android_demo/build_apk.sh builds it)")
+    with zipfile.ZipFile(apk) as z:
+        names = set(z.namelist())
+        for member in ("AndroidManifest.xml", "classes.dex", "assets/manifest.json",
+                       "assets/model.onnx", "lib/arm64-v8a/libonnxruntime.so", "lib/arm64-v8a/libonnxruntime4j_jni.so"):
+            assert member in names, f"{apk} lacks {member}"
+        assert z.getinfo("assets/model.onnx").compress_type == zipfile.ZIP_STORED
+        manifest = json.loads(z.read("assets/manifest.json"))
+        digest = hashlib.sha256(z.read("assets/model.onnx")).hexdigest()
+        assert manifest["artifacts"]["model.onnx"]["sha256"] == digest     # what the app checks at start
+        dex = z.read("classes.dex")
+    for cls in (b"Ldev/imutune/core/WindowPipeline;", b"Ldev/imutune/core/Manifest;", b"Ldev/imutune/demo/MainActivity;",
+                b"Ldev/imutune/demo/OrtBackend;", b"Lai/onnxruntime/OrtSession;", b"Lkotlin/jvm/internal/Intrinsics;"):
+        assert cls in dex, f"classes.dex lacks {cls.decode()}"
+    if shutil.which("apksigner"):
+        subprocess.run(["apksigner", "verify", str(apk)], check=True, capture_output=True)
+    if shutil.which("aapt"):
+        badging = subprocess.run(["aapt", "dump", "badging", str(apk)], check=True, capture_output=True,
+                                 text=True).stdout
+        assert "package: name='dev.imutune.demo.ort'" in badging
+        assert "launchable-activity: name='dev.imutune.demo.MainActivity'" in badging
+        assert "native-code: 'arm64-v8a'" in badging

@@ -37,16 +37,29 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert rep["n_runs"] == 2 and len(list((tmp_path / "runs").glob("*.json"))) == 2
     s = rep["summary"]
-    assert set(s) == {"none", "full", "layer", "random 10%", "borda 10%", "borda 25%", "borda-bn 10%"}
+    deep = ["borda-deep 10%", "random-deep 10%", "shift-deep 10%", "combined-deep 10%"]
+    assert set(s) == {"none", "full", "layer", "random 10%", "borda 10%", "borda 25%", "borda-bn 10%", *deep}
     assert s["full"]["vs_full"] == pytest.approx(1.0) or s["full"]["vs_full"] is None
     assert s["borda 10%"]["trainable_parameters"] == s["random 10%"]["trainable_parameters"] \
         < s["borda 25%"]["trainable_parameters"] < s["full"]["trainable_parameters"]
+    assert s["borda-deep 10%"]["trainable_parameters"] == s["random-deep 10%"]["trainable_parameters"]
     assert all(v.get("frozen_drift", 0) == 0 for v in s.values())
     assert 0 < s["borda 10%"]["patch_fraction"] < 1
-    assert set(rep["targets"]) == {"borda10_vs_full_ge_0.9", "borda10_time_to_90pct_le_half_full",
-                                   "borda10_beats_random10", "borda10_patch_le_10pct"}
+    assert s["borda 10%"]["patch_bytes_fp16"] < s["borda 10%"]["patch_bytes"] <= s["borda 10%"]["patch_bytes_list"]
+    # the deep budget leaves a cached frozen prefix and costs less per step than per-layer selection and full
+    for m in deep:
+        assert s[m]["cached_units"] >= 1 and s[m]["step_flops_vs_full"] < s["borda 10%"]["step_flops_vs_full"] < 1
+    assert s["full"]["step_flops_vs_full"] == pytest.approx(1.0) and s["full"]["cached_units"] == 0
+    assert all(s[m]["seconds_per_epoch"] > 0 for m in s if m != "none")
+    assert "borda 10%: vs_full >= 0.9" in rep["targets"] and "combined-deep 10%: patch <= 10% of model (fp16)" \
+        in rep["targets"]
+    assert "borda-deep 10% vs random-deep 10%: paired 95% interval above 0" in rep["targets"]
+    assert set(rep["comparisons"]) == {"borda 10% vs random 10%", "borda-deep 10% vs random-deep 10%",
+                                       "shift-deep 10% vs random-deep 10%", "combined-deep 10% vs random-deep 10%"}
+    assert rep["protocol"].startswith("calibrate-then-use")
+    assert (tmp_path / "selective_cost.png").is_file()
     md = (tmp_path / "bench_selective.md").read_text()
-    assert "| borda 10% |" in md and "## Targets" in md
+    assert "| borda 10% |" in md and "## Targets" in md and "| shift-deep 10% |" in md
     data = json.loads((tmp_path / "bench_selective.json").read_text())
     assert data["runs"][0]["methods"]["borda 10%"]["curve"][0][0] == 0
     # resume: finished runs are reused, nothing is retrained
@@ -64,6 +77,12 @@ def test_bench_config_errors():
         _tiny(levels=(3,))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         _tiny(fractions=(1.5,))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        _tiny(deep_fraction=0.0 + 2)
+    with pytest.raises(ValueError, match="deep_pool must be a number >= 1"):
+        _tiny(deep_pool=0.5)
+    with pytest.raises(ValueError, match="calibration_fraction must be in"):
+        _tiny(calibration_fraction=1.0)
     assert quick_config().seeds == (0,)
 
 
@@ -72,6 +91,7 @@ def test_bench_selective_command(tmp_path):
 
     rc = main(["bench", "selective", "--out", str(tmp_path), "--model", "tinycnn1d", "--targets", "subject10",
                "--subjects", "9", "10", "--distortions", "gain", "--levels", "0", "--shots", "2", "--seeds", "0",
-               "--fractions", "0.1", "--epochs", "1", "--pretrain-epochs", "1"])
+               "--fractions", "0.1", "--deep-fraction", "0.2", "--epochs", "1", "--pretrain-epochs", "1"])
     assert rc == 0 and (tmp_path / "bench_selective.md").is_file()
+    assert "| borda-deep 20% |" in (tmp_path / "bench_selective.md").read_text()
     assert main(["bench", "selective", "--out", str(tmp_path / "x"), "--distortions", "blur"]) == 2

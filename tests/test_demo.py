@@ -44,6 +44,11 @@ def test_demo_report_fields_are_consistent(demo_run):
     for key in ("source_accuracy", "target_accuracy_before", "target_accuracy_after", "target_macro_f1"):
         assert 0.0 <= on_disk[key] <= 1.0
     assert on_disk["restore_ratio"] == pytest.approx(on_disk["target_accuracy_after"] / on_disk["source_accuracy"])
+    # issue 16: calibrate-then-use by default, the gain and the label-noise setting are reported
+    assert on_disk["protocol"] == "calibrate-then-use"
+    assert on_disk["personalization_gain"] == pytest.approx(on_disk["target_macro_f1"] - on_disk["target_macro_f1_before"])
+    assert on_disk["label_noise"]["spec"] == "none" and on_disk["label_noise"]["corrupted_windows"] == 0
+    assert "personalization gain" in (out / "report.md").read_text()
     for fmt in ("onnx", "pte"):
         assert on_disk["parity_max_abs_err"][fmt] <= 1e-4
         lat = on_disk["latency_ms"][fmt]
@@ -93,3 +98,9 @@ def test_demo_config_errors():
     with pytest.raises(ValueError, match="target_train_side must be 0 or 1"):
         DemoConfig(target_train_side=2)
     assert quick_config().pretrain.epochs < DemoConfig().pretrain.epochs
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        DemoConfig(protocol="cross-arm")
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        DemoConfig(calibration_fraction=0.0)
+    with pytest.raises(ValueError, match="label-noise spec 'loud'"):
+        DemoConfig(label_noise="loud")

@@ -23,9 +23,10 @@ def _crop(rec, seconds: float):
                      rec.name, dict(rec.meta))
 
 
-def _tiny_config(**kw) -> FleetConfig:
+def _tiny_config(method: str = "ce", **kw) -> FleetConfig:
+    """2 epochs; plain cross-entropy for the orchestration tests (the job test runs FilterLoss-CV)."""
     ft = FinetuneConfig()
-    return FleetConfig(finetune=replace(ft, train=replace(ft.train, epochs=2, batch_size=32)), **kw)
+    return FleetConfig(method=method, finetune=replace(ft, train=replace(ft.train, epochs=2, batch_size=32)), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_personalize_user_results_and_failure_reasons(fleet_data):
     base = load_bundle(fleet_data["base"])
     spec = discover_users(fleet_data["users"])[0]
     files, _ = read_user_files(spec)
-    cfg = _tiny_config()
+    cfg = _tiny_config("filterloss-cv")
     a = personalize_user(base, spec.user_id, files, config=cfg)
     b = personalize_user(base, spec.user_id, files, config=cfg)
     assert a["status"] == "ok", a.get("error")
@@ -270,7 +271,7 @@ def test_cli_fleet_and_bad_users_path(fleet_data, local_ray, tmp_path, capsys):
     from imutune.cli import main
 
     code = main(["fleet", "--base", str(fleet_data["base"]), "--users", str(fleet_data["users"]), "--out",
-                 str(tmp_path / "o"), "--epochs", "1", "--limit", "1", "--no-progress", "--export", "bundle"])
+                 str(tmp_path / "o"), "--epochs", "1", "--limit", "1", "--method", "ce", "--no-progress", "--export", "bundle"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["counts"]["computed"] + printed["counts"]["failed"] == 1

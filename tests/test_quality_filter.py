@@ -194,11 +194,12 @@ def test_select_weights_downweights_flipped_labels():
     assert chosen[0]["macro_f1"] == pytest.approx(best_f1)
     assert beta in cfg.balance_grid
     # with a tolerance the earliest grid entry (least filtering) within it wins
-    cw2, _, table2 = select_weights(z, y, cats, 4, config=FilterConfig(cv_tolerance=1.0))
+    small = FilterConfig(probe_steps=30, balance_grid=(0.0,))
+    cw2, _, table2 = select_weights(z, y, cats, 4, config=replace(small, cv_tolerance=1.0))
     assert table2[0]["chosen"] and cw2 == CategoryWeights(*FilterConfig().weight_grid[0])
     soft = np.linspace(0.2, 1.0, len(y))
-    _, _, table3 = select_weights(z, y, cats, 4, config=cfg, soft=soft)
-    assert len(table3) == 2 * len(table) and {r["soft"] for r in table3} == {False, True}
+    _, _, table3 = select_weights(z, y, cats, 4, config=small, soft=soft)
+    assert len(table3) == 2 * len(small.weight_grid) and {r["soft"] for r in table3} == {False, True}
 
 
 def test_select_weights_penalizes_dropping_clean_windows_marked_noisy():

@@ -140,14 +140,15 @@ def _assert_only_selected_changed(before, after, masks):
     return changed_selected
 
 
-@pytest.mark.parametrize("make", ["borda", "random", "global", "layer"])
+@pytest.mark.parametrize("make", ["borda", "random", "global", "layer", "deep"])
 def test_unselected_entries_stay_bit_identical(model_and_data, make):
     m, x, xd, y = model_and_data
     scores = rank_filters(m, xd, x)
     sel = {"borda": lambda: select_filters(scores, 0.25),
            "random": lambda: random_selection(m, 0.25, seed=1),
            "global": lambda: select_filters(scores, 0.3, budget="global", model=m),
-           "layer": lambda: last_block_selection(m)}[make]()
+           "layer": lambda: last_block_selection(m),
+           "deep": lambda: select_filters(scores, 0.1, budget="deep", model=m, deep_pool=1.5)}[make]()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     tuned = copy.deepcopy(m)
     res = finetune_selected(tuned, xd, y, sel, config=FAST)
@@ -161,7 +162,7 @@ def test_unselected_entries_stay_bit_identical(model_and_data, make):
     assert res["trainable_parameters"] == count_trainable(m, sel) < count_parameters(m)
     assert all(p.requires_grad for p in tuned.parameters())   # flags restored
     # running statistics of a partly selected batch norm moved only on selected channels
-    bn_key = "stages.0.0.bn1.running_mean"
+    bn_key = "stages.1.0.bn1.running_mean" if make == "deep" else "stages.0.0.bn1.running_mean"
     if isinstance(masks[bn_key], torch.Tensor) and make != "layer":
         mk = masks[bn_key]
         assert not torch.equal(before[bn_key][mk], after[bn_key][mk])
@@ -378,6 +379,13 @@ def test_personalize_command_writes_a_small_patch(cli_setup, tmp_path):
                str(tmp_path / "pf"), "--epochs", "2", "--no-progress", "--device", "cpu"])
     assert rc == 0
     assert json.loads((tmp_path / "pf" / "personalize_report.json").read_text())["ranking"] == "batchnorm"
+    # deep budget + combined ranking (user shift against the batch-norm statistics): the prefix is cached
+    rc = main(["personalize", "--base", str(root / "base"), "--data", str(root / "train"), "--out",
+               str(tmp_path / "deep"), "--epochs", "2", "--no-progress", "--device", "cpu", "--budget", "deep",
+               "--ranking", "combined", "--distortion", "gain:0.3"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "deep" / "personalize_report.json").read_text())
+    assert rep["ranking_method"] == "combined" and rep["cached_units"] >= 1
 
 
 def test_personalize_command_errors(cli_setup, tmp_path, capsys):
@@ -389,8 +397,185 @@ def test_personalize_command_errors(cli_setup, tmp_path, capsys):
     assert main(base + ["--filters", "1.5"]) == 2
     assert "(0, 1]" in capsys.readouterr().err
     assert main(base + ["--filters", "0"]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        main(base + ["--ranking", "users"])
+    assert "invalid choice: 'users'" in capsys.readouterr().err
     assert main(base + ["--distortion", "noise:99"]) == 2
     assert "must be in" in capsys.readouterr().err
     assert main(base + ["--distortion", "noise:10", "--clean-data", str(root / "train")]) == 2
     assert main(base + ["--clean-data", str(root / "test")]) == 2
     assert "same recordings" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- pay only for what is trained (issue 14)
+
+def test_rows_only_conv_gradient_equals_the_rows_of_the_whole_gradient():
+    from imutune.personalize.selective import _RowsConvFn
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 10, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(5, 6, 33, requires_grad=True)
+    go = torch.randn(5, 10, 17)
+    gx, gw = torch.autograd.grad(conv(x), (x, conv.weight), go)
+    idx = torch.tensor([1, 4, 9])
+    y = _RowsConvFn.apply(x, conv.weight, idx, conv.stride, conv.padding, conv.dilation)
+    assert torch.equal(y, conv(x))                                          # same forward, bit for bit
+    rx, rw = torch.autograd.grad(y, (x, conv.weight), go)
+    assert torch.equal(rx, gx)
+    assert torch.equal(rw[idx], gw[idx])
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[idx] = False
+    assert torch.all(rw[keep] == 0)                                         # nothing computed for other rows
+
+
+@pytest.mark.parametrize("case", ["borda", "deep", "random_cached"])
+def test_rows_only_gradients_equal_masked_gradients(model_and_data, case):
+    """Training with rows-only weight gradients gives the same weights after N steps as whole-tensor
+    gradients masked afterwards (and the same losses), bit for bit."""
+    m, x, xd, y = model_and_data
+    scores = rank_filters(m, xd, x)
+    sel = {"borda": lambda: select_filters(scores, 0.25),
+           "deep": lambda: select_filters(scores, 0.2, budget="deep", model=m, deep_pool=1.5),
+           "random_cached": lambda: random_selection(m, 0.25, seed=3)}[case]()
+    runs = {}
+    for rows_only in (False, True):
+        tuned = copy.deepcopy(m)
+        res = finetune_selected(tuned, xd, y, sel, config=FAST, rows_only=rows_only,
+                                cache_prefix=case == "random_cached")
+        runs[rows_only] = (tuned, res)
+    (masked, r0), (rows, r1) = runs[False], runs[True]
+    assert r1["loss"] == r0["loss"] and r1["steps"] == r0["steps"] == FAST.epochs * 3
+    for k, v in masked.state_dict().items():
+        assert torch.equal(v, rows.state_dict()[k]), k
+    assert not torch.equal(rows.head.weight, m.head.weight)
+    assert not any("forward" in vars(mod) for mod in rows.modules())      # rows-only forwards removed
+    _assert_only_selected_changed(m.state_dict(), rows.state_dict(), entry_masks(m, sel))
+
+
+def test_partial_batch_norm_is_one_pass_with_batch_statistics_for_selected_channels():
+    from imutune.personalize.selective import _PartialBN
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(6)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(6))
+        bn.running_var.copy_(torch.rand(6) + 0.5)
+        bn.weight.copy_(torch.rand(6) + 0.5)
+        bn.bias.copy_(torch.randn(6))
+    mask = torch.tensor([True, False, True, False, False, True])
+    ref = copy.deepcopy(bn)
+    pb = _PartialBN(bn, mask)
+    x = torch.randn(4, 6, 9) * 3 + 1
+    bn.train()
+    out = pb(x)
+    ref.train()
+    trained = ref(x)                                         # batch statistics, updates the running stats
+    ref.eval()
+    frozen = copy.deepcopy(bn).eval()(x)                     # the frozen running statistics
+    torch.testing.assert_close(out[:, mask], trained[:, mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, ~mask], frozen[:, ~mask], rtol=1e-6, atol=1e-6)
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.all(bn.weight.grad[~mask] == 0) and torch.all(bn.weight.grad[mask] != 0)
+    pb.commit()
+    torch.testing.assert_close(bn.running_mean[mask], ref.running_mean[mask])
+    torch.testing.assert_close(bn.running_var[mask], ref.running_var[mask])
+    assert torch.equal(bn.running_mean[~mask], pb.frozen_rm[~mask])
+
+
+def test_deep_budget_leaves_a_long_frozen_prefix(model_and_data):
+    from imutune.personalize.selective import backward_flops, frozen_prefix
+
+    m, x, xd, _ = model_and_data
+    scores = rank_filters(m, xd, x)
+    layers = {l.name: l for l in conv_layers(m)}
+    total = sum(l.params_per_filter * l.n_filters for l in layers.values())
+    deep = select_filters(scores, 0.1, budget="deep", model=m, deep_pool=1.5)
+    glob = select_filters(scores, 0.1, budget="global", model=m)
+    used = sum(layers[k].params_per_filter * v.sum() for k, v in deep.filters.items())
+    assert 0 < used <= 0.1 * total
+    assert frozen_prefix(m, deep) == 2 > frozen_prefix(m, glob)           # only the last block trains
+    assert all(not v.any() for k, v in deep.filters.items() if not k.startswith("stages.1."))
+    per = select_filters(scores, 0.1)
+    f_deep, f_per = backward_flops(m, deep, (6, 32)), backward_flops(m, per, (6, 32))
+    f_full = backward_flops(m, full_selection(m), (6, 32))
+    assert f_full["backward"] == f_full["full_backward"] and f_full["forward"] == f_full["full_forward"]
+    assert f_deep["backward"] < f_per["backward"] < f_full["backward"]
+    assert f_deep["forward"] < f_full["forward"]
+    assert backward_flops(m, per, (6, 32), rows_only=False)["backward"] > f_per["backward"]
+    for bad in (0.5, "x", float("nan")):
+        with pytest.raises(ValueError, match="deep_pool must be a number >= 1"):
+            select_filters(scores, 0.1, budget="deep", model=m, deep_pool=bad)
+    with pytest.raises(ValueError, match="budget='deep' needs the model"):
+        select_filters(scores, 0.1, budget="deep")
+    with pytest.raises(ValueError, match="must be one of"):
+        SelectiveConfig(budget="deepest")
+
+
+# --------------------------------------------------------------------------- rank for the user shift (issue 14)
+
+def _shift_model():
+    """tinycnn1d whose stem filter 5 reads only channel 5 and the other stem filters never read it."""
+    torch.manual_seed(0)
+    m = create_model("tinycnn1d", in_channels=6, num_classes=4).eval()
+    with torch.no_grad():
+        w = m.stem[0].weight                                   # (8, 6, 5)
+        w[:, 5] = 0.0
+        w[5] = 0.0
+        w[5, 5] = torch.randn(5)
+    return m
+
+
+def test_user_shift_ranking_puts_the_shifted_filter_first():
+    from imutune.personalize.selective import activation_statistics, user_shift_distances
+
+    m = _shift_model()
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((40, 6, 32)).astype(np.float32)
+    ys = np.arange(40) % 4
+    xt = rng.standard_normal((20, 6, 32)).astype(np.float32)
+    yt = np.arange(20) % 4
+    xt[:, 5] = xt[:, 5] * 2.0 + 1.5                            # the target user differs on channel 5 only
+    src = activation_statistics(m, xs, ys)
+    assert src["groups"] == [0, 1, 2, 3] and src["layers"]["stem.0"][0].shape == (4, 8)
+    d = user_shift_distances(m, xt, yt, source=src)
+    assert d["stem.0"].shape == (4, 8)                          # one voter per class
+    assert np.all(d["stem.0"].argmax(axis=1) == 5)
+    scores = rank_filters(m, xt, ranking="user_shift", y=yt, source=src)
+    assert scores["stem.0"].argmax() == 5 and scores["stem.0"][5] == 1.0   # first for every voter
+    assert select_filters(scores, 0.125).filters["stem.0"].tolist() == [i == 5 for i in range(8)]
+    # the same data for source and target: no shift at all
+    same = user_shift_distances(m, xs, ys, source=src)
+    assert max(float(v.max()) for v in same.values()) < 1e-6
+    # default source: the batch-norm running statistics (one voter)
+    assert user_shift_distances(m, xt, yt)["stem.0"].shape == (1, 8)
+    with pytest.raises(ValueError, match="give y_target"):
+        user_shift_distances(m, xt, source=src)
+    with pytest.raises(ValueError, match=r"y must have shape \(20,\)"):
+        user_shift_distances(m, xt, yt[:-1], source=src)
+    with pytest.raises(ValueError, match="do not overlap"):
+        user_shift_distances(m, xt, yt + 10, source=src)
+    with pytest.raises(ValueError, match="must be one of"):
+        rank_filters(m, xt, ranking="users")
+
+
+def test_combined_ranking_is_the_borda_count_of_both_rankings():
+    from imutune.personalize.selective import activation_statistics
+
+    m = _shift_model()
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((24, 6, 32)).astype(np.float32)
+    y = np.arange(24) % 4
+    xt = xs.copy()
+    xt[:, 5] += 2.0                                             # user shift: filter 5 of the stem
+    xd = xt.copy()
+    xd[:, 0] += 3.0                                             # device distortion on channel 0
+    src = activation_statistics(m, xs, y)
+    dist = rank_filters(m, xd, xt)
+    shift = rank_filters(m, xd, ranking="user_shift", y=y, source=src)
+    comb = rank_filters(m, xd, xt, ranking="combined", y=y, source=src)
+    for k in dist:
+        pts = borda_count(np.stack([dist[k], shift[k]])) / (2 * max(len(dist[k]) - 1, 1))
+        np.testing.assert_allclose(comb[k], pts)
+    assert dist["stem.0"][5] == 0.0                             # the distortion does not reach filter 5 ...
+    assert shift["stem.0"].argmax() == 5                        # ... the user shift does
+    assert comb["stem.0"][5] > dist["stem.0"][5]

@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="mobilecnn1d", help="registry model name (default mobilecnn1d)")
     d.add_argument("--imbalance-ratio", type=float, default=10.0, help="long-tail ratio of target training data")
     d.add_argument("--rehearsal-ratio", type=float, default=None,
-                   help="source windows mixed into fine-tuning per target window (default 4; 0 = target only)")
+                   help="source windows mixed into fine-tuning per target window (default 0 = target only)")
+    d.add_argument("--protocol", default=None, choices=("calibrate-then-use", "new-placement"),
+                   help="target split (default calibrate-then-use; new-placement: the cross-arm stress case)")
+    d.add_argument("--label-noise", default=None,
+                   help="noise of the calibration labels, e.g. boundary:0.2 (default none)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1, help="inference threads during replay (default 1)")
     d.add_argument("--realtime", action="store_true", help="pace the replay at the sensor rate")
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mobilecnn1d", help="registry model name")
     p.add_argument("--channels", nargs="+", default=None, help="channel names in model order (default: all)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="source recordings held out for source accuracy")
+    p.add_argument("--self-supervised", action="store_true",
+                   help="ignore the labels: pretrain the encoder by multi-task transformation prediction (Saeed et "
+                        "al., IMWUT 2019) on every window; the head is fitted later by finetune")
+    p.add_argument("--selfsup-steps", type=int, default=None,
+                   help="optimiser steps of --self-supervised (default: imutune.train.selfsup.SelfSupConfig)")
     p.add_argument("--units", default=None, help="units of recordings that declare none, converted to the model's: one for all, one per channel (g,g,g,rad/s,rad/s,rad/s) or channel=unit pairs; units: g, m/s^2, rad/s, deg/s")
     _add_window_args(p)
     _add_train_args(p, preset="PRETRAIN")
@@ -132,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_filterloss(bench_sub)
     _add_bench_selective(bench_sub)
     _add_bench_latency(bench_sub)
+    _add_bench_transfer(bench_sub)
     _add_personalize(sub)
     _add_fleet(sub, bench_sub)
     _add_codec(sub, bench_sub)
@@ -225,6 +235,8 @@ def _add_bench_selective(bench_sub) -> None:
     b.add_argument("--shots", type=int, nargs="+", default=None, help="windows per class (default 5 20)")
     b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
     b.add_argument("--fractions", type=float, nargs="+", default=None, help="Borda budgets (default 0.05 0.1 0.25)")
+    b.add_argument("--deep-fraction", type=float, default=None,
+                   help="budget of the deep-budget modes (borda/random/shift/combined-deep; default 0.1)")
     b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
     b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -243,6 +255,8 @@ def _bench_selective(args) -> int:
         v = getattr(args, key)
         if v:
             over[attr] = v if isinstance(v, str) else tuple(v)
+    if args.deep_fraction is not None:
+        over["deep_fraction"] = args.deep_fraction
     if args.epochs:
         over["finetune"] = replace(over["finetune"], epochs=args.epochs)
     if args.pretrain_epochs:
@@ -260,8 +274,12 @@ def _add_personalize(sub) -> None:
     p.add_argument("--out", required=True, help="output folder: patch.safetensors, personalize_report.json")
     p.add_argument("--filters", type=float, default=0.1, help="fraction of conv filters to fine-tune, in (0, 1] "
                                                               "(default 0.1)")
-    p.add_argument("--budget", default="per_layer", choices=("per_layer", "global"),
-                   help="top fraction of every layer, or a global parameter budget (default per_layer)")
+    p.add_argument("--budget", default="per_layer", choices=("per_layer", "global", "deep"),
+                   help="top fraction of every layer, a global parameter budget, or the global budget over the "
+                        "deepest blocks (long frozen prefix, cheapest training; default per_layer)")
+    p.add_argument("--ranking", default="distortion", choices=("distortion", "user_shift", "combined"),
+                   help="rank filters by the distortion (paper), by the user shift against the base model's "
+                        "batch-norm statistics (imutune extension), or the Borda count of both (default distortion)")
     p.add_argument("--clean-data", nargs="+", default=None,
                    help="the same recordings without the device's distortion (paired ranking of the paper); "
                         "default: pair-free ranking against the base model's batch-norm statistics")
@@ -281,7 +299,8 @@ def _add_personalize(sub) -> None:
 def _personalize(args) -> int:
     from .personalize.selective import SelectiveConfig, run_personalize
 
-    cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, train=_train_config(args), loss=args.loss)
+    cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, ranking=args.ranking, train=_train_config(args),
+                          loss=args.loss)
     res = run_personalize(args.base, args.data, args.out, config=cfg, clean_data=args.clean_data,
                           distortion=args.distortion, test_data=args.test_data, write_bundle=args.write_bundle,
                           progress=not args.no_progress)
@@ -462,6 +481,56 @@ _BENCH_HANDLERS = {"filterloss": _bench_filterloss, "selective": _bench_selectiv
 _BENCH_HANDLERS["fleet"] = _bench_fleet
 
 
+# --------------------------------------------------------------------------- transfer (issue 15)
+
+
+def _add_bench_transfer(bench_sub) -> None:
+    from .bench.transfer import METHODS, TransferBenchConfig
+
+    c = TransferBenchConfig()
+    b = bench_sub.add_parser("transfer", help="cross-dataset transfer from the watch model vs self-supervised, "
+                                              "probe, scratch and RandomForest / logistic regression on statistics")
+    b.add_argument("--target-data", nargs="+", default=list(c.target_data),
+                   help="target recordings, or 'basicmotions' (default; read from the installed aeon package)")
+    b.add_argument("--target-test-data", nargs="+", default=(), help="target test recordings (default: split "
+                                                                       "--target-data by recording)")
+    b.add_argument("--units", default=None, help="units of target recordings that declare none (as for finetune)")
+    b.add_argument("--source-model", default=None, help="a pretrained watch bundle (default: pretrain and cache one)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--quick", action="store_true", help="tiny model, 100 steps, short pretraining")
+    b.add_argument("--model", default=None, help=f"registry model (default {c.model_name}; --quick: tinycnn1d)")
+    b.add_argument("--ks", nargs="+", type=int, default=None, help=f"labelled windows per class (default {list(c.ks)})")
+    b.add_argument("--seeds", nargs="+", type=int, default=None, help=f"seeds (default {list(c.seeds)})")
+    b.add_argument("--steps", type=int, default=None, help=f"optimiser steps per fine-tune (default {c.steps})")
+    b.add_argument("--selfsup-steps", type=int, default=None, help=f"self-supervised steps (default {c.selfsup_steps})")
+    b.add_argument("--pretrain-epochs", type=int, default=None, help=f"watch pretraining epochs (default {c.pretrain_epochs})")
+    b.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="methods (default all)")
+    b.add_argument("--device", default=c.device, choices=("auto", "cpu", "cuda"))
+    b.add_argument("--no-progress", action="store_true")
+
+
+def _bench_transfer(args) -> int:
+    import sys
+
+    from .bench.transfer import TransferBenchConfig, quick_config, run_transfer_bench
+
+    over = {k: v for k, v in (("model_name", args.model), ("steps", args.steps), ("selfsup_steps", args.selfsup_steps),
+                              ("pretrain_epochs", args.pretrain_epochs)) if v is not None}
+    for k in ("ks", "seeds", "methods"):
+        if getattr(args, k) is not None:
+            over[k] = tuple(getattr(args, k))
+    over.update(target_data=tuple(args.target_data), target_test_data=tuple(args.target_test_data),
+                units=args.units, source_model=args.source_model, device=args.device)
+    cfg = quick_config(**over) if args.quick else TransferBenchConfig(**over)
+    prog = "python benchmarks/transfer.py" if sys.argv[0].endswith("transfer.py") else "imutune"
+    res = run_transfer_bench(args.out, cfg, command=" ".join([prog, *sys.argv[1:]]), progress=not args.no_progress)
+    print(json.dumps({"targets": {k: v.get("met") for k, v in res["targets"].items()}, "out": str(args.out)}))
+    return 0
+
+
+_BENCH_HANDLERS["transfer"] = _bench_transfer
+
+
 # --------------------------------------------------------------------------- codec (issue 10)
 
 def _add_codec(sub, bench_sub) -> None:
@@ -474,7 +543,8 @@ def _add_codec(sub, bench_sub) -> None:
                    help="codec: rate + lambda*MSE; classifier: + beta*CE of the frozen classifier; joint: both trained")
     t.add_argument("--classifier", default=None, help="classifier bundle folder (needed by classifier and joint)")
     t.add_argument("--init", default=None, help="codec folder to fine-tune from")
-    t.add_argument("--lmbda", type=float, default=None, help="MSE weight against the rate (default 8)")
+    t.add_argument("--lambda", dest="lmbda", type=float, default=None,
+                   help="MSE weight against the rate in bits per sample (default 8)")
     t.add_argument("--beta", type=float, default=None, help="CE weight on decoded windows, relative to the MSE (default 0.1)")
     t.add_argument("--latent-channels", type=int, default=None, help="latent channels L (default 8)")
     t.add_argument("--epochs", type=int, default=None, help="training epochs (default 15)")
@@ -648,9 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_third_party()
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:     # bad input, missing/unreadable files, full disks: a message, not a traceback
         print(f"imutune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"imutune {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _train_config(args):
@@ -677,11 +750,12 @@ def _dispatch(args) -> int:
                       pretrain=replace(base.pretrain, seed=args.seed, device=args.device),
                       finetune=replace(base.finetune, train=replace(base.finetune.train, device=args.device),
                                        rehearsal_ratio=(base.finetune.rehearsal_ratio if args.rehearsal_ratio is None
-                                                        else args.rehearsal_ratio)))
+                                                        else args.rehearsal_ratio)),
+                      protocol=args.protocol or base.protocol, label_noise=args.label_noise or base.label_noise)
         t = time.perf_counter()
         report = run_demo(args.out, cfg, progress=not args.no_progress)
-        keys = ("source_accuracy", "target_accuracy_before", "target_accuracy_after", "restore_ratio",
-                "target_macro_f1", "parity_max_abs_err", "latency_ms")
+        keys = ("protocol", "source_accuracy", "target_accuracy_before", "target_accuracy_after", "restore_ratio",
+                "target_macro_f1", "personalization_gain", "parity_max_abs_err", "latency_ms")
         print(json.dumps({k: report[k] for k in keys}, indent=2))
         print(f"wall time {time.perf_counter() - t:.1f} s")
         return 0
@@ -690,10 +764,24 @@ def _dispatch(args) -> int:
         from .signal.windows import WindowConfig
 
         w = WindowConfig(args.window_s, args.hop_s, args.sample_rate_hz, args.min_purity)
+        ssl = None
+        if args.self_supervised:
+            from .train.selfsup import SelfSupConfig
+
+            over = {"steps": args.selfsup_steps} if args.selfsup_steps is not None else {}
+            try:
+                ssl = SelfSupConfig(batch_size=args.batch_size, seed=args.seed, device=args.device, **over)
+            except ValueError as e:
+                raise ValueError(str(e).replace("SelfSupConfig.steps", "--selfsup-steps")
+                                 .replace("SelfSupConfig.batch_size", "--batch-size")) from None
+        elif args.selfsup_steps is not None:
+            raise ValueError(f"--selfsup-steps {args.selfsup_steps} needs --self-supervised")
         b = run_pretrain(args.data, args.out, model_name=args.model, window=w, train_config=_train_config(args),
                          holdout_fraction=args.holdout_fraction, channels=args.channels, units=args.units,
-                         progress=not args.no_progress)
-        print(json.dumps({k: b.info.get(k) for k in ("source_accuracy", "source_macro_f1", "n_train", "n_holdout")}))
+                         self_supervised=ssl, progress=not args.no_progress)
+        keys = (("selfsup_loss_first", "selfsup_loss_last", "n_train") if ssl is not None else
+                ("source_accuracy", "source_macro_f1", "n_train", "n_holdout"))
+        print(json.dumps({k: b.info.get(k) for k in keys}))
         return 0
     if args.command == "finetune":
         from .jobs import run_finetune

@@ -32,16 +32,29 @@ __all__ = ["run_pretrain", "run_finetune", "run_export", "run_replay"]
 def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model_name: str = "mobilecnn1d",
                  window: WindowConfig = WindowConfig(), train_config: TrainConfig = PRETRAIN,
                  holdout_fraction: float = 0.2, channels: Sequence[str] | None = None,
-                 units: str | Sequence[str] | None = None, progress: bool = True) -> ModelBundle:
+                 units: str | Sequence[str] | None = None, self_supervised: Any = None,
+                 progress: bool = True) -> ModelBundle:
     """Pretrain on recordings and write the bundle (``model.safetensors``, ``model.json``)
     plus ``pretrain_config.json`` and a resumable ``checkpoints/pretrain.ckpt`` into ``out_dir``.
-    ``units`` states the units of recordings that declare none (``make_windows``)."""
+    ``units`` states the units of recordings that declare none (``make_windows``). With
+    ``self_supervised`` (a :class:`imutune.train.selfsup.SelfSupConfig`) the labels are ignored: every
+    full window is used and the encoder is pretrained by multi-task transformation prediction; the bundle
+    gets an untrained head for the recordings' classes, fitted by ``finetune``."""
     recs = load_many(data)
-    w = make_windows(recs, window, channels=channels, units=units)
+    w = make_windows(recs, window, channels=channels, units=units, unlabeled=self_supervised is not None)
     out = Path(out_dir)
     write_json_atomic(out / "pretrain_config.json", {"data": [str(p) for p in data], "model_name": model_name,
                                                      "window": asdict(window), "train": asdict(train_config),
-                                                     "holdout_fraction": holdout_fraction})
+                                                     "holdout_fraction": holdout_fraction,
+                                                     "self_supervised": (None if self_supervised is None else
+                                                                         asdict(self_supervised))})
+    if self_supervised is not None:
+        from .train.selfsup import pretrain_self_supervised
+
+        bundle = pretrain_self_supervised(w, model_name=model_name, window=window, config=self_supervised,
+                                          progress=progress)
+        save_bundle(bundle, out)
+        return bundle
     bundle = pretrain(w, model_name=model_name, window=window, train_config=train_config,
                       holdout_fraction=holdout_fraction, checkpoint_path=out / "checkpoints" / "pretrain.ckpt",
                       progress=progress)

@@ -56,11 +56,11 @@ class OnDeviceBenchConfig:
     server: TrainConfig = replace(FINETUNE, device="cpu")
     variants: tuple[str, ...] = ("head", "last-block", "rows")
     batch_size: int = 16                                  # static batch of the training programs
-    steps: int = 400                                      # on-device SGD steps per user
+    steps: int = 800                                      # on-device SGD steps per user
     lr: float = 0.02
     momentum: float = 0.9
     filters_fraction: float = 0.1                         # "rows": share of each layer's filters
-    eval_every: int = 25                                  # on-device scoring interval (steps)
+    eval_every: int = 50                                  # on-device scoring interval (steps)
     parity_steps: int = 50
     latency_steps: int = 200
     threads: int = 1
@@ -209,21 +209,62 @@ def _one_user(user: str, bundle, wc, wt, programs, fi: int, config: OnDeviceBenc
                   "train_seconds_ondevice": float(sum(times)) / 1000.0}
         curves[v].append(curve)
         if first:
-            # parity on the real model: the same steps in eager PyTorch
+            # parity on the real model: the same steps in eager PyTorch, checked after 1, 10 and parity_steps steps
             pb = batches[:config.parity_steps]
             t2 = OnDeviceTrainer(prog.buffer, lr=config.lr, momentum=config.momentum, masks=masks,
                                  num_threads=config.threads)
-            for idx in pb:
+            traj = []
+            for s_i, idx in enumerate(pb):
                 t2.step(xn[idx], y[idx], w[idx])
-            ref = eager_sgd(base, trainable, xn, y, w, pb, lr=config.lr, momentum=config.momentum, masks=masks)
-            row.setdefault("parity", {})[v] = weight_parity(t2.parameters(), ref)
+                if s_i + 1 in (1, 10, len(pb)):
+                    ref = eager_sgd(base, trainable, xn, y, w, pb[:s_i + 1], lr=config.lr, momentum=config.momentum,
+                                    masks=masks)
+                    got = t2.parameters()
+                    worst = max(trainable, key=lambda n: weight_parity({n: got[n]}, {n: ref[n]}))
+                    traj.append({"steps": s_i + 1, "rel": weight_parity(got, ref), "worst": worst})
+            row.setdefault("parity", {})[v] = traj[-1]["rel"]
+            row["parity"][v + ":trajectory"] = traj
             if masks:
                 st = base.state_dict()
                 same = all(torch.equal(t2.parameters()[n][m == 0], st[n][m == 0]) for n, m in masks.items())
                 row["parity"][v + ":masked_rows_bit_identical"] = bool(same)
-            lat = times[:config.latency_steps] if len(times) >= config.latency_steps else times
-            row.setdefault("latency", {})[v] = latency_summary(lat[5:] if len(lat) > 10 else lat)
+            row.setdefault("latency", {})[v] = _latency(prog, base, trainable, masks, xn, y, w, config)
     return row
+
+
+def _latency(prog, base, trainable, masks, xn, y, w, config: OnDeviceBenchConfig) -> dict[str, Any]:
+    """Per-step latency (ms) of the ExecuTorch program and, interleaved step by step under the same host load,
+    of the same SGD step in eager PyTorch (1 thread each)."""
+    import torch
+
+    from ..ondevice.loop import OnDeviceTrainer, batch_indices
+    from ..ondevice.model import training_net
+    from ..train.losses import FilterLoss
+
+    tr = OnDeviceTrainer(prog.buffer, lr=config.lr, momentum=config.momentum, masks=masks, num_threads=config.threads)
+    net = training_net(base, trainable)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=config.lr, momentum=config.momentum)
+    loss_fn = FilterLoss(check_weights=False)
+    et, eager = [], []
+    batches = batch_indices(len(y), tr.batch_size, config.latency_steps + 5, seed=config.seed + 1)
+    load_before = os.getloadavg()[0]
+    for i, idx in enumerate(batches):
+        t0 = time.perf_counter()
+        tr.step(xn[idx], y[idx], w[idx])
+        t1 = time.perf_counter()
+        xb, yb, wb = torch.from_numpy(xn[idx]), torch.from_numpy(y[idx]), torch.from_numpy(w[idx])
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(xb), yb, wb).backward()
+        opt.step()
+        t3 = time.perf_counter()
+        if i >= 5:   # warm-up
+            et.append(1000.0 * (t1 - t0))
+            eager.append(1000.0 * (t3 - t2))
+    s_et, s_eager = latency_summary(et), latency_summary(eager)
+    return {"p50": s_et["p50"], "p95": s_et["p95"], "min": float(min(et)), "n": len(et),
+            "eager_p50": s_eager["p50"], "eager_p95": s_eager["p95"], "eager_min": float(min(eager)),
+            "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
 def _server(base, trainable: list[str], masks: dict, xn, y, w, config: OnDeviceBenchConfig):
@@ -315,6 +356,9 @@ def _summarize(per_user, config, sizes, parity, latency, memory) -> list[dict]:
                      "median_steps_to_server": (float(np.median([r for r in reach if r is not None]))
                                                 if any(r is not None for r in reach) else None),
                      "step_p50_ms": latency[v]["p50"], "step_p95_ms": latency[v]["p95"],
+                     "step_min_ms": latency[v]["min"], "eager_step_p50_ms": latency[v]["eager_p50"],
+                     "load_average_1min": latency[v]["load_average_1min"],
+                     "parity_trajectory": parity.get(v + ":trajectory"),
                      "pte_bytes": sizes[v], "parity_rel": parity[v],
                      "masked_rows_bit_identical": parity.get(v + ":masked_rows_bit_identical"),
                      "peak_rss_mib": memory[v].get("peak_rss_mib"),
@@ -356,11 +400,12 @@ def _markdown(res: dict) -> str:
     from .report import markdown_table
 
     hdr = ["trainable set", "on-device macro-F1", "server macro-F1", "gap (points)", "base macro-F1",
-           "users reaching server", "median steps to server", "step p50 ms", "step p95 ms", "model_train.pte bytes",
+           "users reaching server", "median steps to server", "step p50 ms", "step p95 ms", "step min ms",
+           "eager PyTorch step p50 ms", "model_train.pte bytes",
            "parity (rel.)", "peak RSS MiB"]
     rows = [[r["variant"], r["ondevice_macro_f1"], r["server_macro_f1"], f"{r['gap_points']:+.2f}", r["base_macro_f1"],
              f"{r['users_reaching_server']}/{r['users']}", r["median_steps_to_server"], f"{r['step_p50_ms']:.2f}",
-             f"{r['step_p95_ms']:.2f}", r["pte_bytes"], f"{r['parity_rel']:.2g}",
+             f"{r['step_p95_ms']:.2f}", f"{r['step_min_ms']:.2f}", f"{r['eager_step_p50_ms']:.2f}", r["pte_bytes"], f"{r['parity_rel']:.2g}",
              "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"] for r in res["rows"]]
     c = res["config"]
     lines = [f"# On-device FilterLoss training ({c['model_name']}, {res['rows'][0]['users']} users, calibrate-then-use)",
@@ -371,6 +416,11 @@ def _markdown(res: dict) -> str:
              "frozen. Parity: max relative weight difference after "
              f"{c['parity_steps']} steps vs eager PyTorch SGD. Sizes: " +
              ", ".join(f"{k} {v} B" for k, v in res["sizes_bytes"].items()) + ".",
+             "", "Parity trajectories (steps, max relative weight difference, worst tensor): " +
+             "; ".join(f"{r['variant']}: " + ", ".join(f"{t['steps']}: {t['rel']:.2g} ({t['worst']})"
+                                                     for t in (r["parity_trajectory"] or [])) for r in res["rows"]) + ".",
+             "", "Step latency: ExecuTorch and eager PyTorch steps interleaved one by one (same host load; 1-min load "
+             "average " + ", ".join(f"{r['load_average_1min'][0]:.1f}" for r in res["rows"]) + " when measured).",
              "", f"Training-friendly model vs its plain twin with the same weights: {res['equivalence']}.",
              "", f"Command: `{res['command']}`; {res['seconds']:.0f} s. {res['note']}.", ""]
     lines += ["| target | value | goal | met |", "|---|---|---|---|"]

@@ -5,10 +5,12 @@ Protocol (embedded watch data, :func:`imutune.recordings.load_watch`):
 
 1. Pretrain ``model_name`` on the clean windows of every subject except the
    target users (cached in ``<out>/pretrained``; reused when its config matches).
-2. Each target user's recordings are cut in time: the first half of every
-   recording is the pool of fine-tuning windows (hop ``window.hop_s``), the
-   second half the test set (non-overlapping windows, hop ``test_hop_s``), so
-   fine-tuning and test windows never share samples.
+2. Calibrate-then-use (:func:`imutune.personalize.protocols.calibrate_then_use`):
+   each target user's recordings are cut in time; the first
+   ``calibration_fraction`` of every recording is the pool of calibration
+   (fine-tuning) windows (hop ``window.hop_s``), the rest after a gap of one
+   window the test set (non-overlapping windows, hop ``test_hop_s``), so
+   calibration and test windows never overlap.
 3. For every distortion, severity level and seed, the user's "phone" distorts
    both the fine-tuning and the test windows (:func:`imutune.distortions.distort_windows`;
    same device parameters, independent noise). ``shots`` windows per class are
@@ -18,16 +20,29 @@ Protocol (embedded watch data, :func:`imutune.recordings.load_watch`):
    ``none`` (the pretrained model), ``full`` (all parameters), ``layer`` (last
    residual block + head), ``random 10%`` (random filters, the same number per
    layer as Borda at 10%, + head), ``borda X%`` (paired ranking of the clean and
-   distorted versions of the few-shot windows, + head) and ``borda-bn 10%``
+   distorted versions of the few-shot windows, + head), ``borda-bn 10%``
    (pair-free ranking against the base model's batch-norm statistics: what
-   ``imutune personalize`` does without clean data).
+   ``imutune personalize`` does without clean data) and the "pay only for what
+   is trained" modes of issue 14, all with the deep budget
+   (:func:`imutune.personalize.selective.select_filters` ``budget="deep"``: a
+   global parameter budget over the deepest blocks, so the frozen prefix is
+   long and cached): ``borda-deep 10%`` (paired ranking), ``shift-deep 10%``
+   (user-shift ranking: source-user vs target-user activation statistics per
+   class, an imutune extension), ``combined-deep 10%`` (Borda count of both) and
+   ``random-deep 10%`` (random filters, the same number per layer as
+   ``borda-deep``). Every method trains with ``cache_prefix`` and ``rows_only``
+   (exact; the selective tests show same weights as without).
 
 Measures, per run (target user x distortion x severity x shots x seed):
 accuracy on the distorted test windows after fine-tuning, the accuracy curve
 after every ``eval_every`` epochs (for time-to-accuracy; never used to select
 a model), fine-tuning time (training time plus ranking time; evaluation
-excluded; ``threads`` CPU threads, or CUDA when present), trainable
-parameters and patch size (:mod:`imutune.patch`).
+excluded; ``threads`` CPU threads, or CUDA when present; timings on a shared
+machine are noisy), time per epoch, analytic backward/forward FLOPs per
+training window (:func:`imutune.personalize.selective.backward_flops`),
+trainable parameters and patch size (:mod:`imutune.personalize.patch`): fp32
+with the shortest row-index encoding, fp32 with plain index lists (version 1)
+and fp16 (lossy; its accuracy is measured too).
 
 Aggregates (means over runs):
 
@@ -61,6 +76,7 @@ from .. import _validation as V
 from .._io import write_json_atomic
 from ..data.recordings import Recording, load_watch
 from ..metrics import accuracy
+from ..personalize.protocols import calibrate_then_use
 from ..signal.distortions import (
     BENCH_SEVERITIES,
     DISTORTION_NAMES,
@@ -93,6 +109,12 @@ class SelectiveBenchConfig:
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25)   # Borda budgets (per-layer fraction of filters)
     random_fraction: float = 0.1                 # budget of the random-filter baseline
     pairfree_fraction: float | None = 0.1        # budget of the pair-free Borda ranking (None: left out)
+    deep_fraction: float | None = 0.1            # budget of the deep-budget modes (issue 14; None: left out)
+    deep_pool: float = 3.0                       # candidate pool of the deep budget, x the parameter budget
+    source_windows: int = 1024                   # source windows (class-balanced draw) for the user-shift statistics
+    calibration_fraction: float = 0.5            # calibrate-then-use: share of each recording for calibration
+    cache_prefix: bool = True                    # train from cached activations of the frozen prefix (exact)
+    rows_only: bool = True                       # weight gradients of selected rows only (exact)
     window: WindowConfig = WindowConfig()
     test_hop_s: float = 2.0                      # hop of the test windows (non-overlapping by default)
     pretrain: TrainConfig = PRETRAIN
@@ -108,8 +130,14 @@ class SelectiveBenchConfig:
                 raise ValueError(f"levels must be in {{0, 1, 2}} (mild, moderate, severe), got {lvl!r}")
         for k in self.shots:
             V.check_int_at_least("shots", k, 1)
-        for f in (*self.fractions, self.random_fraction) + ((self.pairfree_fraction,) if self.pairfree_fraction else ()):
+        for f in (*self.fractions, self.random_fraction) + ((self.pairfree_fraction,) if self.pairfree_fraction else ()) \
+                + ((self.deep_fraction,) if self.deep_fraction else ()):
             V.check_fraction("fraction", f)
+        if not (isinstance(self.deep_pool, (int, float)) and self.deep_pool >= 1):
+            raise ValueError(f"deep_pool must be a number >= 1, got {self.deep_pool!r}")
+        V.check_int_at_least("source_windows", self.source_windows, 1)
+        if not 0 < self.calibration_fraction < 1:
+            raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction!r}")
         if not self.target_users or not self.seeds:
             raise ValueError("target_users and seeds must not be empty")
         V.check_int_at_least("eval_every", self.eval_every, 1)
@@ -130,10 +158,14 @@ def _method_names(cfg: SelectiveBenchConfig) -> list[str]:
     names += [f"borda {_pct(f)}" for f in cfg.fractions]
     if cfg.pairfree_fraction:
         names.append(f"borda-bn {_pct(cfg.pairfree_fraction)}")
+    if cfg.deep_fraction:
+        names += [f"{k}-deep {_pct(cfg.deep_fraction)}" for k in DEEP_KINDS]
     return names
 
 
-METHODS = ("none", "full", "layer", "random 10%", "borda 5%", "borda 10%", "borda 25%", "borda-bn 10%")
+DEEP_KINDS = ("borda", "random", "shift", "combined")
+METHODS = ("none", "full", "layer", "random 10%", "borda 5%", "borda 10%", "borda 25%", "borda-bn 10%",
+           "borda-deep 10%", "random-deep 10%", "shift-deep 10%", "combined-deep 10%")
 
 
 def _pct(f: float) -> str:
@@ -183,10 +215,24 @@ def _pretrained(out: Path, cfg: SelectiveBenchConfig, source: Windows, log) -> M
     return b
 
 
+def _random_like(sel, seed: int):
+    """Random filters with the same number per layer as ``sel`` (same layers, same head)."""
+    from ..personalize.selective import Selection
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, m in sel.filters.items():
+        r = np.zeros(m.shape[0], bool)
+        r[rng.choice(m.shape[0], size=int(m.sum()), replace=False)] = True
+        out[k] = r
+    return Selection(out, sel.modules)
+
+
 def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str,
-             level: int, shots: int, seed: int, user_index: int) -> dict[str, Any]:
-    from ..personalize.patch import make_patch, model_bytes, patch_bytes
+             level: int, shots: int, seed: int, user_index: int, source_stats: dict | None = None) -> dict[str, Any]:
+    from ..personalize.patch import apply_patch, make_patch, model_bytes, patch_bytes
     from ..personalize.selective import (
+        backward_flops,
         finetune_selected,
         full_selection,
         last_block_selection,
@@ -210,9 +256,10 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
     xc, xd = norm(x_clean), norm(x_dist)
     model0 = base.model.cpu().eval()
     full_size = model_bytes(model0)
+    dev = cfg.finetune.device
 
     def acc_of(m) -> float:
-        return accuracy(test.y, predict_logits(m, xte, device=cfg.finetune.device).argmax(1))
+        return accuracy(test.y, predict_logits(m, xte, device=dev).argmax(1))
 
     acc_none = acc_of(model0)
     ft = replace(cfg.finetune, seed=seed)
@@ -220,25 +267,51 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
         ("full", lambda: full_selection(model0)),
         ("layer", lambda: last_block_selection(model0)),
         (f"random {_pct(cfg.random_fraction)}", lambda: random_selection(model0, cfg.random_fraction, seed=seed))]
-    paired_scores: dict | None = None
-    rank_s = {"paired": 0.0, "batchnorm": 0.0}
+    cache: dict[str, Any] = {}
+    rank_s: dict[str, float] = {}
 
-    def borda(f: float, paired: bool):
-        nonlocal paired_scores
-        t = time.perf_counter()
-        if paired:
-            if paired_scores is None:
-                paired_scores = rank_filters(model0, xd, xc, device=cfg.finetune.device)
-                rank_s["paired"] = time.perf_counter() - t
-            return select_filters(paired_scores, f)
-        sc = rank_filters(model0, xd, device=cfg.finetune.device)
-        rank_s["batchnorm"] = time.perf_counter() - t
-        return select_filters(sc, f)
+    def scores_of(kind: str):
+        """Scores of one ranking, computed once per run; its time is charged to every method using it."""
+        if kind not in cache:
+            if kind == "combined":
+                scores_of("paired"), scores_of("shift")     # their own times are charged separately
+            t = time.perf_counter()
+            if kind == "paired":
+                cache[kind] = rank_filters(model0, xd, xc, device=dev)
+            elif kind == "batchnorm":
+                cache[kind] = rank_filters(model0, xd, device=dev)
+            elif kind == "shift":
+                cache[kind] = rank_filters(model0, xd, ranking="user_shift", y=y, source=source_stats, device=dev)
+            else:   # combined: the Borda count of the two rankings above (re-using their distances' scores)
+                from ..personalize.selective import borda_count
+
+                a, b = scores_of("paired"), scores_of("shift")
+                cache[kind] = {k: borda_count(np.stack([a[k], b[k]])) / (2 * max(len(a[k]) - 1, 1)) for k in a}
+            rank_s[kind] = time.perf_counter() - t
+        return cache[kind]
+
+    def rank_time(kind: str) -> float:
+        return rank_s.get("paired", 0.0) + rank_s.get("shift", 0.0) + rank_s["combined"] if kind == "combined" \
+            else rank_s.get(kind, 0.0)
 
     for f in cfg.fractions:
-        plans.append((f"borda {_pct(f)}", lambda f=f: borda(f, True)))
+        plans.append((f"borda {_pct(f)}", lambda f=f: select_filters(scores_of("paired"), f)))
     if cfg.pairfree_fraction:
-        plans.append((f"borda-bn {_pct(cfg.pairfree_fraction)}", lambda: borda(cfg.pairfree_fraction, False)))
+        plans.append((f"borda-bn {_pct(cfg.pairfree_fraction)}",
+                      lambda: select_filters(scores_of("batchnorm"), cfg.pairfree_fraction)))
+    deep_sel: dict[str, Any] = {}
+    if cfg.deep_fraction:
+        def deep(kind: str):
+            if kind == "random":
+                if "borda" not in deep_sel:
+                    deep_sel["borda"] = deep("borda")
+                return _random_like(deep_sel["borda"], seed)
+            sc = scores_of({"borda": "paired", "shift": "shift", "combined": "combined"}[kind])
+            deep_sel[kind] = select_filters(sc, cfg.deep_fraction, budget="deep", model=model0,
+                                            deep_pool=cfg.deep_pool)
+            return deep_sel[kind]
+        for kind in DEEP_KINDS:
+            plans.append((f"{kind}-deep {_pct(cfg.deep_fraction)}", lambda kind=kind: deep(kind)))
     results: dict[str, Any] = {}
     every = cfg.eval_every
     rot = int(_fingerprint([distortion, level, shots, seed, user_index]), 16) % len(plans)
@@ -253,14 +326,26 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
             e = counter["epoch"]
             counter["epoch"] += 1
             return acc_of(m) if e in ev_epochs else float("nan")
-        r = finetune_selected(model, xd, y, sel, config=ft, eval_fn=eval_fn)
+        r = finetune_selected(model, xd, y, sel, config=ft, eval_fn=eval_fn, cache_prefix=cfg.cache_prefix,
+                              rows_only=cfg.rows_only)
         curve = [c for c in r["curve"] if not np.isnan(c[2])]
-        rs = rank_s["batchnorm"] if name.startswith("borda-bn") else rank_s["paired"] if name.startswith("borda") else 0.0
-        pb = len(patch_bytes(make_patch(model0, model)))
+        kind = ("batchnorm" if name.startswith("borda-bn") else "shift" if name.startswith("shift")
+                else "combined" if name.startswith("combined") else "paired"
+                if name.startswith(("borda", "random-deep")) else "")
+        rs = rank_time(kind) if kind else 0.0
+        p32 = make_patch(model0, model)
+        p16 = make_patch(model0, model, dtype="float16")
+        fl = backward_flops(model0, sel, tuple(xd.shape[1:]), rows_only=cfg.rows_only, cache_prefix=cfg.cache_prefix)
         results[name] = {"accuracy": curve[-1][2], "train_seconds": r["seconds"], "rank_seconds": rs,
-                         "seconds": r["seconds"] + rs, "trainable_parameters": r["trainable_parameters"],
-                         "selected_filters": sel.n_selected(), "patch_bytes": pb, "frozen_drift": r["frozen_drift"],
-                         "curve": curve}
+                         "seconds": r["seconds"] + rs, "seconds_per_epoch": r["seconds"] / max(r["epochs_run"], 1),
+                         "cache_seconds": r["cache_seconds"], "cached_units": r["cached_units"],
+                         "trainable_parameters": r["trainable_parameters"],
+                         "selected_filters": sel.n_selected(), "patch_bytes": len(patch_bytes(p32)),
+                         "patch_bytes_list": len(patch_bytes(make_patch(model0, model, row_format="list"))),
+                         "patch_bytes_fp16": len(patch_bytes(p16)), "accuracy_fp16": acc_of(apply_patch(model0, p16)),
+                         "backward_flops": fl["backward"], "forward_flops": fl["forward"],
+                         "full_backward_flops": fl["full_backward"], "full_forward_flops": fl["full_forward"],
+                         "frozen_drift": r["frozen_drift"], "curve": curve}
     results = {name: results[name] for name in sorted(results, key=_method_names(cfg).index)}
     return {"distortion": distortion, "level": level, "severity": severity, "shots": shots, "seed": seed,
             "user": test.users[0] if len(test) else "", "n_train": int(len(idx)), "n_test": int(len(test)),
@@ -300,8 +385,21 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
         test_window = replace(cfg.window, hop_s=cfg.test_hop_s)
         data = {}
         for u in cfg.target_users:
-            first, second = split_halves([r for r in recs if r.user == u])
-            data[u] = (make_windows(first, cfg.window), make_windows(second, test_window))
+            cal, tst = calibrate_then_use([r for r in recs if r.user == u], window_s=cfg.window.window_s,
+                                          calibration_fraction=cfg.calibration_fraction)
+            data[u] = (make_windows(cal, cfg.window), make_windows(tst, test_window))
+        source_stats = None
+        if cfg.deep_fraction:
+            from ..personalize.selective import activation_statistics
+
+            t = time.perf_counter()
+            rng = np.random.default_rng(0)
+            per = max(1, cfg.source_windows // max(source.num_classes, 1))
+            sidx = _sample_shots(source.y, per, source.num_classes, rng)
+            source_stats = activation_statistics(base.model, base.normalizer(source.x[sidx]), source.y[sidx],
+                                                 device=cfg.finetune.device)
+            log(f"[source statistics] {len(sidx)} source windows, {time.perf_counter() - t:.1f} s "
+                "(once per base model; not charged to the runs)")
         acc_clean = {u: accuracy(te.y, predict_logits(base.model, base.normalizer(te.x), device=cfg.finetune.device)
                                  .argmax(1)) for u, (_, te) in data.items()}
         run_fp = _fingerprint({k: v for k, v in asdict(cfg).items() if k not in ("threads",)})
@@ -321,7 +419,8 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                     pass
             t = time.perf_counter()
             pool, test = data[u]
-            res = _run_one(base, pool, test, cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui)
+            res = _run_one(base, pool, test, cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui,
+                           source_stats=source_stats)
             res.update(acc_clean=acc_clean[u], fingerprint=run_fp, wall_seconds=time.perf_counter() - t)
             write_json_atomic(path, res)
             runs.append(res)
@@ -373,6 +472,21 @@ def _time_to(runs: list[dict], method: str, threshold: float) -> float | None:
     return float(secs[hit[0]] + rank) if hit.size else None
 
 
+def _paired(runs: list[dict], a: str, b: str) -> dict[str, Any] | None:
+    """Paired accuracy difference a - b over runs: mean, SE, 95% t interval, wins/ties/losses."""
+    from scipy.stats import t as student_t
+
+    if not runs or a not in runs[0]["methods"] or b not in runs[0]["methods"]:
+        return None
+    diff = np.array([r["methods"][a]["accuracy"] - r["methods"][b]["accuracy"] for r in runs])
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+    half = float(student_t.ppf(0.975, len(diff) - 1) * se) if se is not None else None
+    return {"a": a, "b": b, "mean_diff": float(diff.mean()), "se": se,
+            "ci95": None if half is None else [float(diff.mean() - half), float(diff.mean() + half)],
+            "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
+            "n": int(len(diff))}
+
+
 def _summarize(runs: list[dict], cfg: SelectiveBenchConfig, base: ModelBundle) -> dict[str, Any]:
     methods = _method_names(cfg)
     acc = _agg(runs, methods)
@@ -383,17 +497,28 @@ def _summarize(runs: list[dict], cfg: SelectiveBenchConfig, base: ModelBundle) -
     model_size = runs[0]["model_bytes"]
     summary: dict[str, dict[str, Any]] = {"none": {"accuracy": acc["none"], "recovered": 0.0, "vs_full": 0.0,
                                                    "trainable_parameters": 0, "seconds": 0.0, "patch_bytes": 0}}
+    t90_full = _time_to(runs, "full", thr)
     for m in methods:
         rs = [r["methods"][m] for r in runs]
         t90 = _time_to(runs, m, thr)
+        g = lambda key, rs=rs: _mean(x.get(key) for x in rs)        # noqa: E731
         summary[m] = {"accuracy": acc[m], "recovered": _ratio(acc[m] - acc["none"], drop),
                       "vs_full": _ratio(acc[m] - acc["none"], gain_full),
-                      "trainable_parameters": int(round(_mean(x["trainable_parameters"] for x in rs))),
-                      "seconds": _mean(x["seconds"] for x in rs), "rank_seconds": _mean(x["rank_seconds"] for x in rs),
-                      "time_vs_full": _ratio(_mean(x["seconds"] for x in rs), t_full),
-                      "seconds_to_90pct_of_full": t90, "time_to_90pct_vs_full": None if t90 is None else t90 / t_full,
-                      "patch_bytes": int(round(_mean(x["patch_bytes"] for x in rs))),
-                      "patch_fraction": _mean(x["patch_bytes"] for x in rs) / model_size,
+                      "trainable_parameters": int(round(g("trainable_parameters"))),
+                      "seconds": g("seconds"), "rank_seconds": g("rank_seconds"),
+                      "seconds_per_epoch": g("seconds_per_epoch"), "cached_units": g("cached_units"),
+                      "time_vs_full": _ratio(g("seconds"), t_full),
+                      "seconds_to_90pct_of_full": t90,
+                      "time_to_90pct_vs_full": None if t90 is None or not t90_full else t90 / t90_full,
+                      "backward_flops": g("backward_flops"), "forward_flops": g("forward_flops"),
+                      "backward_flops_vs_full": _ratio(g("backward_flops"), g("full_backward_flops")),
+                      "step_flops_vs_full": _ratio(g("backward_flops") + g("forward_flops"),
+                                                   g("full_backward_flops") + g("full_forward_flops")),
+                      "patch_bytes": int(round(g("patch_bytes"))), "patch_fraction": g("patch_bytes") / model_size,
+                      "patch_bytes_list": int(round(g("patch_bytes_list"))),
+                      "patch_bytes_fp16": int(round(g("patch_bytes_fp16"))),
+                      "patch_fraction_fp16": g("patch_bytes_fp16") / model_size,
+                      "accuracy_fp16": g("accuracy_fp16"),
                       "frozen_drift": int(sum(x["frozen_drift"] for x in rs))}
     by_cell: dict[str, dict] = {}
     for d in cfg.distortions:
@@ -409,35 +534,39 @@ def _summarize(runs: list[dict], cfg: SelectiveBenchConfig, base: ModelBundle) -
         a = _agg(rr, methods)
         g = a["full"] - a["none"]
         by_shots[str(k)] = {"accuracy": a, "vs_full": {m: _ratio(a[m] - a["none"], g) for m in methods}}
-    # paired comparison of Borda vs random at the random baseline's budget
-    key_b, key_r = f"borda {_pct(cfg.random_fraction)}", f"random {_pct(cfg.random_fraction)}"
-    paired = None
-    if key_b in methods:
-        diff = np.array([r["methods"][key_b]["accuracy"] - r["methods"][key_r]["accuracy"] for r in runs])
-        paired = {"mean_diff": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1
-                  else None, "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
-                  "losses": int((diff < 0).sum()), "n": int(len(diff))}
-    targets = {}
-    b10 = summary.get("borda 10%")
-    if b10 is not None:
-        targets = {
-            "borda10_vs_full_ge_0.9": {"value": b10["vs_full"], "threshold": 0.9,
-                                       "met": b10["vs_full"] is not None and b10["vs_full"] >= 0.9},
-            "borda10_time_to_90pct_le_half_full": {"value": b10["time_to_90pct_vs_full"], "threshold": 0.5,
-                                                   "met": b10["time_to_90pct_vs_full"] is not None
-                                                   and b10["time_to_90pct_vs_full"] <= 0.5},
-            "borda10_beats_random10": {"value": paired["mean_diff"] if paired else None, "threshold": 0.0,
-                                       "met": bool(paired and paired["mean_diff"] > 0)},
-            "borda10_patch_le_10pct": {"value": b10["patch_fraction"], "threshold": 0.1,
-                                       "met": b10["patch_fraction"] <= 0.1},
-        }
+    # paired comparisons with random filters at the same budget
+    rf = _pct(cfg.random_fraction)
+    comps = {f"borda {rf} vs random {rf}": _paired(runs, f"borda {rf}", f"random {rf}")}
+    if cfg.deep_fraction:
+        df = _pct(cfg.deep_fraction)
+        for kind in ("borda", "shift", "combined"):
+            comps[f"{kind}-deep {df} vs random-deep {df}"] = _paired(runs, f"{kind}-deep {df}", f"random-deep {df}")
+    comps = {k: v for k, v in comps.items() if v is not None}
+    targets: dict[str, dict[str, Any]] = {}
+    tenpct = [m for m in methods if m.endswith(" 10%") and not m.startswith("random")]
+    for m in tenpct:
+        v = summary[m]
+        targets[f"{m}: vs_full >= 0.9"] = {"value": v["vs_full"], "threshold": 0.9,
+                                           "met": v["vs_full"] is not None and v["vs_full"] >= 0.9}
+        targets[f"{m}: time to 90% of full <= 0.5 x full's"] = {
+            "value": v["time_to_90pct_vs_full"], "threshold": 0.5,
+            "met": v["time_to_90pct_vs_full"] is not None and v["time_to_90pct_vs_full"] <= 0.5}
+        targets[f"{m}: patch <= 10% of model (fp32)"] = {"value": v["patch_fraction"], "threshold": 0.1,
+                                                        "met": v["patch_fraction"] <= 0.1}
+        targets[f"{m}: patch <= 10% of model (fp16)"] = {"value": v["patch_fraction_fp16"], "threshold": 0.1,
+                                                        "met": v["patch_fraction_fp16"] <= 0.1}
+    for k, c in comps.items():
+        targets[f"{k}: paired 95% interval above 0"] = {"value": c["ci95"][0] if c["ci95"] else None,
+                                                       "threshold": 0.0, "met": bool(c["ci95"] and c["ci95"][0] > 0)}
     return {"benchmark": "selective filter fine-tuning under sensor distortions",
+            "protocol": f"calibrate-then-use (calibration_fraction {cfg.calibration_fraction}, gap one window)",
             "dataset": "seglearn watch (10 subjects x 2 arm sides x 7 exercises, 6 ch @ 50 Hz)",
             "model_name": cfg.model_name, "model_bytes": model_size,
             "total_parameters": runs[0]["total_parameters"], "source_accuracy": base.info.get("source_accuracy"),
             "n_runs": len(runs), "accuracy": acc, "threshold_90pct_of_full": thr, "full_seconds": t_full,
-            "summary": summary, "by_distortion": by_dist, "by_cell": by_cell, "by_shots": by_shots,
-            "borda_vs_random": paired, "targets": targets}
+            "full_seconds_to_90pct": t90_full, "summary": summary, "by_distortion": by_dist, "by_cell": by_cell,
+            "by_shots": by_shots, "borda_vs_random": comps.get(f"borda {rf} vs random {rf}"), "comparisons": comps,
+            "targets": targets}
 
 
 def _f(v, fmt: str = ".3f") -> str:
@@ -451,34 +580,48 @@ def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
              f"Dataset: {rep['dataset']}. Target users {', '.join(cfg.target_users)} (held out from pretraining); "
              f"distortions {', '.join(cfg.distortions)} at severity levels {list(cfg.levels)}; "
              f"{' and '.join(map(str, cfg.shots))} windows per class; seeds {list(cfg.seeds)}; "
-             f"{rep['n_runs']} runs. Fine-tuning: {cfg.finetune.epochs} epochs, batch {cfg.finetune.batch_size}, "
+             f"{rep['n_runs']} runs; protocol {rep['protocol']}. Fine-tuning: {cfg.finetune.epochs} epochs, batch {cfg.finetune.batch_size}, "
              f"lr {cfg.finetune.lr:g}, {cfg.threads} CPU thread(s) on {rep['host']['cpu']}"
              f"{' (CUDA)' if rep['host'].get('cuda') else ''}.", "",
              f"Mean accuracy on the distorted test windows: clean (no distortion, no fine-tuning) "
              f"{rep['accuracy']['clean']:.4f}, distorted without fine-tuning {rep['accuracy']['none']:.4f}. "
              f"Model: {rep['total_parameters']} parameters, {rep['model_bytes'] / 1024:.1f} KiB.", ""]
     header = ["method", "trainable params", "accuracy", "recovered (of drop)", "vs full", "fine-tune s",
-              "time vs full", "s to 90% of full", "patch KiB", "patch % of model"]
-    rows = [["none", 0, _f(s["none"]["accuracy"], ".4f"), "0", "0", "0", "-", "-", "0", "0"]]
+              "s / epoch", "s to 90% of full", "vs full's", "bwd MFLOP / window", "step FLOPs vs full",
+              "cached units", "patch KiB (fp32)", "patch KiB (v1 lists)", "patch KiB (fp16)", "patch % (fp32)",
+              "patch % (fp16)", "acc fp16 patch"]
+    rows = [["none", 0, _f(s["none"]["accuracy"], ".4f"), "0", "0", "0", "-", "-", "-", "0", "0", "-", "0", "0", "0",
+             "0", "0", "-"]]
     for m in methods:
         v = s[m]
         rows.append([m, v["trainable_parameters"], _f(v["accuracy"], ".4f"), _f(v["recovered"]), _f(v["vs_full"]),
-                     _f(v["seconds"], ".2f"), _f(v["time_vs_full"], ".2f"),
+                     _f(v["seconds"], ".2f"), _f(v["seconds_per_epoch"], ".3f"),
                      "not reached" if v["seconds_to_90pct_of_full"] is None else _f(v["seconds_to_90pct_of_full"], ".2f"),
-                     _f(v["patch_bytes"] / 1024, ".1f"), _f(100 * v["patch_fraction"], ".1f")])
+                     _f(v["time_to_90pct_vs_full"], ".2f"), _f(v["backward_flops"] / 1e6, ".2f"),
+                     _f(v["step_flops_vs_full"], ".2f"), _f(v["cached_units"], ".1f"),
+                     _f(v["patch_bytes"] / 1024, ".1f"), _f(v["patch_bytes_list"] / 1024, ".1f"),
+                     _f(v["patch_bytes_fp16"] / 1024, ".1f"), _f(100 * v["patch_fraction"], ".1f"),
+                     _f(100 * v["patch_fraction_fp16"], ".1f"), _f(v["accuracy_fp16"], ".4f")])
     lines += [markdown_table(header, rows), ""]
     lines += ["recovered = (acc - acc_none) / (acc_clean - acc_none); vs full = (acc - acc_none) / (acc_full - "
-              "acc_none); fine-tune s = training + ranking time (evaluation excluded); s to 90% of full = mean "
+              "acc_none); fine-tune s = training (cached prefix included) + ranking time (evaluation excluded); "
+              "s / epoch = training time / epochs; s to 90% of full = mean "
               "time at which the method's mean accuracy curve first reaches acc_none + 0.9 (acc_full - acc_none), "
-              f"curves sampled every {cfg.eval_every} epochs.", ""]
+              f"curves sampled every {cfg.eval_every} epochs; vs full's = that time / full fine-tuning's own time "
+              "to the same level; bwd MFLOP / window = analytic backward FLOPs per training window and step "
+              "(convs + head); step FLOPs vs full = (forward + backward) / full fine-tuning's, the cached prefix's "
+              "forward excluded; patch v1 lists = the same patch with plain index lists (the old format); fp16 "
+              "patches are lossy (their accuracy in the last column). Timings measured on a shared machine "
+              "(several processes on 2 cores): noisy.", ""]
     if rep["targets"]:
         lines += ["## Targets", "", markdown_table(["target", "measured", "threshold", "met"], [
             [k, _f(v["value"], ".4f"), v["threshold"], "yes" if v["met"] else "no"] for k, v in rep["targets"].items()]), ""]
-    p = rep.get("borda_vs_random")
-    if p:
-        lines += [f"Borda vs random at {_pct(cfg.random_fraction)}: mean accuracy difference {p['mean_diff']:+.4f} "
-                  f"(SE {_f(p['se'], '.4f')}), Borda better in {p['wins']}, tied in {p['ties']}, worse in "
-                  f"{p['losses']} of {p['n']} runs.", ""]
+    if rep.get("comparisons"):
+        lines += ["## Paired comparisons with random filters at the same budget", "",
+                  markdown_table(["comparison", "mean acc diff", "SE", "95% interval", "wins / ties / losses", "runs"], [
+                      [k, f"{c['mean_diff']:+.4f}", _f(c["se"], ".4f"),
+                       "n/a" if not c["ci95"] else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+                       f"{c['wins']} / {c['ties']} / {c['losses']}", c["n"]] for k, c in rep["comparisons"].items()]), ""]
     cols = ["clean", "none"] + methods
     lines += ["## Accuracy per distortion and severity", "",
               markdown_table(["distortion", "severity"] + cols, [
@@ -489,7 +632,7 @@ def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
                   [k, _f(v["accuracy"]["none"]), _f(v["accuracy"]["full"])] + [_f(v["vs_full"][m]) for m in methods[1:]]
                   for k, v in rep["by_shots"].items()]), ""]
     lines += [f"Wall time {rep['wall_seconds']:.0f} s. Figures: selective_recovery.png, selective_curves.png, "
-              "selective_severity.png.", ""]
+              "selective_severity.png, selective_cost.png.", ""]
     return "\n".join(lines)
 
 
@@ -541,4 +684,21 @@ def _figures(rep: dict, runs: list[dict], cfg: SelectiveBenchConfig) -> dict[str
     axes[0][0].set_ylabel("accuracy")
     axes[0][-1].legend(fontsize=6)
     figs["selective_severity"] = fig
+    # cost per method: time per epoch, step FLOPs, time to 90% of full, patch size
+    s = rep["summary"]
+    fig, axes = new_figure(1, 4, figsize=(16, 4), squeeze=False)
+    ys = np.arange(len(methods))
+    panels = [("seconds_per_epoch", "s / epoch (shared machine)", 1.0),
+              ("step_flops_vs_full", "training-step FLOPs / full's", 1.0),
+              ("seconds_to_90pct_of_full", "s to 90% of full's gain (missing: not reached)", 1.0),
+              ("patch_fraction", "patch / model (fp32; fp16 hatched)", 1.0)]
+    for ax, (key, title, _) in zip(axes[0], panels):
+        vals = [s[m][key] if s[m][key] is not None else 0.0 for m in methods]
+        ax.barh(ys, vals, color="tab:blue")
+        if key == "patch_fraction":
+            ax.barh(ys, [s[m]["patch_fraction_fp16"] for m in methods], color="none", edgecolor="k", hatch="//")
+            ax.axvline(0.1, color="r", lw=0.8, ls="--")
+        ax.set_yticks(ys, methods if ax is axes[0][0] else [""] * len(methods), fontsize=7)
+        ax.set_title(title, fontsize=9)
+    figs["selective_cost"] = fig
     return figs

@@ -19,8 +19,14 @@ Here (1-D sensor models, :mod:`imutune.models`):
 * Borda count: within a layer, a filter scores ``rank - 1`` points per sample
   (0 for the least moved, ``F - 1`` for the most moved; ties share the mean
   rank) and the points are summed over samples (:func:`borda_count`);
-* selection: the top ``fraction`` of filters of every layer (at least one), or
-  a global parameter budget (:func:`select_filters`);
+* selection: the top ``fraction`` of filters of every layer (at least one), a
+  global parameter budget, or the global budget over the deepest blocks only
+  (``budget="deep"``, issue 14: a long frozen prefix; :func:`select_filters`);
+* user-shift ranking (an imutune extension, issue 14; not in the paper):
+  filters ranked by the shift between the source users' and the target
+  user's per-class activation statistics on the calibration windows
+  (:func:`user_shift_distances`), and the Borda count of both rankings
+  (``rank_filters(..., ranking="combined")``);
 * pair-free ranking (an imutune extension, for users whose clean data does not
   exist): each window's per-filter distance between its conv-output
   mean/std and the base model's batch-norm running statistics (the source
@@ -31,7 +37,9 @@ Selective fine-tuning (:func:`finetune_selected`) runs the one training loop
 (:func:`imutune.train.loop.train`) with the hooks of :func:`selection_hooks`
 and trains only the selected entries; everything else stays bit-identical:
 
-* gradients of unselected rows are masked to zero and partly selected tensors
+* partly selected conv layers compute their weight gradient for the selected
+  rows only (:class:`_RowsConvFn`, bit-identical to the masked whole-tensor
+  gradient); gradients of unselected rows are masked to zero and partly selected tensors
   get no weight decay (:class:`~imutune.train.loop.GradientMask`; AdamW's
   decoupled decay would otherwise move the unselected rows); at the end the
   unselected entries are copied back from a frozen copy as a safety net;
@@ -40,7 +48,8 @@ and trains only the selected entries; everything else stays bit-identical:
   eval mode (running statistics, untouched); a partly selected layer uses
   batch statistics for its selected channels and the frozen running
   statistics for the others (so training and inference agree for frozen
-  channels); running statistics move only for the selected channels (in
+  channels), in one affine pass over the activations (batch statistics of the
+  selected channels only); running statistics move only for the selected channels (in
   scratch buffers, committed at the end, :class:`_PartialBN`), and
   ``num_batches_tracked`` stays as it was (unused with the default momentum).
 
@@ -79,7 +88,8 @@ from ..train.loop import (
 )
 
 __all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "reference_distances", "borda_count",
-           "rank_filters", "select_filters", "random_selection", "last_block_selection", "full_selection",
+           "activation_statistics", "user_shift_distances", "RANKINGS", "BUDGETS", "backward_flops", "rank_filters",
+           "select_filters", "random_selection", "last_block_selection", "full_selection",
            "entry_masks", "count_trainable", "selection_hooks", "frozen_prefix", "finetune_selected",
            "SelectiveConfig", "personalize", "run_personalize"]
 
@@ -339,29 +349,208 @@ def borda_count(distances: np.ndarray) -> np.ndarray:
     return (rankdata(d, axis=1, method="average") - 1.0).sum(axis=0)
 
 
+RANKINGS = ("distortion", "user_shift", "combined")
+
+
+@torch.no_grad()
+def activation_statistics(model: nn.Module, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int = 256,
+                          device: str = "auto") -> dict[str, Any]:
+    """Per-filter mean and standard deviation of every conv layer's output (before its batch
+    norm; eval mode) over windows and time, per class when ``y`` is given.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The base model (not modified).
+    x : np.ndarray
+        Array of shape (N, C, T), float32, normalized.
+    y : np.ndarray, optional
+        Array of shape (N,), int labels: statistics per class (the voters of
+        :func:`user_shift_distances`); without, one group of all windows.
+
+    Returns
+    -------
+    dict
+        ``"groups"``: list of the V class labels (``[-1]`` without ``y``);
+        ``"layers"``: conv layer name -> (mean, std), each of shape (V, F), float64.
+    """
+    x = _check_x("x", x, model)
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},) (one label per window), got {y.shape}")
+    groups = sorted(int(c) for c in np.unique(y)) if y is not None else [-1]
+    gid = np.searchsorted(groups, y) if y is not None else np.zeros(x.shape[0], dtype=np.int64)
+    layers = conv_layers(model)
+    if not layers:
+        raise ValueError("the model has no Conv1d layer to rank")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    acts, handles = _capture(model, layers, pre_bn=True)
+    V_ = len(groups)
+    s1 = {l.name: np.zeros((V_, l.n_filters)) for l in layers}
+    s2 = {l.name: np.zeros((V_, l.n_filters)) for l in layers}
+    cnt = {l.name: np.zeros((V_, 1)) for l in layers}
+    try:
+        for s, b in _batches(x, batch_size, dev):
+            model(b)
+            g = torch.from_numpy(gid[s:s + b.shape[0]].astype(np.int64))
+            for l in layers:
+                z = acts[l.name].double().cpu()                                  # (B, F, T')
+                one = torch.zeros(V_, z.shape[0], dtype=torch.float64)
+                one[g, torch.arange(z.shape[0])] = 1.0                          # (V, B) group indicator
+                s1[l.name] += (one @ z.sum(dim=-1)).numpy()                     # (V, B) @ (B, F) -> (V, F)
+                s2[l.name] += (one @ z.pow(2).sum(dim=-1)).numpy()
+                cnt[l.name] += one.sum(dim=1, keepdim=True).numpy() * z.shape[-1]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out = {}
+    for l in layers:
+        n = np.maximum(cnt[l.name], 1.0)
+        m = s1[l.name] / n
+        out[l.name] = (m, np.sqrt(np.maximum(s2[l.name] / n - m ** 2, 0.0)))
+    return {"groups": groups, "layers": out}
+
+
+def _batchnorm_statistics(model: nn.Module) -> dict[str, Any]:
+    layers = conv_layers(model)
+    missing = [l.name for l in layers if l.bn is None or l.bn.running_mean is None]
+    if missing:
+        raise ValueError(f"conv layers {missing} have no batch norm with running statistics; give source "
+                         "statistics (activation_statistics of source windows) for the user-shift ranking")
+    return {"groups": [-1], "layers": {l.name: (l.bn.running_mean.detach().double().cpu().numpy()[None, :],
+                                                (l.bn.running_var.detach().double() + l.bn.eps).sqrt().cpu()
+                                                .numpy()[None, :]) for l in layers}}
+
+
+def user_shift_distances(model: nn.Module, x_target: np.ndarray, y_target: np.ndarray | None = None, *,
+                         source: dict[str, Any] | None = None, batch_size: int = 256,
+                         device: str = "auto") -> dict[str, np.ndarray]:
+    """Per-filter shift between the source users' and the target user's activation statistics.
+
+    An imutune extension (issue 14), not in Bianchi et al. (arXiv 1904.03949),
+    whose ranking (Sec. 3, :func:`activation_distances`) targets a distortion
+    of the same inputs: full fine-tuning also adapts to the new user, so this
+    ranking targets the filters whose output distribution differs most between
+    the source users (pretraining data) and the target user's calibration
+    windows. For filter ``f`` with source mean/std ``(mu, sd)`` and target
+    mean/std ``(m, s)`` of its conv output (over windows and time), the score is
+    ``sqrt((m - mu)^2 + (s - sd)^2) / sd``: the 2-Wasserstein distance between
+    the two Gaussians in units of the source standard deviation. Voters for
+    the Borda count are the classes present in both (class-conditional
+    statistics, so a different class mix is not mistaken for a shift) when
+    ``source`` has per-class statistics and ``y_target`` is given; otherwise one
+    voter over all windows.
+
+    Parameters
+    ----------
+    x_target : np.ndarray
+        The target user's calibration windows, shape (N, C, T), float32, normalized.
+    y_target : np.ndarray, optional
+        Array of shape (N,), int labels.
+    source : dict, optional
+        :func:`activation_statistics` of source-user windows (with labels for
+        class-conditional voters); default: the base model's batch-norm
+        running statistics (the pretraining distribution, one group).
+
+    Returns
+    -------
+    dict
+        Conv layer name -> array of shape (V, F), float64 (V voters).
+
+    Raises
+    ------
+    ValueError
+        On bad windows or labels, source statistics of another model, or no
+        batch norm to read default statistics from.
+    """
+    src = source if source is not None else _batchnorm_statistics(model)
+    per_class = src["groups"] != [-1] and y_target is not None
+    tgt = activation_statistics(model, x_target, y_target if per_class else None, batch_size=batch_size,
+                                device=device)
+    if set(tgt["layers"]) != set(src["layers"]):
+        raise ValueError(f"source statistics cover layers {sorted(src['layers'])}, the model has "
+                         f"{sorted(tgt['layers'])}; compute them with this base model")
+    if per_class:
+        common = [g for g in tgt["groups"] if g in src["groups"]]
+        if not common:
+            raise ValueError(f"target classes {tgt['groups']} and source classes {src['groups']} do not overlap")
+        ti = [tgt["groups"].index(g) for g in common]
+        si = [src["groups"].index(g) for g in common]
+    else:
+        ti, si = [0], [0]
+        if src["groups"] != [-1]:            # per-class source, no target labels: pool the source groups
+            raise ValueError("source statistics are per class: give y_target (the calibration labels)")
+    out = {}
+    for name, (mt, st) in tgt["layers"].items():
+        ms, ss = src["layers"][name]
+        if ms.shape[1] != mt.shape[1]:
+            raise ValueError(f"source statistics of layer {name!r} have {ms.shape[1]} filters, the model "
+                             f"{mt.shape[1]}")
+        mu, sd = ms[si], np.maximum(ss[si], 1e-12)                          # (V, F)
+        out[name] = np.sqrt((mt[ti] - mu) ** 2 + (st[ti] - sd) ** 2) / sd
+    return out
+
+
+def _normalized_borda(dist: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: borda_count(d) / (d.shape[0] * max(d.shape[1] - 1, 1)) for k, d in dist.items()}
+
+
 def rank_filters(model: nn.Module, x_distorted: np.ndarray, x_clean: np.ndarray | None = None, *,
+                 ranking: str = "distortion", y: np.ndarray | None = None, source: dict[str, Any] | None = None,
                  batch_size: int = 256, device: str = "auto") -> dict[str, np.ndarray]:
     """Normalized Borda score per filter, in [0, 1] (mean points / (F - 1); 1 =
-    the most moved filter in every sample).
+    the most moved filter for every voter).
 
-    With ``x_clean`` (paired windows) the distances are
-    :func:`activation_distances`; without, :func:`reference_distances` of
-    ``x_distorted``.
+    ``ranking``:
+
+    * ``"distortion"`` (the paper's, Sec. 3): with ``x_clean`` (paired windows)
+      the distances are :func:`activation_distances`; without,
+      :func:`reference_distances` of ``x_distorted``; voters are windows;
+    * ``"user_shift"`` (imutune extension): :func:`user_shift_distances` of the
+      calibration windows ``x_distorted`` (labels ``y``) against ``source``;
+    * ``"combined"``: the Borda count of the two rankings above (each layer's
+      two normalized score vectors are the voters), normalized the same way.
 
     Returns
     -------
     dict
         Conv layer name -> array of shape (F,), float64.
     """
-    if x_clean is not None:
-        dist = activation_distances(model, x_clean, x_distorted, batch_size=batch_size, device=device)
-    else:
-        dist = reference_distances(model, x_distorted, batch_size=batch_size, device=device)
-    return {k: borda_count(d) / (d.shape[0] * max(d.shape[1] - 1, 1)) for k, d in dist.items()}
+    V.check_choice("ranking", ranking, RANKINGS)
+    out = {}
+    if ranking in ("distortion", "combined"):
+        if x_clean is not None:
+            dist = activation_distances(model, x_clean, x_distorted, batch_size=batch_size, device=device)
+        else:
+            dist = reference_distances(model, x_distorted, batch_size=batch_size, device=device)
+        out["distortion"] = _normalized_borda(dist)
+    if ranking in ("user_shift", "combined"):
+        out["user_shift"] = _normalized_borda(user_shift_distances(model, x_distorted, y, source=source,
+                                                                   batch_size=batch_size, device=device))
+    if ranking != "combined":
+        return out[ranking]
+    return _normalized_borda({k: np.stack([out["distortion"][k], out["user_shift"][k]]) for k in out["distortion"]})
+
+
+BUDGETS = ("per_layer", "global", "deep")
+
+
+def _layer_units(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The forward-chain unit (:func:`_units`) of each conv layer name; the layer itself for other models."""
+    units = _units(model)
+    out = []
+    for n in names:
+        u = next((u for u, _ in units if n.startswith(u + ".")), n) if units is not None else n
+        out.append(u)
+    return out
 
 
 def select_filters(scores: dict[str, np.ndarray], fraction: float, *, budget: str = "per_layer",
-                   model: nn.Module | None = None, head: str = "head") -> Selection:
+                   model: nn.Module | None = None, head: str = "head", deep_pool: float = 3.0) -> Selection:
     """Select the highest-scoring filters.
 
     Parameters
@@ -376,16 +565,25 @@ def select_filters(scores: dict[str, np.ndarray], fraction: float, *, budget: st
         order of score (normalized Borda scores are comparable across layers;
         ties: layer order, then index) while the selected filters' parameters
         stay within ``fraction`` of all conv filters' parameters (at least one
-        filter); needs ``model``.
+        filter); needs ``model``. ``"deep"`` (issue 14; an imutune extension
+        of the paper's per-layer selection): the global budget restricted to
+        the deepest units of the forward chain (stem, residual blocks;
+        :func:`frozen_prefix`): units are added from the last one backwards
+        until their filters hold ``deep_pool`` times the budget, so the ranking
+        still chooses among several times more filters than it may train while
+        everything before the pool stays frozen -- a long frozen prefix that
+        the cached-prefix training skips and that backward never reaches.
+    deep_pool : float
+        Candidate pool of ``"deep"``, as a multiple (>= 1) of the parameter budget.
 
     Raises
     ------
     ValueError
-        If ``fraction`` is outside (0, 1], ``budget`` is unknown, or a layer is
-        missing from ``model``.
+        If ``fraction`` is outside (0, 1], ``budget`` is unknown, ``deep_pool``
+        is below 1, or a layer is missing from ``model``.
     """
     f = _check_fraction(fraction)
-    V.check_choice("budget", budget, ("per_layer", "global"))
+    V.check_choice("budget", budget, BUDGETS)
     sel: dict[str, np.ndarray] = {}
     if budget == "per_layer":
         for name, s in scores.items():
@@ -396,18 +594,37 @@ def select_filters(scores: dict[str, np.ndarray], fraction: float, *, budget: st
             sel[name] = m
         return Selection(sel, (head,))
     if model is None:
-        raise ValueError("budget='global' needs the model (to count parameters per filter)")
+        raise ValueError(f"budget={budget!r} needs the model (to count parameters per filter)")
     layers = {l.name: l for l in conv_layers(model)}
     missing = [k for k in scores if k not in layers]
     if missing:
         raise ValueError(f"layers {missing} of the scores are not conv layers of the model")
+    total = sum(layers[n].params_per_filter * layers[n].n_filters for n in scores)
+    cap = f * total
+    pool = set(scores)
+    if budget == "deep":
+        try:
+            dp = float(deep_pool)
+        except (TypeError, ValueError):
+            dp = float("nan")
+        if not dp >= 1.0 or not np.isfinite(dp):
+            raise ValueError(f"deep_pool must be a number >= 1 (a multiple of the budget), got {deep_pool!r}")
+        order = [n for n in layers if n in scores]           # forward order
+        units = _layer_units(model, order)
+        pool, held = set(), 0
+        for u in reversed(list(dict.fromkeys(units))):
+            members = [n for n, uu in zip(order, units) if uu == u]
+            pool.update(members)
+            held += sum(layers[n].params_per_filter * layers[n].n_filters for n in members)
+            if held >= dp * cap:
+                break
     cands = []
     for li, (name, s) in enumerate(scores.items()):
+        if name not in pool:
+            continue
         for j, v in enumerate(np.asarray(s, dtype=np.float64)):
             cands.append((-v, li, j, name))
     cands.sort()
-    total = sum(layers[n].params_per_filter * layers[n].n_filters for n in scores)
-    cap = f * total
     used = 0
     sel = {n: np.zeros(layers[n].n_filters, bool) for n in scores}
     for _, _, j, name in cands:
@@ -490,11 +707,15 @@ def _bn_channel_masks(model: nn.Module, masks: dict) -> dict[str, tuple[nn.Modul
 
 
 class _PartialBN:
-    """Forward of a partly selected batch norm during selective fine-tuning.
+    """Forward of a partly selected batch norm during selective fine-tuning, in one pass.
 
-    Training: selected channels are normalized with batch statistics (which
-    update scratch running statistics), the others with the frozen running
-    statistics. Eval: each channel uses its own running statistics (scratch for
+    Training: batch statistics are computed for the selected channels only
+    (``torch.var_mean`` over (N, T) of those channels) and update scratch running
+    statistics; the other channels use the frozen running statistics; every
+    channel is then normalized by one affine pass ``x * scale + shift`` (no
+    second batch-norm pass over all channels, issue 14). Gradients reach the
+    scale/shift of the selected channels only (the frozen channels' entries are
+    detached). Eval: each channel uses its own running statistics (scratch for
     selected, frozen for the others). :meth:`commit` writes the selected
     channels' scratch statistics into the module's buffers.
     """
@@ -502,25 +723,96 @@ class _PartialBN:
     def __init__(self, bn: nn.Module, mask: torch.Tensor) -> None:
         self.bn = bn
         self.mask = mask                                    # (F,) bool
-        self.mask3 = mask.reshape(1, -1, *([1] * 1))        # (1, F, 1)
-        self.rm, self.rv = bn.running_mean.detach().clone(), bn.running_var.detach().clone()   # scratch
+        self.idx = torch.nonzero(mask).reshape(-1)          # (S,) selected channels
         self.frozen_rm, self.frozen_rv = bn.running_mean.detach().clone(), bn.running_var.detach().clone()
+        self.rm, self.rv = self.frozen_rm[self.idx].clone(), self.frozen_rv[self.idx].clone()   # scratch, (S,)
+
+    def _full(self, sel: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+        return frozen.index_put((self.idx,), sel)           # (S,) into (F,), differentiable in ``sel``
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.bn
+        shape = (1, -1, 1) if x.dim() == 3 else (1, -1)
         if bn.training:
             mom = 0.1 if bn.momentum is None else bn.momentum
-            a = F.batch_norm(x, self.rm, self.rv, bn.weight, bn.bias, True, mom, bn.eps)
-            b = F.batch_norm(x, self.frozen_rm, self.frozen_rv, bn.weight, bn.bias, False, 0.0, bn.eps)
-            return torch.where(self.mask3 if x.dim() == 3 else self.mask[None, :], a, b)
-        rm = torch.where(self.mask, self.rm, self.frozen_rm)
-        rv = torch.where(self.mask, self.rv, self.frozen_rv)
-        return F.batch_norm(x, rm, rv, bn.weight, bn.bias, False, 0.0, bn.eps)
+            xs = x.index_select(1, self.idx)                                  # (N, F, T) -> (N, S, T)
+            dims = (0, 2) if x.dim() == 3 else (0,)
+            var, mean = torch.var_mean(xs, dim=dims, unbiased=False)         # (S,), (S,)
+            n = xs.numel() // xs.shape[1]
+            with torch.no_grad():
+                self.rm.mul_(1 - mom).add_(mom * mean)
+                self.rv.mul_(1 - mom).add_(mom * var * (n / max(n - 1, 1)))
+            m, v = self._full(mean, self.frozen_rm), self._full(var, self.frozen_rv)
+        else:
+            m, v = self._full(self.rm, self.frozen_rm), self._full(self.rv, self.frozen_rv)
+        w = bn.weight if bn.weight is not None else torch.ones_like(m)
+        b = bn.bias if bn.bias is not None else torch.zeros_like(m)
+        w = self._full(w[self.idx], w.detach())             # gradients only for the selected channels
+        b = self._full(b[self.idx], b.detach())
+        scale = w * torch.rsqrt(v + bn.eps)                 # (F,)
+        shift = b - m * scale
+        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))   # one pass over (N, F, T)
 
     @torch.no_grad()
     def commit(self) -> None:
-        self.bn.running_mean.copy_(torch.where(self.mask, self.rm, self.frozen_rm))
-        self.bn.running_var.copy_(torch.where(self.mask, self.rv, self.frozen_rv))
+        self.bn.running_mean.copy_(self._full(self.rm, self.frozen_rm))
+        self.bn.running_var.copy_(self._full(self.rv, self.frozen_rv))
+
+
+class _RowsConvFn(torch.autograd.Function):
+    """``conv1d`` whose weight gradient is computed for selected output rows only.
+
+    Forward: the ordinary full convolution (bit-identical outputs). Backward:
+    the input gradient as autograd computes it (only when needed), and the
+    weight gradient of the selected rows from the selected channels of the
+    output gradient (``aten.convolution_backward`` on the sliced weight and
+    gradient: bit-identical to the rows of the whole-tensor gradient on
+    PyTorch's CPU kernels, tested), scattered into a zero tensor. The weight-
+    gradient cost falls from the whole layer to ``S / F`` of it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, idx, stride, padding, dilation):
+        ctx.save_for_backward(x, weight, idx)
+        ctx.conf = (list(stride), list(padding), list(dilation))
+        return F.conv1d(x, weight, None, stride, padding, dilation, 1)
+
+    @staticmethod
+    def backward(ctx, go):
+        x, w, idx = ctx.saved_tensors
+        stride, padding, dilation = ctx.conf
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.aten.convolution_backward(go, x, w, None, stride, padding, dilation, False, [0], 1,
+                                                     [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            rows = torch.ops.aten.convolution_backward(go.index_select(1, idx), x, w.index_select(0, idx), None,
+                                                       stride, padding, dilation, False, [0], 1,
+                                                       [False, True, False])[1]   # (S, C, k)
+            gw = torch.zeros_like(w).index_copy_(0, idx, rows)                    # (S, C, k) -> (F, C, k)
+        return gx, gw, None, None, None, None
+
+
+def _rows_only_ok(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv1d and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str))
+
+
+class _RowsConvHook(TrainHooks):
+    """Installs :class:`_RowsConvFn` forwards on partly selected conv layers for the run (removed at the end)."""
+
+    def __init__(self, convs: Sequence[tuple[nn.Conv1d, torch.Tensor]]) -> None:
+        self.convs = []
+        for conv, mask in convs:
+            idx = torch.nonzero(mask.reshape(-1)).reshape(-1).to(conv.weight.device)
+            conv.forward = (lambda x, c=conv, i=idx: _RowsConvFn.apply(x, c.weight, i, c.stride, c.padding,
+                                                                       c.dilation))
+            self.convs.append(conv)
+
+    def on_end(self, model: nn.Module) -> None:
+        for conv in self.convs:
+            if "forward" in conv.__dict__:
+                del conv.forward
 
 
 class _PartialBNHook(TrainHooks):
@@ -633,7 +925,81 @@ def _prefix_activations(model: nn.Module, k: int, x: np.ndarray, device, batch_s
     return np.concatenate(out)
 
 
-def selection_hooks(model: nn.Module, selection: Selection) -> list[TrainHooks]:
+@torch.no_grad()
+def backward_flops(model: nn.Module, selection: Selection, input_shape: tuple[int, int], *,
+                   rows_only: bool = True, cache_prefix: bool = True) -> dict[str, float]:
+    """Analytic FLOPs per window of one training step's backward pass (and forward) under ``selection``.
+
+    Counts the conv layers and the head (multiply-adds x 2; batch norms,
+    activations and the optimiser are left out). A conv layer of forward cost
+    ``c = 2 * F * C * k * T'`` costs, in backward, ``c`` for its input gradient
+    when a trainable entry lies before it in module order (the gradient must
+    flow through it), and ``c * S / F`` for its weight gradient when ``S`` of its
+    ``F`` rows train with ``rows_only`` (``c`` with whole-tensor gradients
+    masked afterwards; ``c`` when trained in full). ``forward`` counts the
+    frozen prefix only when it is not cached (``cache_prefix``,
+    :func:`frozen_prefix`).
+
+    Parameters
+    ----------
+    input_shape : (int, int)
+        (C, T) of one window.
+
+    Returns
+    -------
+    dict
+        ``backward``, ``forward`` (per training step and window), ``full_backward``
+        (the whole model trained), ``full_forward``, all floats.
+    """
+    layers = conv_layers(model)
+    masks = entry_masks(model, selection)
+    shapes: dict[str, tuple] = {}
+    hs = [l.conv.register_forward_hook(lambda _m, _i, o, n=l.name: shapes.__setitem__(n, tuple(o.shape)))
+          for l in layers]
+    was = model.training
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+        model(torch.zeros((2,) + tuple(input_shape), device=dev))            # (2, C, T): shapes only
+    finally:
+        for h in hs:
+            h.remove()
+        model.train(was)
+    units = _layer_units(model, [l.name for l in layers])
+    k = frozen_prefix(model, selection) if cache_prefix else 0
+    cached = {u for u, _ in (_units(model) or [])[:k]}
+    head_cost = 0.0
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        head_cost = 2.0 * head.in_features * head.out_features
+    fwd = bwd = full_f = full_b = 0.0
+    upstream = False                 # a trainable entry lies before this layer
+    for i, (l, u) in enumerate(zip(layers, units)):
+        c = 2.0 * l.conv.weight[0].numel() * shapes[l.name][1] * shapes[l.name][2]
+        full_f += c
+        full_b += c * (2.0 if i > 0 else 1.0)
+        if u not in cached:
+            fwd += c
+        keys = [key for key in masks if key.startswith(l.name + ".") or (l.bn_name and key.startswith(l.bn_name + "."))]
+        mw = masks.get(f"{l.name}.weight", False)
+        if upstream:
+            bwd += c
+        if mw is True:
+            bwd += c
+        elif isinstance(mw, torch.Tensor):
+            frac = float(mw.float().mean())
+            bwd += c * (frac if rows_only and _rows_only_ok(l.conv) else 1.0)
+        if any(masks[key] is not False for key in keys):
+            upstream = True
+    fwd += head_cost
+    full_f += head_cost
+    full_b += 2.0 * head_cost
+    head_trains = any(masks[key] is not False for key in masks if key.startswith("head."))
+    bwd += head_cost * ((1.0 if head_trains else 0.0) + (1.0 if upstream else 0.0))
+    return {"backward": bwd, "forward": fwd, "full_backward": full_b, "full_forward": full_f}
+
+
+def selection_hooks(model: nn.Module, selection: Selection, *, rows_only: bool = True) -> list[TrainHooks]:
     """The :class:`~imutune.train.loop.TrainHooks` that make :func:`~imutune.train.loop.train`
     change only what ``selection`` allows (see :func:`finetune_selected`).
 
@@ -641,6 +1007,9 @@ def selection_hooks(model: nn.Module, selection: Selection) -> list[TrainHooks]:
     flags at the end) and installs the partial batch-norm forwards (removed at
     the end); build them right before training, on the model's final device.
     The last hook's ``drift`` counts unselected entries that had changed.
+    With ``rows_only`` a partly selected ``Conv1d`` (groups 1, no bias) computes
+    its weight gradient for the selected rows only (:class:`_RowsConvFn`)
+    instead of the whole tensor masked afterwards; same gradients, bit for bit.
     """
     masks = entry_masks(model, selection)
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
@@ -653,7 +1022,13 @@ def selection_hooks(model: nn.Module, selection: Selection) -> list[TrainHooks]:
             part.append((p, m))
     bns = _bn_channel_masks(model, masks)
     dev = next(model.parameters()).device
-    return [GradientMask(part),
+    rows = []
+    if rows_only:
+        for l in conv_layers(model):
+            m = masks.get(f"{l.name}.weight", False)
+            if isinstance(m, torch.Tensor) and _rows_only_ok(l.conv):
+                rows.append((l.conv, m))
+    return [_RowsConvHook(rows), GradientMask(part),
             FrozenModules([bn for bn, mk in bns.values() if mk is False]),
             _PartialBNHook([(bn, mk.to(dev)) for bn, mk in bns.values() if isinstance(mk, torch.Tensor)]),
             restore]
@@ -663,7 +1038,8 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
                       config: TrainConfig = FINETUNE,
                       loss_fn: nn.Module | None = None, sample_weights: np.ndarray | None = None,
                       eval_fn: Callable[[nn.Module], float] | None = None, progress: bool = False,
-                      desc: str = "selective", cache_prefix: bool = False) -> dict[str, Any]:
+                      desc: str = "selective", cache_prefix: bool = False,
+                      rows_only: bool = True) -> dict[str, Any]:
     """Fine-tune ``model`` in place, changing only what ``selection`` allows.
 
     Trained by the one loop, :func:`imutune.train.loop.train` (AdamW,
@@ -715,6 +1091,11 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
         training on PyTorch's CPU kernels (tested); time per epoch falls with
         the depth of the earliest selected filter. The caching time counts in
         ``seconds`` and ``curve``.
+    rows_only : bool
+        Compute weight gradients of partly selected conv layers for the
+        selected rows only (:func:`selection_hooks`; an imutune optimisation):
+        same weights as whole-tensor gradients masked afterwards (tested), less
+        backward work.
 
     Returns
     -------
@@ -756,7 +1137,7 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
             config = _replace(config, threads=thr if thr is not None else torch.get_num_threads())
         if eval_fn is not None:
             ev = lambda _suffix: eval_fn(model.eval())    # noqa: E731 (evaluate the whole model on raw windows)
-    hooks = selection_hooks(model, selection)
+    hooks = selection_hooks(model, selection, rows_only=rows_only)
     try:
         res = train(net, inputs, y, config=config,
                     loss_fn=loss_fn if loss_fn is not None else WeightedCrossEntropy(),
@@ -776,7 +1157,9 @@ class SelectiveConfig:
     """Selective fine-tuning of a base model for one user."""
 
     fraction: float = 0.1            # fraction of conv filters to fine-tune, in (0, 1]
-    budget: str = "per_layer"        # "per_layer" (top fraction of each layer) or "global" (parameter budget)
+    budget: str = "per_layer"        # "per_layer" (top fraction of each layer), "global" (parameter budget)
+    #                                  or "deep" (global budget over the deepest units; select_filters)
+    ranking: str = "distortion"      # "distortion" (the paper's), "user_shift" or "combined" (rank_filters)
     train: TrainConfig = FINETUNE
     loss: str = "ce"                 # "ce" or "filterloss" (quality-weighted CE, imutune.quality)
     rank_batch_size: int = 256       # windows per forward pass while ranking
@@ -784,7 +1167,8 @@ class SelectiveConfig:
 
     def __post_init__(self) -> None:
         _check_fraction(self.fraction)
-        V.check_choice("budget", self.budget, ("per_layer", "global"))
+        V.check_choice("budget", self.budget, BUDGETS)
+        V.check_choice("ranking", self.ranking, RANKINGS)
         V.check_choice("loss", self.loss, ("ce", "filterloss"))
         V.check_int_at_least("rank_batch_size", self.rank_batch_size, 1)
 
@@ -829,7 +1213,8 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
     xn = bundle.normalizer(x)
     xc = None if x_clean is None else bundle.normalizer(x_clean)
     t0 = time.perf_counter()
-    scores = rank_filters(model, xn, xc, batch_size=config.rank_batch_size, device=config.train.device)
+    scores = rank_filters(model, xn, xc, ranking=config.ranking, y=y, batch_size=config.rank_batch_size,
+                          device=config.train.device)
     rank_s = time.perf_counter() - t0
     sel = select_filters(scores, config.fraction, budget=config.budget, model=model)
     names = tuple(class_names) if class_names is not None else tuple(bundle.class_names)
@@ -849,6 +1234,7 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
     res = finetune_selected(model, xn, y, sel, config=config.train, loss_fn=loss_fn, sample_weights=weights,
                             eval_fn=eval_fn, progress=progress, desc="personalize", cache_prefix=config.cache_prefix)
     info = {"stage": "personalize", "ranking": "paired" if xc is not None else "batchnorm",
+            "ranking_method": config.ranking,
             "fraction": config.fraction, "budget": config.budget, "selection": sel.summary(),
             "selected_filters": sel.n_selected(), "total_filters": int(sum(len(v) for v in sel.filters.values())),
             "scores": {k: v.tolist() for k, v in scores.items()}, "head_replaced": head_replaced,

@@ -101,8 +101,8 @@ public final class Manifest {
         for (String k : MANIFEST_KEYS) if (!d.has(k)) missing.add(k);
         for (String k : CONTRACT_KEYS) if (!d.has(k)) missing.add(k);
         Set<String> unknown = new TreeSet<>();
-        for (Iterator<String> it = d.keys(); it.hasNext(); ) {
-            String k = it.next();
+        for (Iterator<?> it = d.keys(); it.hasNext(); ) {
+            String k = (String) it.next();
             if (!MANIFEST_KEYS.contains(k) && !CONTRACT_KEYS.contains(k)) unknown.add(k);
         }
         if (!missing.isEmpty() || !unknown.isEmpty()) {
@@ -416,8 +416,8 @@ public final class Manifest {
         }
         JSONObject o = (JSONObject) v;
         Map<String, Artifact> out = new LinkedHashMap<>();
-        for (Iterator<String> it = o.keys(); it.hasNext(); ) {
-            String name = it.next();
+        for (Iterator<?> it = o.keys(); it.hasNext(); ) {
+            String name = (String) it.next();
             if (name.isEmpty() || name.equals(".") || name.equals("..") || name.contains("/") || name.contains("\\")
                     || name.contains("\0")) {
                 throw err(src + ": artifact name '" + name + "' is not a plain file name; expected a file in the "
