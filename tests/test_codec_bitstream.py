@@ -70,6 +70,7 @@ def test_stream_round_trip_reproduces_the_encoders_latents(codec, watch_s1):
     assert dec.recording.n_samples == rec.n_samples and header["n_segments"] == segs.shape[0]
     np.testing.assert_array_equal(dec.recording.labels, rec.labels)
     assert dec.recording.user == rec.user and dec.recording.class_names == rec.class_names
+    assert dec.recording.meta["units"] == rec.meta["units"]
     assert dec.file_bytes == len(data) and dec.payload_bytes < len(data)
 
 

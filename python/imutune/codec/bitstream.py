@@ -29,7 +29,8 @@ shape, layout: :func:`imutune.codec.model.codec_contract`), ``n_segments``,
 ``n_samples`` (stream length before padding the last segment),
 ``payload_words`` (W), ``payload_crc32`` and ``recording`` (``user``,
 ``name``, ``class_names``, ``labels_rle``: per-sample labels as
-``[label, run length]`` pairs). The codec id is checked before the header is
+``[label, run length]`` pairs, and ``units``: the channel -> unit mapping the
+recording declares in ``meta["units"]``, or null). The codec id is checked before the header is
 read, so a stream from another codec is refused by name.
 
 The decoder refuses, with a ``ValueError`` naming the stream: a file that is
@@ -261,7 +262,7 @@ def read_container(data: bytes, codec: LearnedCodec, *, where: str = "stream") -
 
 def encode_values(codec: LearnedCodec, values: np.ndarray, *, labels: np.ndarray | None = None,
                   class_names: Sequence[str] = ("unlabeled",), user: str = "", name: str = "",
-                  encoder: Any = None) -> bytes:
+                  units: dict | None = None, encoder: Any = None) -> bytes:
     """Encode a continuous stream into ``.imz`` bytes.
 
     Parameters
@@ -272,8 +273,8 @@ def encode_values(codec: LearnedCodec, values: np.ndarray, *, labels: np.ndarray
         sample rate.
     labels : np.ndarray, optional
         Array of shape (S,), int64 per-sample labels (-1: unlabeled); all -1 by default.
-    class_names, user, name
-        Recording metadata carried in the header.
+    class_names, user, name, units
+        Recording metadata carried in the header (``units``: channel -> unit, e.g. ``{"acc_x": "g"}``).
     encoder : backend, optional
         Exported encoder backend (see :class:`StreamEncoder`); eager torch by default.
 
@@ -298,19 +299,22 @@ def encode_values(codec: LearnedCodec, values: np.ndarray, *, labels: np.ndarray
         V.check_labels("labels", labels, len(class_names), where=name or "")
     if lab.shape[0] != v.shape[0]:
         raise ValueError(f"labels has {lab.shape[0]} entries, values {v.shape[0]} samples; expected one per sample")
-    return _compute_encode(codec, v, lab, tuple(str(c) for c in class_names), str(user), str(name), encoder)
+    if units is not None and not isinstance(units, dict):
+        units = dict(zip(codec.channels, units))
+    return _compute_encode(codec, v, lab, tuple(str(c) for c in class_names), str(user), str(name), units, encoder)
 
 
-def _compute_encode(codec, v, lab, class_names, user, name, encoder) -> bytes:
+def _compute_encode(codec, v, lab, class_names, user, name, units, encoder) -> bytes:
     segs = segment_values(v, codec.segment_samples)                       # (S, C) -> (N, C, T)
     enc = StreamEncoder(codec, encoder=encoder)
     for y in enc.latents(segs):
         enc.push_latents(y)
-    return close_stream(enc, n_samples=v.shape[0], labels=lab, class_names=class_names, user=user, name=name)
+    return close_stream(enc, n_samples=v.shape[0], labels=lab, class_names=class_names, user=user, name=name,
+                        units=units)
 
 
 def close_stream(enc: StreamEncoder, *, n_samples: int, labels: np.ndarray, class_names: Sequence[str],
-                 user: str, name: str) -> bytes:
+                 user: str, name: str, units: dict | None = None) -> bytes:
     """Finish a :class:`StreamEncoder` and wrap its payload in the ``.imz`` container."""
     words = enc.finish()
     payload = words.tobytes()
@@ -318,7 +322,8 @@ def close_stream(enc: StreamEncoder, *, n_samples: int, labels: np.ndarray, clas
               "n_segments": int(enc.n_segments), "n_samples": int(n_samples),
               "payload_words": int(words.size), "payload_crc32": zlib.crc32(payload),
               "recording": {"user": str(user), "name": str(name), "class_names": [str(c) for c in class_names],
-                            "labels_rle": _labels_rle(np.asarray(labels, np.int64))}}
+                            "labels_rle": _labels_rle(np.asarray(labels, np.int64)),
+                            "units": None if units is None else {str(k): str(u) for k, u in units.items()}}}
     return pack_container(header, payload, enc.codec)
 
 
@@ -336,8 +341,9 @@ def encode_recording(codec: LearnedCodec, recording: Recording, *, encoder: Any 
     if not np.isclose(recording.sample_rate_hz, codec.sample_rate_hz, rtol=1e-9):
         raise ValueError(f"recording {recording.name!r} is sampled at {recording.sample_rate_hz} Hz; the codec "
                          f"expects {codec.sample_rate_hz} Hz (resample first)")
+    units = recording.meta.get("units") if isinstance(recording.meta, dict) else None
     return encode_values(codec, recording.values, labels=recording.labels, class_names=recording.class_names,
-                         user=recording.user, name=recording.name, encoder=encoder)
+                         user=recording.user, name=recording.name, units=units, encoder=encoder)
 
 
 @dataclass(frozen=True, eq=False)
@@ -398,7 +404,7 @@ def decode_stream(codec: LearnedCodec, data: bytes, *, where: str = "stream") ->
     """Decode ``.imz`` bytes to a :class:`~imutune.data.recordings.Recording` in physical units.
 
     The decoded recording has the header's user, name (suffix ``"_decoded"`` is not added), class
-    names and labels; ``meta = {"decoded_from": "imz", "codec_id": ...}``. Raises ``ValueError``
+    names and labels; ``meta = {"decoded_from": "imz", "codec_id": ..., "units": ...}`` (units if the header has them). Raises ``ValueError``
     as :func:`decode_latents`.
     """
     header, lat = decode_latents(codec, data, where=where)
@@ -408,8 +414,11 @@ def decode_stream(codec: LearnedCodec, data: bytes, *, where: str = "stream") ->
         if rec["labels_rle"] else np.zeros(0, np.int64)
     if labels.shape[0] != values.shape[0]:
         raise ValueError(f"{where}: header labels cover {labels.shape[0]} samples, the stream has {values.shape[0]}")
+    meta = {"decoded_from": "imz", "codec_id": header["codec_id"]}
+    if rec.get("units"):
+        meta["units"] = dict(rec["units"])
     recording = Recording(values, labels, codec.sample_rate_hz, codec.channels, tuple(rec["class_names"]),
-                          rec["user"], rec["name"], {"decoded_from": "imz", "codec_id": header["codec_id"]})
+                          rec["user"], rec["name"], meta)
     return DecodedStream(recording, lat, header, 4 * int(header["payload_words"]), len(data))
 
 

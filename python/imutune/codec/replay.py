@@ -79,8 +79,9 @@ def replay_encode(codec: LearnedCodec, recording: Recording, *, encoder: Any = N
     if fill:
         buf[fill:] = buf[fill - 1]
         enc.push_segment(np.ascontiguousarray(buf.T))
+    units = recording.meta.get("units") if isinstance(recording.meta, dict) else None
     data = close_stream(enc, n_samples=v.shape[0], labels=recording.labels, class_names=recording.class_names,
-                        user=recording.user, name=recording.name)
+                        user=recording.user, name=recording.name, units=units)
     return {"data": data, "bytes": len(data), "bytes_per_second": len(data) / recording.duration_s,
             "n_segments": int(enc.n_segments), "latency_ms": latency_summary(times) if times else None,
             "latencies_ms": times}

@@ -130,8 +130,8 @@ def encode_rows(idx: list[int], n_rows: int, row_format: str = "auto") -> list[i
 
     ``"list"``: the list itself; ``"ranges"``: ``"ranges:a-b,c,..."`` (sorted
     runs); ``"bitmap"``: ``"bitmap:N:<base64 of numpy.packbits(mask,
-    bitorder='little')>"``; ``"auto"``: the shortest JSON text of the three
-    (ties: list, ranges, bitmap).
+    bitorder='little')>"``; ``"auto"``: the shortest of the three as stored
+    (JSON inside the safetensors header's JSON string; ties: list, ranges, bitmap).
 
     Raises
     ------
@@ -152,7 +152,8 @@ def encode_rows(idx: list[int], n_rows: int, row_format: str = "auto") -> list[i
                                                                    ).decode("ascii")
     if row_format != "auto":
         return options[row_format]
-    return min(options.values(), key=lambda v: len(json.dumps(v, separators=(",", ":"))))
+    # the rows JSON is itself a string inside the safetensors header's JSON: count the escaped quotes too
+    return min(options.values(), key=lambda v: len(json.dumps(json.dumps(v, separators=(",", ":")))))
 
 
 _RANGE = re.compile(r"(\d{1,10})(?:-(\d{1,10}))?")
