@@ -59,6 +59,7 @@ _API: dict[str, str] = {
     # personalize
     "FinetuneConfig": "imutune.personalize.finetune",
     "finetune": "imutune.personalize.finetune",
+    "calibrate_then_use": "imutune.personalize.protocols",
     "SelectiveConfig": "imutune.personalize.selective",
     "finetune_selected": "imutune.personalize.selective",
     "make_patch": "imutune.personalize.patch",
