@@ -1,4 +1,4 @@
-"""Tests of the mobile-side reference runtime (ring buffer, streaming replay, plots)."""
+"""Tests of the mobile-side reference runtime (streaming replay, plots)."""
 from __future__ import annotations
 
 import time
@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 from imutune.data.recordings import Recording
 from imutune.deploy.manifest import Manifest
-from imutune.runtime.replay import (
-    ReplayConfig,
-    ReplayResult,
-    RingBuffer,
-    plot_confusion_matrix,
-    replay,
-    replay_many,
-)
+from imutune.plots import plot_confusion_matrix
+from imutune.runtime.replay import ReplayConfig, ReplayResult, replay, replay_many
 from imutune.signal.windows import window_starts
 
 CLASSES = ("still", "walk", "run")
@@ -82,62 +76,6 @@ class ConstantBackend:
         out = np.zeros(self.shape or (x.shape[0], self.K), dtype=np.float32)
         out[..., self.k] = 1.0
         return out
-
-
-# --------------------------------------------------------------------------- ring buffer
-
-def test_ring_buffer_order_across_wraparound():
-    T, C = 5, 2
-    data = np.arange(40, dtype=np.float32).reshape(20, C)
-    ring = RingBuffer(T, C)
-    for i in range(20):
-        ring.push(data[i:i + 1])
-        assert ring.filled == min(i + 1, T)
-        if i + 1 >= T:
-            np.testing.assert_array_equal(ring.latest(), data[i + 1 - T:i + 1])
-    # irregular chunk sizes, including ones that straddle the wrap point
-    ring.reset()
-    pos = 0
-    for n in [3, 4, 1, 2, 5, 3, 2]:
-        ring.push(data[pos:pos + n])
-        pos += n
-        if pos >= T:
-            np.testing.assert_array_equal(ring.latest(), data[pos - T:pos])
-    assert ring.total_pushed == pos
-
-
-def test_ring_buffer_chunk_larger_than_window_and_out():
-    T, C = 4, 3
-    data = np.arange(33, dtype=np.float64).reshape(11, C)
-    ring = RingBuffer(T, C)
-    ring.push(data[:1])
-    ring.push(data[1:10])                  # 9 > T samples in one push
-    assert ring.filled == T and ring.is_full
-    np.testing.assert_array_equal(ring.latest(), data[6:10].astype(np.float32))
-    ring.push(data[10:11])
-    out = np.empty((T, C), dtype=np.float32)
-    got = ring.latest(out)
-    assert got is out and got.dtype == np.float32
-    np.testing.assert_array_equal(out, data[7:11])
-    # the default output is a preallocated array reused between calls
-    assert ring.latest() is ring.latest()
-    ring.push(np.empty((0, C)))            # empty chunk is a no-op
-    np.testing.assert_array_equal(ring.latest(), data[7:11])
-
-
-def test_ring_buffer_validation():
-    with pytest.raises(ValueError, match="window_samples"):
-        RingBuffer(0, 3)
-    ring = RingBuffer(4, 3)
-    with pytest.raises(ValueError, match="full window"):
-        ring.latest()
-    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
-        ring.push(np.zeros(3))
-    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
-        ring.push(np.zeros((2, 2)))
-    ring.push(np.zeros((4, 3)))
-    with pytest.raises(ValueError, match="out must be"):
-        ring.latest(np.zeros((4, 3)))      # float64
 
 
 # --------------------------------------------------------------------------- replay
@@ -413,7 +351,7 @@ def test_per_hop_delivery_matches_sample_by_sample():
 
 
 def test_smoothing_majority_vote_is_causal_and_per_segment():
-    from imutune.runtime.replay import _smooth
+    from imutune.runtime.engine import _smooth
 
     pred = np.array([0, 1, 1, 0, 2, 2, 0, 0])
     segs = np.array([0, 0, 0, 0, 0, 1, 1, 1])

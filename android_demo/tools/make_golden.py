@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from imutune._io import write_json_atomic
     from imutune.data.recordings import Recording, load_watch, save_npz
     from imutune.personalize.protocols import calibrate_then_use
-    from imutune.runtime.replay import _smooth   # the reference rule the Java smoother must match
+    from imutune.runtime.engine import _smooth   # the reference rule the Java smoother must match
 
     export = Path(args.export)
     if not (export / "model.onnx").is_file() or not (export / "manifest.json").is_file():
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             segs = np.repeat([0, 1], [25, 15])
             cases.append({"k": k, "num_classes": K, "predictions": pred.tolist(), "segments": segs.tolist(),
                           "smoothed": _smooth(pred, segs, k, K).tolist()})
-    write_json_atomic(Path(args.out) / "smoothing_cases.json", {"source": "imutune.runtime.replay._smooth",
+    write_json_atomic(Path(args.out) / "smoothing_cases.json", {"source": "imutune.runtime.engine._smooth",
                                                                 "cases": cases})
     index_path = Path(args.out) / "golden.json"
     index = json.loads(index_path.read_text())

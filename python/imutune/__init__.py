@@ -71,7 +71,7 @@ _API: dict[str, str] = {
     "write_exports": "imutune.deploy.export",
     "load_backend": "imutune.deploy.backends",
     # runtime
-    "ReplayConfig": "imutune.runtime.replay",
+    "ReplayConfig": "imutune.runtime.config",
     "replay": "imutune.runtime.replay",
 }
 

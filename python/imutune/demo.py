@@ -111,7 +111,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), *, p
     from .deploy.backends import load_backend
     from .deploy.export import write_exports
     from .deploy.manifest import manifest_for
-    from .runtime.replay import ReplayConfig, plot_confusion_matrix, replay_many
+    from .plots import plot_confusion_matrix
+    from .runtime.replay import ReplayConfig, replay_many
 
     t_start = time.perf_counter()
     out = Path(out_dir)

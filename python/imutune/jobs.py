@@ -174,7 +174,8 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     """
     from .deploy.backends import load_backend
     from .deploy.manifest import load_manifest
-    from .runtime.replay import ReplayConfig, plot_confusion_matrix, replay_many
+    from .plots import plot_confusion_matrix
+    from .runtime.replay import ReplayConfig, replay_many
 
     artifact = Path(artifact)
     manifest = load_manifest(manifest_path if manifest_path is not None else artifact.parent / "manifest.json")

@@ -2,7 +2,7 @@ package dev.imutune.core;
 
 /**
  * Causal majority vote over the last k window predictions of a segment:
- * exactly {@code imutune.runtime.replay._smooth}. For each class c the score
+ * exactly {@code imutune.runtime.engine._smooth}. For each class c the score
  * is {@code 2 * (count of c among the last k predictions, the current one
  * included) + (1 if c is the current prediction)}; the highest score wins and
  * ties go to the lower class index, so a tie in votes goes to the current
