@@ -32,7 +32,7 @@ def stages(tmp_path_factory, watch_recordings):
         if r.meta["subject"] == 10:
             r100 = resample_recording(r, 100.0)
             tgt.append(Recording(r100.values, mapping[r100.labels], 100.0, r.channels, ("swing", "raise", "rotate"),
-                                 "me", name=f"me_side{r.meta['side']}_{r.name}"))
+                                 "me", name=f"me_side{r.meta['side']}_{r.name}", meta={"units": r.meta["units"]}))
     tr = _write([r for r in tgt if "side0" in r.name], root / "me_train")
     te = _write([r for r in tgt if "side1" in r.name][:2], root / "me_test")
     rc = {}

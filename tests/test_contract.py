@@ -129,17 +129,17 @@ def test_make_windows_carries_the_contract():
 
 
 def test_make_windows_units_must_agree_where_declared():
-    recs = [_rec(0, units={"acc_x": "g", "gyr_z": "rad/s"}), _rec(1, units={"acc_x": "m/s^2"})]
-    with pytest.raises(ValueError, match=r"recording 'rec1' declares channel 'acc_x' in 'm/s\^2', but earlier "
-                                         r"recordings \(or the model\) declare 'g'"):
-        make_windows(recs, WindowConfig(window_s=1.0, hop_s=0.5))
-    merged = make_windows([recs[0], _rec(2, units={"acc_y": "g"})], WindowConfig(window_s=1.0, hop_s=0.5))
-    assert merged.preprocessing.units == ("g", "g", "rad/s")
-    # against a model's contract
+    recs = [_rec(0, units={"acc_x": "g", "gyr_z": "rad/s"}), _rec(1, units={"acc_x": "m/s^2", "gyr_z": "rad/s"})]
+    w = make_windows(recs, WindowConfig(window_s=1.0, hop_s=0.5))          # converted, not refused
+    assert w.preprocessing.units == ("g", None, "rad/s") and "m/s^2 -> g" in w.unit_conversions[0]
     model = _spec(units=("g", "g", "rad/s"))
-    assert make_windows([_rec(3)], model).preprocessing.units == ("g", "g", "rad/s")
-    with pytest.raises(ValueError, match=r"declares channel 'gyr_z' in 'deg/s'"):
-        make_windows([_rec(3, units=("g", "g", "deg/s"))], model)
+    with pytest.raises(ValueError, match=r"recording 'rec3' declares no units for channels"):
+        make_windows([_rec(3)], model)
+    assert make_windows([_rec(3)], model, units="g,g,rad/s").preprocessing.units == ("g", "g", "rad/s")
+    w = make_windows([_rec(3, units=("g", "g", "deg/s"))], model)           # deg/s -> rad/s
+    assert "gyr_z deg/s -> rad/s" in w.unit_conversions[0]
+    with pytest.raises(ValueError, match=r"cannot convert 'g' to 'rad/s'"):
+        make_windows([_rec(3, units=("g", "g", "g"))], model)
 
 
 def test_windows_refuse_a_contract_that_does_not_describe_them():
