@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Sequence
 
 __all__ = ["main", "build_parser"]
@@ -726,18 +728,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _from_flags(make, **fields):
+    """Build a config from flag values: ``make(**fields)`` (a dataclass or ``functools.partial(replace, base)``),
+    with a ``ValueError`` about a field re-worded to name its flag (``window_s`` -> ``--window-s``)."""
+    try:
+        return make(**fields)
+    except ValueError as e:
+        msg = str(e)
+        for field in sorted(fields, key=len, reverse=True):
+            msg = re.sub(rf"^(\w+\.)?{field}\b", "--" + field.replace("_", "-"), msg)
+            msg = re.sub(r" in \w+Config\b", "", msg, count=1) if msg.startswith("--") else msg
+        raise ValueError(msg) from None
+
+
 def _train_config(args):
     from .train import config as tc
 
-    try:
-        return replace(getattr(tc, args.train_preset), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, device=args.device, threads=args.threads)
-    except ValueError as e:   # name the flag, not the field
-        msg = str(e)
-        for field in ("epochs", "batch_size", "lr", "seed", "device", "threads"):
-            if msg.startswith(field + " "):
-                msg = "--" + field.replace("_", "-") + msg[len(field):].replace(" in TrainConfig", "", 1)
-        raise ValueError(msg) from None
+    return _from_flags(partial(replace, getattr(tc, args.train_preset)), epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                       threads=args.threads)
 
 
 def _dispatch(args) -> int:
@@ -763,7 +772,8 @@ def _dispatch(args) -> int:
         from .jobs import run_pretrain
         from .signal.windows import WindowConfig
 
-        w = WindowConfig(args.window_s, args.hop_s, args.sample_rate_hz, args.min_purity)
+        w = _from_flags(WindowConfig, window_s=args.window_s, hop_s=args.hop_s,
+                        sample_rate_hz=args.sample_rate_hz, min_purity=args.min_purity)
         ssl = None
         if args.self_supervised:
             from .train.selfsup import SelfSupConfig

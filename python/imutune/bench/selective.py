@@ -54,7 +54,13 @@ Aggregates (means over runs):
   fine-tuning's gain;
 * ``time to 90% of full`` = the first evaluated epoch at which the method's
   mean accuracy curve reaches acc_none + 0.9 (acc_full - acc_none), in mean
-  seconds (ranking included).
+  seconds (ranking and prefix caching included); ``time_to_90pct_vs_full``
+  divides it by full fine-tuning's own time to that level (the issue's
+  "<= half its time to that level");
+* ``step_flops_vs_full`` = analytic (forward + backward) FLOPs of a training
+  step / full fine-tuning's (the cached prefix's forward excluded);
+* targets of issue 14 for every 10% method (gain, time, patch fp32 and fp16)
+  and paired 95% t-intervals against random filters at the same budget.
 
 Results of each run are stored in ``<out>/runs/`` as they finish; a rerun
 with the same config skips finished runs.
