@@ -1,7 +1,7 @@
 """Float32 sensitivity of on-device SGD: how far two eager PyTorch runs drift after 50 steps when their starting
 weights differ by 1e-7 (relative); the reference for the rows variant's parity figure in benchmarks/ondevice.py."""
 import warnings, copy; warnings.filterwarnings("ignore")
-import torch, numpy as np
+import torch
 from dataclasses import replace
 torch.set_num_threads(1)
 from imutune.bench.ondevice import OnDeviceBenchConfig
