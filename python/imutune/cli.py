@@ -299,7 +299,8 @@ def _add_personalize(sub) -> None:
 
 
 def _personalize(args) -> int:
-    from .personalize.selective import SelectiveConfig, run_personalize
+    from .jobs import run_personalize
+    from .personalize.selective import SelectiveConfig
 
     cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, ranking=args.ranking, train=_train_config(args),
                           loss=args.loss)
@@ -313,12 +314,9 @@ def _personalize(args) -> int:
 
 
 def _apply_patch(args) -> int:
-    from .personalize.patch import apply_patch_bundle
-    from .train.bundle import load_bundle, save_bundle
+    from .jobs import run_apply_patch
 
-    b = apply_patch_bundle(load_bundle(args.base), args.patch)
-    save_bundle(b, args.out)
-    print(json.dumps({"out": str(args.out), "patched_sha256": b.info["patch"]["patched_sha256"]}))
+    print(json.dumps(run_apply_patch(args.base, args.patch, args.out)))
     return 0
 
 

@@ -20,13 +20,15 @@ import numpy as np
 from ._io import write_json_atomic, write_text_atomic
 from .data.recordings import load_many
 from .deploy.manifest import Manifest, manifest_for
+from .personalize.selective import SelectiveConfig
+from .personalize.selective import personalize as personalize_selected
 from .personalize.finetune import FinetuneConfig, finetune
 from .signal.windows import WindowConfig, longtail_subsample, make_windows
 from .train.bundle import ModelBundle, load_bundle, save_bundle
 from .train.loop import PRETRAIN, TrainConfig
 from .train.pretrain import pretrain
 
-__all__ = ["run_pretrain", "run_finetune", "run_export", "run_replay"]
+__all__ = ["run_personalize", "run_apply_patch", "run_pretrain", "run_finetune", "run_export", "run_replay"]
 
 
 def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model_name: str = "mobilecnn1d",
@@ -223,3 +225,100 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
         plot_confusion_matrix(np.asarray(summary["confusion_matrix"]), manifest.class_names,
                               out / "confusion_matrix.png", title=f"replay through {artifact.name}")
     return summary
+
+
+def run_personalize(base: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                    config: SelectiveConfig = SelectiveConfig(), clean_data: Sequence[str | os.PathLike] | None = None,
+                    distortion: str | None = None, test_data: Sequence[str | os.PathLike] = (),
+                    write_bundle: bool = False, progress: bool = True) -> dict[str, Any]:
+    """``imutune personalize``: selective fine-tuning of a base bundle for one user, saved as a patch.
+
+    Windows are cut with the base bundle's window config and channels. The
+    ranking is paired when ``clean_data`` (the same recordings without the
+    device's distortion) is given, or when ``distortion`` (a
+    :func:`imutune.distortions.parse_distortion` spec) simulates the device on
+    ``data`` treated as clean; otherwise pair-free. Writes into ``out_dir``:
+    ``patch.safetensors`` (:mod:`imutune.patch`), ``personalize_report.json``,
+    ``personalize_config.json`` and, with ``write_bundle``, the patched bundle in
+    ``model/`` (exportable with ``imutune export --model``).
+
+    Returns
+    -------
+    dict
+        The report: ranking, selection, trainable parameters, ``patch_bytes``,
+        ``model_bytes``, ``patch_fraction``, times, and with ``test_data``
+        accuracy ``before`` (same class list only) and ``after``.
+
+    Raises
+    ------
+    ValueError
+        On a bad fraction or distortion spec, clean data that does not pair
+        with the data, or both ``clean_data`` and ``distortion``.
+    """
+    from ._io import write_json_atomic
+    from .data.recordings import load_many
+    from .signal.distortions import distort_windows, parse_distortion
+    from .signal.windows import Windows, make_windows
+    from .train.bundle import evaluate_bundle, load_bundle, save_bundle
+    from .personalize.patch import apply_patch_bundle, make_patch, model_bytes, save_patch
+
+    if clean_data and distortion:
+        raise ValueError("give either clean_data (recorded pairs) or distortion (simulated device), not both")
+    dist = parse_distortion(distortion) if distortion else None
+    bundle = load_bundle(base)
+    w = make_windows(load_many(data), bundle.window, channels=bundle.channels)
+    x_clean = None
+    x = w.x
+    fs = bundle.window.sample_rate_hz
+    if dist is not None:
+        x_clean = w.x
+        x = distort_windows(w.x, dist, channels=w.channels, sample_rate_hz=fs, seed=config.train.seed)
+    elif clean_data:
+        wc = make_windows(load_many(clean_data), bundle.window, channels=bundle.channels)
+        if wc.x.shape != w.x.shape or not np.array_equal(wc.y, w.y):
+            raise ValueError(f"clean data gives windows {wc.x.shape} and the data {w.x.shape} (or other labels); "
+                             "clean data must be the same recordings without the device's distortion")
+        x_clean = wc.x
+    out = Path(out_dir)
+    write_json_atomic(out / "personalize_config.json", {
+        "base": str(base), "data": [str(p) for p in data], "clean_data": [str(p) for p in clean_data or ()],
+        "distortion": distortion, "test_data": [str(p) for p in test_data], "selective": asdict(config)})
+    per, info = personalize_selected(bundle, x, w.y, config=config, x_clean=x_clean, class_names=w.class_names,
+                            progress=progress)
+    patch = make_patch(bundle.model, per.model,
+                       class_names=per.class_names if info["head_replaced"] else None,
+                       info={"fraction": config.fraction, "budget": config.budget, "ranking": info["ranking"],
+                             "selected_filters": info["selected_filters"],
+                             "trainable_parameters": info["trainable_parameters"]})
+    ppath = save_patch(patch, out / "patch.safetensors")
+    size, full = ppath.stat().st_size, model_bytes(bundle.model)
+    report: dict[str, Any] = {k: v for k, v in info.items() if k not in ("curve", "config")}
+    report.update(patch=str(ppath), patch_bytes=size, model_bytes=full, patch_fraction=size / full,
+                  base_sha256=patch.base_sha256, patched_sha256=patch.patched_sha256,
+                  class_counts=w.class_counts().tolist())
+    if test_data:
+        wt = make_windows(load_many(test_data), bundle.window, channels=bundle.channels)
+        if dist is not None:
+            wt = Windows(distort_windows(wt.x, dist, channels=wt.channels, sample_rate_hz=fs, seed=config.train.seed,
+                                         noise_seed=config.train.seed + 1), wt.y, wt.recording, wt.users,
+                         wt.class_names, wt.channels)
+        if wt.class_names == bundle.class_names:
+            report["before"] = evaluate_bundle(bundle, wt, device=config.train.device)
+        report["after"] = evaluate_bundle(per, wt, device=config.train.device)
+    if write_bundle:
+        save_bundle(apply_patch_bundle(bundle, patch), out / "model")
+        report["bundle"] = str(out / "model")
+    write_json_atomic(out / "personalize_report.json", report)
+    return report
+
+
+def run_apply_patch(base: str | os.PathLike, patch: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``imutune apply-patch``: apply a personalization patch to its base bundle and write the full bundle.
+
+    Raises ``ValueError`` when the patch was made for another base model (its base hash differs).
+    """
+    from .personalize.patch import apply_patch_bundle
+
+    b = apply_patch_bundle(load_bundle(base), patch)
+    save_bundle(b, out_dir)
+    return {"out": str(out_dir), "patched_sha256": b.info["patch"]["patched_sha256"]}

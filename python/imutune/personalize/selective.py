@@ -62,10 +62,8 @@ bit-identical weights, less time per epoch).
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -91,7 +89,7 @@ __all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "ref
            "activation_statistics", "user_shift_distances", "RANKINGS", "BUDGETS", "backward_flops", "rank_filters",
            "select_filters", "random_selection", "last_block_selection", "full_selection",
            "entry_masks", "count_trainable", "selection_hooks", "frozen_prefix", "finetune_selected",
-           "SelectiveConfig", "personalize", "run_personalize"]
+           "SelectiveConfig", "personalize"]
 
 
 # --------------------------------------------------------------------------- layers and selections
@@ -1245,88 +1243,3 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
     per = ModelBundle(model.cpu(), bundle.model_name, names, bundle.channels, bundle.window, bundle.normalizer,
                       {**{k: v for k, v in info.items() if k not in ("scores", "curve")}, "base": bundle.info})
     return per, info
-
-
-def run_personalize(base: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                    config: SelectiveConfig = SelectiveConfig(), clean_data: Sequence[str | os.PathLike] | None = None,
-                    distortion: str | None = None, test_data: Sequence[str | os.PathLike] = (),
-                    write_bundle: bool = False, progress: bool = True) -> dict[str, Any]:
-    """``imutune personalize``: selective fine-tuning of a base bundle for one user, saved as a patch.
-
-    Windows are cut with the base bundle's window config and channels. The
-    ranking is paired when ``clean_data`` (the same recordings without the
-    device's distortion) is given, or when ``distortion`` (a
-    :func:`imutune.distortions.parse_distortion` spec) simulates the device on
-    ``data`` treated as clean; otherwise pair-free. Writes into ``out_dir``:
-    ``patch.safetensors`` (:mod:`imutune.patch`), ``personalize_report.json``,
-    ``personalize_config.json`` and, with ``write_bundle``, the patched bundle in
-    ``model/`` (exportable with ``imutune export --model``).
-
-    Returns
-    -------
-    dict
-        The report: ranking, selection, trainable parameters, ``patch_bytes``,
-        ``model_bytes``, ``patch_fraction``, times, and with ``test_data``
-        accuracy ``before`` (same class list only) and ``after``.
-
-    Raises
-    ------
-    ValueError
-        On a bad fraction or distortion spec, clean data that does not pair
-        with the data, or both ``clean_data`` and ``distortion``.
-    """
-    from .._io import write_json_atomic
-    from ..data.recordings import load_many
-    from ..signal.distortions import distort_windows, parse_distortion
-    from ..signal.windows import Windows, make_windows
-    from ..train.bundle import evaluate_bundle, load_bundle, save_bundle
-    from .patch import apply_patch_bundle, make_patch, model_bytes, save_patch
-
-    if clean_data and distortion:
-        raise ValueError("give either clean_data (recorded pairs) or distortion (simulated device), not both")
-    dist = parse_distortion(distortion) if distortion else None
-    bundle = load_bundle(base)
-    w = make_windows(load_many(data), bundle.window, channels=bundle.channels)
-    x_clean = None
-    x = w.x
-    fs = bundle.window.sample_rate_hz
-    if dist is not None:
-        x_clean = w.x
-        x = distort_windows(w.x, dist, channels=w.channels, sample_rate_hz=fs, seed=config.train.seed)
-    elif clean_data:
-        wc = make_windows(load_many(clean_data), bundle.window, channels=bundle.channels)
-        if wc.x.shape != w.x.shape or not np.array_equal(wc.y, w.y):
-            raise ValueError(f"clean data gives windows {wc.x.shape} and the data {w.x.shape} (or other labels); "
-                             "clean data must be the same recordings without the device's distortion")
-        x_clean = wc.x
-    out = Path(out_dir)
-    write_json_atomic(out / "personalize_config.json", {
-        "base": str(base), "data": [str(p) for p in data], "clean_data": [str(p) for p in clean_data or ()],
-        "distortion": distortion, "test_data": [str(p) for p in test_data], "selective": asdict(config)})
-    per, info = personalize(bundle, x, w.y, config=config, x_clean=x_clean, class_names=w.class_names,
-                            progress=progress)
-    patch = make_patch(bundle.model, per.model,
-                       class_names=per.class_names if info["head_replaced"] else None,
-                       info={"fraction": config.fraction, "budget": config.budget, "ranking": info["ranking"],
-                             "selected_filters": info["selected_filters"],
-                             "trainable_parameters": info["trainable_parameters"]})
-    ppath = save_patch(patch, out / "patch.safetensors")
-    size, full = ppath.stat().st_size, model_bytes(bundle.model)
-    report: dict[str, Any] = {k: v for k, v in info.items() if k not in ("curve", "config")}
-    report.update(patch=str(ppath), patch_bytes=size, model_bytes=full, patch_fraction=size / full,
-                  base_sha256=patch.base_sha256, patched_sha256=patch.patched_sha256,
-                  class_counts=w.class_counts().tolist())
-    if test_data:
-        wt = make_windows(load_many(test_data), bundle.window, channels=bundle.channels)
-        if dist is not None:
-            wt = Windows(distort_windows(wt.x, dist, channels=wt.channels, sample_rate_hz=fs, seed=config.train.seed,
-                                         noise_seed=config.train.seed + 1), wt.y, wt.recording, wt.users,
-                         wt.class_names, wt.channels)
-        if wt.class_names == bundle.class_names:
-            report["before"] = evaluate_bundle(bundle, wt, device=config.train.device)
-        report["after"] = evaluate_bundle(per, wt, device=config.train.device)
-    if write_bundle:
-        save_bundle(apply_patch_bundle(bundle, patch), out / "model")
-        report["bundle"] = str(out / "model")
-    write_json_atomic(out / "personalize_report.json", report)
-    return report
