@@ -302,17 +302,17 @@ def test_simulated_fleet_is_deterministic(tmp_path, watch_recordings):
         simulate_fleet(tmp_path / "c", 99, config=cfg, recordings=watch_recordings)
 
 
-def test_user_job_pins_cleanlab_to_one_process(monkeypatch):
+def test_label_issues_pins_cleanlab_to_one_process(monkeypatch):
+    """cleanlab forks a process pool per call unless n_jobs is given; that deadlocked inside Ray workers."""
+    import numpy as np
+
     cf = pytest.importorskip("cleanlab.filter")
-    from imutune.fleet.worker import _single_process_cleanlab
+    from imutune.personalize.filter import label_issues
 
     seen = []
-    monkeypatch.setattr(cf, "find_label_issues", lambda *a, **kw: seen.append(kw.get("n_jobs")))
-    recorder = cf.find_label_issues
-    with _single_process_cleanlab():
-        cf.find_label_issues([0], [[1.0]])              # what imutune.personalize.filter does, looked up at call time
-        cf.find_label_issues([0], [[1.0]], n_jobs=3)    # an explicit choice is kept
-    assert seen == [1, 3] and cf.find_label_issues is recorder
+    monkeypatch.setattr(cf, "find_label_issues", lambda *a, **kw: seen.append(kw.get("n_jobs")) or np.zeros(4, bool))
+    label_issues(np.full((4, 2), 0.5), np.array([0, 1, 0, 1]))
+    assert seen == [1]
 
 
 def test_bench_compare_runs_flags_differences_and_missing_users():

@@ -23,8 +23,6 @@ user's bad input: it returns ``status="failed"`` with a ``reason`` (:data:`FAILU
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -186,8 +184,7 @@ def _compute_user(base: ModelBundle, user_id: str, files: list[tuple[str, str, b
     timing: dict[str, Any] = {"pid": os.getpid(), "node": platform.node()}
     out: dict[str, Any] = {"user_id": user_id, "status": "ok", "result": None, "timing": timing, "outputs": {}}
     try:
-        with _single_process_cleanlab():
-            res, outputs = _run_stages(base, user_id, files, config, base_sha256, timing)
+        res, outputs = _run_stages(base, user_id, files, config, base_sha256, timing)
         out.update(result=res, outputs=outputs)
     except UserFailure as e:
         out.update(status="failed", reason=e.reason, error=str(e))
@@ -198,35 +195,6 @@ def _compute_user(base: ModelBundle, user_id: str, files: list[tuple[str, str, b
     timing["total_s"] = time.perf_counter() - t_start
     timing["cpu_s"] = time.process_time() - c_start
     return out
-
-
-@contextlib.contextmanager
-def _single_process_cleanlab():
-    """Run ``cleanlab.filter.find_label_issues`` with ``n_jobs=1`` unless a caller sets it.
-
-    Without ``n_jobs`` cleanlab forks a ``multiprocessing.Pool`` of one process per core on every call;
-    forking a multi-threaded Ray worker can leave the child deadlocked on a lock another thread held
-    (seen here: a fleet worker waiting forever on its pool child inside
-    ``imutune.personalize.filter.label_issues``), and a user job already owns exactly its CPUs. The results
-    do not depend on ``n_jobs`` (cleanlab's documentation). The original function is restored afterwards.
-    """
-    try:
-        import cleanlab.filter as cf
-    except ImportError:
-        yield
-        return
-    orig = cf.find_label_issues
-
-    @functools.wraps(orig)
-    def one_process(*args, **kwargs):
-        kwargs.setdefault("n_jobs", 1)
-        return orig(*args, **kwargs)
-
-    cf.find_label_issues = one_process
-    try:
-        yield
-    finally:
-        cf.find_label_issues = orig
 
 
 def _stage(timing: dict, name: str, t0: float) -> float:

@@ -515,5 +515,7 @@ def label_issues(probs: np.ndarray, labels: np.ndarray, *, filter_by: str = "pru
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        issues = find_label_issues(y, p, filter_by=filter_by)
+        # n_jobs=1: cleanlab otherwise forks a process pool per call, which deadlocked inside Ray workers
+        # (imutune fleet); its results do not depend on n_jobs
+        issues = find_label_issues(y, p, filter_by=filter_by, n_jobs=1)
     return np.asarray(issues, dtype=bool)
