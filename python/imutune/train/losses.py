@@ -85,6 +85,21 @@ class WeightedCrossEntropy(nn.Module):
         return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
 
+def _weights_or_ones(weights: torch.Tensor | None, logits: torch.Tensor, targets: torch.Tensor, where: str,
+                     check: bool) -> torch.Tensor:
+    """Per-sample weights (N,): ones where none are given; checked unless ``check`` is off or torch is compiling."""
+    if weights is None:
+        weights = torch.ones_like(targets, dtype=logits.dtype)
+    if check and not torch.compiler.is_compiling():
+        _check_weights(weights, targets, where)
+    return weights
+
+
+def _weighted_mean(loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i loss_i / sum_i w_i`` (the denominator clamped at 1e-12)."""
+    return (weights * loss).sum() / weights.sum().clamp_min(1e-12)
+
+
 def _check_weights(weights: torch.Tensor, targets: torch.Tensor, where: str) -> None:
     if weights.shape != targets.shape:
         raise ValueError(f"{where}: weights must have shape {tuple(targets.shape)}, got {tuple(weights.shape)}")
@@ -177,15 +192,12 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted mean focal loss; ``weights`` (N,) >= 0, ones if omitted."""
-        if weights is None:
-            weights = torch.ones_like(targets, dtype=logits.dtype)
-        if self.check_weights and not torch.compiler.is_compiling():
-            _check_weights(weights, targets, "FocalLoss")
+        weights = _weights_or_ones(weights, logits, targets, "FocalLoss", self.check_weights)
         logp = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
         loss = -((1.0 - logp.exp()).clamp_min(0.0) ** self.gamma) * logp
         if self.class_weights is not None:
             weights = weights * self.class_weights[targets]
-        return (weights * loss).sum() / weights.sum().clamp_min(1e-12)
+        return _weighted_mean(loss, weights)
 
 
 class ClassBalancedLoss(nn.Module):
@@ -218,10 +230,8 @@ class ClassBalancedLoss(nn.Module):
             If the weights are invalid, or every sample of the batch has weight 0
             (e.g. all of an absent class) -- instead of returning NaN.
         """
-        if weights is None:
-            weights = torch.ones_like(targets, dtype=logits.dtype)
+        weights = _weights_or_ones(weights, logits, targets, "ClassBalancedLoss", self.check_weights)
         if self.check_weights and not torch.compiler.is_compiling():
-            _check_weights(weights, targets, "ClassBalancedLoss")
             if int(targets.max()) >= self.class_weights.shape[0]:
                 raise ValueError(f"ClassBalancedLoss: targets reach class {int(targets.max())}, but class_counts "
                                  f"has {self.class_weights.shape[0]} classes")
@@ -257,13 +267,10 @@ class GeneralizedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted mean L_q loss; ``weights`` (N,) >= 0, ones if omitted."""
-        if weights is None:
-            weights = torch.ones_like(targets, dtype=logits.dtype)
-        if self.check_weights and not torch.compiler.is_compiling():
-            _check_weights(weights, targets, "GeneralizedCrossEntropy")
+        weights = _weights_or_ones(weights, logits, targets, "GeneralizedCrossEntropy", self.check_weights)
         logp = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
         loss = (1.0 - torch.exp(self.q * logp)) / self.q                     # p_y ** q = exp(q log p_y)
-        return (weights * loss).sum() / weights.sum().clamp_min(1e-12)
+        return _weighted_mean(loss, weights)
 
 
 class SymmetricCrossEntropy(nn.Module):
@@ -293,11 +300,8 @@ class SymmetricCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted mean ``alpha * CE + beta * RCE``; ``weights`` (N,) >= 0, ones if omitted."""
-        if weights is None:
-            weights = torch.ones_like(targets, dtype=logits.dtype)
-        if self.check_weights and not torch.compiler.is_compiling():
-            _check_weights(weights, targets, "SymmetricCrossEntropy")
+        weights = _weights_or_ones(weights, logits, targets, "SymmetricCrossEntropy", self.check_weights)
         logp = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
         rce = -self.log_zero * (1.0 - logp.exp())
         loss = self.alpha * (-logp) + self.beta * rce
-        return (weights * loss).sum() / weights.sum().clamp_min(1e-12)
+        return _weighted_mean(loss, weights)
