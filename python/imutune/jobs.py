@@ -165,10 +165,10 @@ def run_replay(artifact: str | os.PathLike, data: Sequence[str | os.PathLike], o
     ``replay_report.md`` and ``confusion_matrix.png`` into ``out_dir``.
 
     Without ``profile``: 1 thread, sample-by-sample delivery, no pacing unless
-    given. With a device ``profile`` (:mod:`imutune.profiles`) its threads,
+    given. With a device ``profile`` (:mod:`imutune.runtime.profiles`) its threads,
     pinning, pacing and delivery apply, and the arguments given explicitly
     (not None) override them. ``chunk_samples="hop"`` delivers once per hop.
-    ``stream=True`` reads each file incrementally (:func:`imutune.streams.open_streams`)
+    ``stream=True`` reads each file incrementally (:func:`imutune.data.streams.open_streams`)
     instead of loading it. ``progress`` shows a bar over the recordings.
     ``dump_golden`` (a folder) also writes the golden data of the replay there
     (:class:`imutune.runtime.golden.GoldenCapture`: raw samples fed, window
@@ -236,9 +236,9 @@ def run_personalize(base: str | os.PathLike, data: Sequence[str | os.PathLike], 
     Windows are cut with the base bundle's window config and channels. The
     ranking is paired when ``clean_data`` (the same recordings without the
     device's distortion) is given, or when ``distortion`` (a
-    :func:`imutune.distortions.parse_distortion` spec) simulates the device on
+    :func:`imutune.signal.distortions.parse_distortion` spec) simulates the device on
     ``data`` treated as clean; otherwise pair-free. Writes into ``out_dir``:
-    ``patch.safetensors`` (:mod:`imutune.patch`), ``personalize_report.json``,
+    ``patch.safetensors`` (:mod:`imutune.personalize.patch`), ``personalize_report.json``,
     ``personalize_config.json`` and, with ``write_bundle``, the patched bundle in
     ``model/`` (exportable with ``imutune export --model``).
 

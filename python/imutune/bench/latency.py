@@ -6,8 +6,8 @@ ExecuTorch XNNPACK fp32 and int8 (PT2E) and ExecuTorch portable kernels; for
 ``mobilecnn1d`` and ``resnet1d34``; at 1 and 2 threads; at two window
 lengths (T = 100: 2 s at 50 Hz, and T = 500: 5 s at 100 Hz; 6 channels,
 8 classes, batch 1). Each model file is exported and reloaded with its
-manifest exactly as an app would (:func:`imutune.export.write_exports`,
-:func:`imutune.backends.load_backend`).
+manifest exactly as an app would (:func:`imutune.deploy.export.write_exports`,
+:func:`imutune.deploy.backends.load_backend`).
 
 Per configuration it reports:
 
@@ -43,7 +43,7 @@ held-out windows of the embedded watch data, calibrated on training windows;
 the runtime's own work against the model call in a replay of the mobile model
 under the ``phone-big-core`` profile (pacing off), and a long stream replayed
 from disk in constant memory (``stream_hours`` of 9-channel data at 100 Hz
-written with :class:`imutune.streams.NpzStreamWriter`). The targets of the
+written with :class:`imutune.data.streams.NpzStreamWriter`). The targets of the
 issue are evaluated at the end of the report.
 
 Outputs: ``latency.json``, ``latency.md`` and ``latency.png`` (p50 latency per

@@ -1,7 +1,7 @@
 """Benchmark of selective filter fine-tuning under sensor distortions
 (``imutune bench selective``, ``benchmarks/selective.py``).
 
-Protocol (embedded watch data, :func:`imutune.recordings.load_watch`):
+Protocol (embedded watch data, :func:`imutune.data.recordings.load_watch`):
 
 1. Pretrain ``model_name`` on the clean windows of every subject except the
    target users (cached in ``<out>/pretrained``; reused when its config matches).
@@ -12,10 +12,10 @@ Protocol (embedded watch data, :func:`imutune.recordings.load_watch`):
    window the test set (non-overlapping windows, hop ``test_hop_s``), so
    calibration and test windows never overlap.
 3. For every distortion, severity level and seed, the user's "phone" distorts
-   both the fine-tuning and the test windows (:func:`imutune.distortions.distort_windows`;
+   both the fine-tuning and the test windows (:func:`imutune.signal.distortions.distort_windows`;
    same device parameters, independent noise). ``shots`` windows per class are
    drawn from the pool (seeded; the same draw for every distortion).
-4. Methods, all trained by :func:`imutune.selective.finetune_selected` with
+4. Methods, all trained by :func:`imutune.personalize.selective.finetune_selected` with
    the same schedule (``finetune``) on the distorted few-shot windows:
    ``none`` (the pretrained model), ``full`` (all parameters), ``layer`` (last
    residual block + head), ``random 10%`` (random filters, the same number per
@@ -109,7 +109,7 @@ class SelectiveBenchConfig:
     target_users: tuple[str, ...] = ("subject09", "subject10")   # held out from pretraining, one model per user
     subjects: tuple[int, ...] | None = None                     # load only these watch subjects (tests)
     distortions: tuple[str, ...] = DISTORTION_NAMES
-    levels: tuple[int, ...] = (0, 1, 2)          # indices into imutune.distortions.BENCH_SEVERITIES (mild..severe)
+    levels: tuple[int, ...] = (0, 1, 2)          # indices into imutune.signal.distortions.BENCH_SEVERITIES (mild..severe)
     shots: tuple[int, ...] = (5, 20)             # fine-tuning windows per class
     seeds: tuple[int, ...] = (0, 1)
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25)   # Borda budgets (per-layer fraction of filters)

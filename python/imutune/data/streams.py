@@ -100,7 +100,7 @@ class StreamResampler:
     """Streaming polyphase resampler, equal to ``scipy.signal.resample_poly`` on the whole stream.
 
     The rate ratio is ``Fraction(to_hz / from_hz).limit_denominator(1000) =
-    up / down`` (as :func:`imutune.windows.resample`); the filter is
+    up / down`` (as :func:`imutune.signal.windows.resample`); the filter is
     resample_poly's default (Kaiser-windowed sinc, beta 5, half length
     ``10 * max(up, down)`` input-rate taps, times ``up``). Output sample
     ``m`` is ``sum_n x[n] h[m * down - n * up + half]`` with ``x[n] = 0``

@@ -11,7 +11,7 @@ array of shape (N, C, T), float32 (normalized windows, channel-first) and
 * :class:`TorchBackend` -- an eager ``torch.nn.Module``, the reference.
 
 :func:`load_backend` picks the file backend by suffix and, given a
-:class:`~imutune.manifest.Manifest`, first checks the file's SHA-256 and its
+:class:`~imutune.deploy.manifest.Manifest`, first checks the file's SHA-256 and its
 input shape against the manifest. The export parity check and the replay
 runtime both use these classes.
 
@@ -35,7 +35,7 @@ reads the setting back from the engine. Two of the knobs are process-wide:
 threadpool (:class:`PteBackend`); call ``backend.prepare()`` before timing a
 backend when several live in one process (the replay and the latency
 benchmark do). A thread count above the host's cores is accepted here
-(oversubscription); device profiles (:mod:`imutune.profiles`) reject it.
+(oversubscription); device profiles (:mod:`imutune.runtime.profiles`) reject it.
 """
 from __future__ import annotations
 
@@ -471,10 +471,10 @@ def load_backend(path: str | os.PathLike, *, manifest: Any = None, num_threads: 
     ----------
     path : str or os.PathLike
         ``*.onnx`` (-> :class:`OnnxBackend`) or ``*.pte`` (-> :class:`PteBackend`).
-    manifest : imutune.manifest.Manifest, optional
+    manifest : imutune.deploy.manifest.Manifest, optional
         If given, the file is checked against it before it is used: it must
         be listed in ``manifest.artifacts`` with the same SHA-256
-        (:func:`imutune.manifest.verify_artifact`) and format (and, for a
+        (:func:`imutune.deploy.manifest.verify_artifact`) and format (and, for a
         ``.pte``, delegate); its input C, T and output K must equal
         ``len(manifest.channels)``, ``manifest.window_samples`` and
         ``len(manifest.class_names)``; and the contract embedded in the file
@@ -507,7 +507,7 @@ def load_backend(path: str | os.PathLike, *, manifest: Any = None, num_threads: 
         from .manifest import Manifest, verify_artifact
 
         if not isinstance(manifest, Manifest):
-            raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
+            raise ValueError(f"manifest must be an imutune.deploy.manifest.Manifest, got {type(manifest).__name__}")
         entry = verify_artifact(manifest, p)
         fmt = p.suffix.lower().lstrip(".")
         if entry.get("format") not in (None, fmt):

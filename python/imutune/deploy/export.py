@@ -27,7 +27,7 @@ variant        file                   precision engine
 ============== ====================== ========= ============================
 
 int8 variants are calibrated on ``calibration_windows`` (training windows;
-see :mod:`imutune.quantize`).
+see :mod:`imutune.deploy.quantize`).
 
 XNNPACK graph rewrite: ExecuTorch lowers ``Conv1d`` as unsqueeze -> conv2d
 -> squeeze, and ``MaxPool1d`` as a ``max_pool2d_with_indices`` that XNNPACK
@@ -44,7 +44,7 @@ entry records ``graph_rewrite``.
 Every artifact embeds the manifest's preprocessing contract (channels,
 classes, sample rate, window, layout, normalization, precision): ONNX in
 ``metadata_props`` (``imutune.*``), ``.pte`` as the constant method
-``imutune_metadata``. :func:`imutune.backends.load_backend` compares it with
+``imutune_metadata``. :func:`imutune.deploy.backends.load_backend` compares it with
 the manifest on load.
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ def export_onnx(model: Any, example_input: Any, *, manifest: Manifest | None = N
     _check_model(model)
     x = _check_example("example_input", example_input)
     if manifest is not None and not isinstance(manifest, Manifest):
-        raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
+        raise ValueError(f"manifest must be an imutune.deploy.manifest.Manifest, got {type(manifest).__name__}")
     return _compute_onnx(model, x, manifest, bool(dynamic_batch))
 
 
@@ -214,7 +214,7 @@ def export_pte(model: Any, example_input: Any, *, delegate: str | None = "xnnpac
     (with ``XnnpackPartitioner`` when ``delegate="xnnpack"``) ->
     ``.to_executorch()``. The program's ``forward`` has the static input shape
     of ``example_input`` (batch included): pass a batch of 1 for the phone,
-    which scores one window at a time. :class:`imutune.backends.PteBackend`
+    which scores one window at a time. :class:`imutune.deploy.backends.PteBackend`
     loops larger batches over that size.
 
     Parameters
@@ -228,7 +228,7 @@ def export_pte(model: Any, example_input: Any, *, delegate: str | None = "xnnpac
         on ExecuTorch's portable kernels (no delegation).
     precision : {"fp32", "int8"}, default "fp32"
         ``"int8"``: static PT2E quantization with the XNNPACK quantizer
-        (:func:`imutune.quantize.quantize_pt2e_xnnpack`), calibrated on
+        (:func:`imutune.deploy.quantize.quantize_pt2e_xnnpack`), calibrated on
         ``calibration_windows``; needs ``delegate="xnnpack"``.
     calibration_windows : np.ndarray, optional
         Array of shape (M, C, T), float32: normalized training windows;
@@ -273,7 +273,7 @@ def _check_pte_args(delegate, precision, calibration_windows, manifest) -> None:
             raise ValueError("int8 export needs calibration_windows: normalized training windows of shape "
                              "(N, C, T), float32")
     if manifest is not None and not isinstance(manifest, Manifest):
-        raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
+        raise ValueError(f"manifest must be an imutune.deploy.manifest.Manifest, got {type(manifest).__name__}")
 
 
 def conv1d_as_conv2d(model: Any):
@@ -439,7 +439,7 @@ def parity_max_abs_err(model: Any, backend: Any, windows: Any, *, batch_size: in
     model : torch.nn.Module
         The reference, in eval mode.
     backend : object with ``run(x) -> logits``
-        E.g. :class:`imutune.backends.OnnxBackend` / ``PteBackend``.
+        E.g. :class:`imutune.deploy.backends.OnnxBackend` / ``PteBackend``.
     windows : np.ndarray or torch.Tensor
         Array of shape (N, C, T), float32.
     batch_size : int, default 64
@@ -484,7 +484,7 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
     Everything is written into a staging folder next to ``out_dir``
     (:func:`imutune._io.atomic_folder`): each artifact (names in
     :data:`ARTIFACT_NAMES`) is reloaded there with
-    :func:`imutune.backends.load_backend` (which checks its SHA-256, input
+    :func:`imutune.deploy.backends.load_backend` (which checks its SHA-256, input
     shape and embedded contract against the manifest) and compared with eager
     torch on ``example_windows``; then ``manifest.json`` and, if ``config`` is
     given, ``export_config.json`` are written there and every hash re-checked.
@@ -572,7 +572,7 @@ def write_exports(model: Any, manifest: Manifest, out_dir: str | os.PathLike, ex
 
     _check_model(model)
     if not isinstance(manifest, Manifest):
-        raise ValueError(f"manifest must be an imutune.manifest.Manifest, got {type(manifest).__name__}")
+        raise ValueError(f"manifest must be an imutune.deploy.manifest.Manifest, got {type(manifest).__name__}")
     x = _check_example("example_windows", example_windows, in_channels=len(manifest.channels),
                        window_samples=manifest.window_samples)
     if isinstance(formats, str):

@@ -8,7 +8,7 @@ integer kernels without computing ranges at run time.
   XNNPACK quantizer -- ``torch.export`` -> ``prepare_pt2e`` (folds batch norm
   into the convs and inserts observers) -> calibration forward passes ->
   ``convert_pt2e`` (quantize/dequantize pairs) -- after which
-  :func:`imutune.export.export_pte` lowers the graph to XNNPACK, whose int8
+  :func:`imutune.deploy.export.export_pte` lowers the graph to XNNPACK, whose int8
   kernels replace each dq -> op -> q pattern. Scheme: symmetric int8
   weights, per output channel; int8 activations with per-tensor affine
   ranges (``get_symmetric_quantization_config(is_per_channel=True)``).
@@ -251,7 +251,7 @@ def int8_accuracy_report(fp32: Any, int8: Any, x: Any, y: Any, *, num_classes: i
     Parameters
     ----------
     fp32, int8 : backend or np.ndarray
-        Objects with ``run(x) -> logits`` (e.g. :class:`imutune.backends.OnnxBackend`,
+        Objects with ``run(x) -> logits`` (e.g. :class:`imutune.deploy.backends.OnnxBackend`,
         ``PteBackend``, ``TorchBackend``), or precomputed logits of shape (N, K).
     x : np.ndarray
         Array of shape (N, C, T), float32: normalized held-out windows.

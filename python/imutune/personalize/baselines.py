@@ -1,12 +1,12 @@
 """Fine-tuning baselines for imbalanced target data, each one function with
 the same protocol and budget as FilterLoss fine-tuning.
 
-Every function takes a pretrained :class:`~imutune.finetune.ModelBundle`, the
-target user's training :class:`~imutune.windows.Windows` (physical units, cut
-at the bundle's window config) and a :class:`~imutune.finetune.TrainConfig`
+Every function takes a pretrained :class:`~imutune.train.bundle.ModelBundle`, the
+target user's training :class:`~imutune.signal.windows.Windows` (physical units, cut
+at the bundle's window config) and a :class:`~imutune.train.config.TrainConfig`
 (epochs, batch size, learning rate, seed, device: the *budget*, identical for
 all methods), and returns a new fine-tuned bundle (the input is not
-modified). As in :func:`imutune.finetune.finetune`, the bundle's normalizer is
+modified). As in :func:`imutune.personalize.finetune.finetune`, the bundle's normalizer is
 kept and the classifier head is replaced when the target brings another class
 list. ``info`` records the method, the windows actually trained on, optimiser
 steps and times.
@@ -31,7 +31,7 @@ Methods (:data:`METHODS`):
   probabilities, fixed weights 1 / 0.5 / 0.1);
 * ``filterloss_cv`` / ``filterloss_learned`` -- FilterLoss with the full
   sample-quality filter and cross-validated or meta-learned weights
-  (:mod:`imutune.quality`), via :func:`imutune.finetune.finetune`.
+  (:mod:`imutune.personalize.quality`), via :func:`imutune.personalize.finetune.finetune`.
 
 A class without target windows is allowed (documented fallback): it simply
 gets no loss terms (class weights 0 for it; the resamplers only see present
@@ -203,7 +203,7 @@ def finetune_focal(bundle: ModelBundle, windows: Windows, train_config: TrainCon
 def finetune_filterloss(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                         mode: str = "cv", filter_config: FilterConfig = FilterConfig(),
                         progress: bool = False) -> ModelBundle:
-    """FilterLoss fine-tuning through :func:`imutune.finetune.finetune`.
+    """FilterLoss fine-tuning through :func:`imutune.personalize.finetune.finetune`.
 
     ``mode``: ``"first"`` (first-version filter with fixed weights), ``"cv"``
     or ``"learned"`` (full filter).

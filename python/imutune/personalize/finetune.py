@@ -63,9 +63,9 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     If the target's class list differs from the bundle's, the classifier head
     is replaced (FilterLoss paper, Sec. III: transfer to a new class set);
     windows must already be cut at the bundle's sample rate and channels
-    (:func:`imutune.windows.make_windows` with ``bundle.window`` resamples).
+    (:func:`imutune.signal.windows.make_windows` with ``bundle.window`` resamples).
     Unless ``sample_weights`` are given, the sample-quality filter
-    (:func:`imutune.quality.categorize`) scores the target windows with the
+    (:func:`imutune.personalize.quality.categorize`) scores the target windows with the
     pretrained model and assigns the category weights of ``config.weights``.
     The normalizer of the pretrained bundle is kept (the phone preprocesses
     like the source).

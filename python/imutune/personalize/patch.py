@@ -470,7 +470,7 @@ def apply_patch(base_model: nn.Module, patch: Patch | str | os.PathLike, *, veri
 
 
 def apply_patch_bundle(bundle, patch: Patch | str | os.PathLike):
-    """Apply ``patch`` to a :class:`imutune.finetune.ModelBundle`; returns the user's bundle."""
+    """Apply ``patch`` to a :class:`imutune.train.bundle.ModelBundle`; returns the user's bundle."""
     if not isinstance(patch, Patch):
         patch = load_patch(patch)
     model = apply_patch(bundle.model, patch)

@@ -1159,7 +1159,7 @@ class SelectiveConfig:
     #                                  or "deep" (global budget over the deepest units; select_filters)
     ranking: str = "distortion"      # "distortion" (the paper's), "user_shift" or "combined" (rank_filters)
     train: TrainConfig = FINETUNE
-    loss: str = "ce"                 # "ce" or "filterloss" (quality-weighted CE, imutune.quality)
+    loss: str = "ce"                 # "ce" or "filterloss" (quality-weighted CE, imutune.personalize.quality)
     rank_batch_size: int = 256       # windows per forward pass while ranking
     cache_prefix: bool = True        # train from cached activations of a frozen prefix (exact; finetune_selected)
 

@@ -266,7 +266,7 @@ class FilterConfig:
 class FilterResult:
     """What :func:`filter_weights` found.
 
-    ``sample_weights`` (N,) float32 in [0, 1] go to :class:`imutune.losses.FilterLoss`;
+    ``sample_weights`` (N,) float32 in [0, 1] go to :class:`imutune.train.losses.FilterLoss`;
     ``categories`` (N,) int64; ``oof_probs`` (N, K); ``agreement`` (N,);
     ``class_factors`` (K,); ``search`` the CV table (mode "cv"); ``trace`` the
     meta-learning history (mode "learned").

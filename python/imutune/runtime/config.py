@@ -101,7 +101,7 @@ class ReplayConfig:
 
     @classmethod
     def from_profile(cls, profile: Any, **overrides: Any) -> "ReplayConfig":
-        """A config enforcing a device profile (:mod:`imutune.profiles`), checked against this host.
+        """A config enforcing a device profile (:mod:`imutune.runtime.profiles`), checked against this host.
 
         Parameters
         ----------

@@ -10,19 +10,19 @@ human-activity-recognition inference loop (fixed windows with overlap; see
 Banos et al., "Window Size Impact in Human Activity Recognition", Sensors
 14(4), 2014), run online one window at a time instead of as an offline batch.
 
-The replay produces the same windows as :func:`imutune.windows.window_starts`
+The replay produces the same windows as :func:`imutune.signal.windows.window_starts`
 on the (resampled, channel-selected) recording: window ``w`` covers samples
 ``[w * hop, w * hop + T)``, so a recording of ``S`` samples yields
 ``1 + (S - T) // hop`` windows, independently of the delivery chunk size.
 
-Streams: :func:`replay` takes an in-memory :class:`~imutune.recordings.Recording`;
-:func:`replay_stream` reads a file block by block (:mod:`imutune.streams`:
+Streams: :func:`replay` takes an in-memory :class:`~imutune.data.recordings.Recording`;
+:func:`replay_stream` reads a file block by block (:mod:`imutune.data.streams`:
 generic ``.npz``, CSV, SHL-2018 layout) so a recording of any length replays
 in constant memory, resampling on the fly when its rate differs from the
 manifest's. Bad input is repaired or rejected per :class:`ReplayConfig`
 (``nan_policy``, ``gap_policy``) and counted in the result's ``input_report``.
 
-Device profiles (:mod:`imutune.profiles`, :meth:`ReplayConfig.from_profile`):
+Device profiles (:mod:`imutune.runtime.profiles`, :meth:`ReplayConfig.from_profile`):
 thread count (enforced on the backend), CPU pinning, real-time pacing at the
 sensor rate and the sensor delivery size; the deadline of every window is the
 hop period.
@@ -120,7 +120,7 @@ def replay(recording: Recording, backend: Any, manifest: Manifest, *,
     Steps: channels are selected by name in the manifest's order; labels are
     mapped to the manifest's class list by name; a recording at another
     sample rate is first resampled (offline, whole stream) to the manifest
-    rate with :func:`imutune.windows.resample_recording` (polyphase filter for
+    rate with :func:`imutune.signal.windows.resample_recording` (polyphase filter for
     values, nearest sample for labels) and ``resampled`` is set in the result
     -- on a phone this corresponds to requesting the manifest rate from the
     sensor API or resampling in the sensor pipeline. Samples are then
@@ -139,7 +139,7 @@ def replay(recording: Recording, backend: Any, manifest: Manifest, *,
     backend : object or path-like
         Anything with ``run(x: (N, C, T) float32) -> logits (N, K)`` (and
         optionally ``name`` / ``num_threads`` / ``prepare()``), or a model
-        file path loaded with :func:`imutune.backends.load_backend` using
+        file path loaded with :func:`imutune.deploy.backends.load_backend` using
         ``config.num_threads``. The input array is reused between calls; the
         backend must not keep a reference to it.
     manifest : Manifest
@@ -184,9 +184,9 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
                   config: ReplayConfig = ReplayConfig()) -> ReplayResult:
     """Stream a recording file through the runtime in constant memory.
 
-    The file is read block by block (:mod:`imutune.streams`); channels are
+    The file is read block by block (:mod:`imutune.data.streams`); channels are
     selected and labels mapped per block; a stream at another rate is
-    resampled on the fly with :class:`imutune.streams.StreamResampler`
+    resampled on the fly with :class:`imutune.data.streams.StreamResampler`
     (equal to offline resampling up to float rounding); bad input is
     repaired or rejected per ``config`` and counted. Memory use does not
     grow with the recording's length, apart from the per-window results
@@ -196,8 +196,8 @@ def replay_stream(stream: Any, backend: Any, manifest: Manifest, *,
     Parameters
     ----------
     stream : Stream, Recording or path-like
-        An :class:`imutune.streams.Stream`, a path opened with
-        :func:`imutune.streams.open_stream` (``.npz``, ``.csv``, SHL-2018
+        An :class:`imutune.data.streams.Stream`, a path opened with
+        :func:`imutune.data.streams.open_stream` (``.npz``, ``.csv``, SHL-2018
         folder), or a Recording (see :func:`replay`).
     backend, manifest, config
         As in :func:`replay`.
@@ -250,7 +250,7 @@ def replay_many(recordings: Sequence[Any], backend: Any, manifest: Manifest, *,
     Parameters
     ----------
     recordings : sequence of Recording or Stream
-        The streams (a :class:`imutune.streams.Stream` is read incrementally).
+        The streams (a :class:`imutune.data.streams.Stream` is read incrementally).
     backend : object or path-like
         As in :func:`replay`; a path is loaded once.
     manifest : Manifest

@@ -1,6 +1,6 @@
 """Losses, all in one place. Every loss maps ``logits`` (N, K) float32,
 ``targets`` (N,) int64 and per-sample ``weights`` (N,) float to a scalar tensor,
-so the training loop (:func:`imutune.finetune.train`) and an exported
+so the training loop (:func:`imutune.train.loop.train`) and an exported
 on-device training graph call every loss the same way.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class FilterLoss(nn.Module):
 
     ``loss = sum_i w_i * CE(logits_i, y_i) / sum_i w_i``
 
-    The weights come from the sample-quality filter (:mod:`imutune.quality`):
+    The weights come from the sample-quality filter (:mod:`imutune.personalize.quality`):
     high-value samples count fully, boundary and noisy ones less. They are an
     input of ``forward``, so the same module serves server-side training and an
     exported on-device training graph.
