@@ -62,7 +62,12 @@ def test_new_class_set_replaces_head_and_rate_is_resampled(stages):
     assert me["class_names"] == ["swing", "raise", "rotate"] and me["num_classes"] == 3
     assert me["sample_rate_hz"] == 50.0       # the model keeps its rate; 100 Hz data were resampled
     rep = json.loads((root / "me" / "finetune_report.json").read_text())
-    assert rep["head_replaced"] is True and "after" in rep and "before" not in rep
+    assert rep["head_replaced"] is True and "after" in rep
+    # a new class set has no "before" model: the reference is a head fitted on the frozen pretrained model
+    assert rep["before"]["kind"].startswith("head-only fit on the frozen pretrained model")
+    assert 0.0 <= rep["before"]["macro_f1"] <= 1.0
+    base_state = json.loads((root / "base" / "model.json").read_text())
+    assert base_state["class_names"] != me["class_names"]
     manifest = json.loads((root / "export" / "manifest.json").read_text())
     assert manifest["class_names"] == ["swing", "raise", "rotate"]
     replay = json.loads((root / "replay" / "replay_report.json").read_text())

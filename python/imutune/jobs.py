@@ -111,10 +111,29 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     if wt is not None:
         if wt_before is not None and not per.info["head_replaced"]:
             result["before"] = evaluate_bundle(bundle, wt_before)
+        elif per.info["head_replaced"]:
+            result["before"] = _head_only_before(bundle, w, wt)
         result["after"] = evaluate_bundle(per, wt)
     result["classical_reference"] = _classical_reference(w, wt, result.get("after"))
     write_json_atomic(out / "finetune_report.json", result)
     return result
+
+
+def _head_only_before(bundle: ModelBundle, w, wt) -> dict[str, Any]:
+    """The "before" reference for a new class set: a head fitted on the frozen pretrained model (a logistic
+    regression on its penultimate features of the calibration windows; no backbone weight or batch-norm
+    statistic changes), scored on the test windows."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .metrics import accuracy, macro_f1
+    from .personalize.filter import embed_windows
+
+    e_tr = embed_windows(bundle.model, bundle.normalizer(w.x), device="cpu")    # (N, D) frozen features
+    e_te = embed_windows(bundle.model, bundle.normalizer(wt.x), device="cpu")
+    pred = LogisticRegression(max_iter=2000).fit(e_tr, w.y).predict(e_te)
+    return {"accuracy": accuracy(wt.y, pred), "macro_f1": macro_f1(wt.y, pred, wt.num_classes),
+            "kind": "head-only fit on the frozen pretrained model (logistic regression on its features): the "
+                    "model had no head for this class set"}
 
 
 def _classical_reference(w, wt, after: dict | None) -> dict[str, Any]:
