@@ -72,6 +72,9 @@ def test_new_class_set_replaces_head_and_rate_is_resampled(stages):
     assert manifest["class_names"] == ["swing", "raise", "rotate"]
     replay = json.loads((root / "replay" / "replay_report.json").read_text())
     assert replay["n_resampled"] == 2 and replay["n_windows"] > 0
+    # each report says which windows its figures score (purity-filtered vs every window of the stream)
+    assert "majority label covers >= 0.8" in rep["scored_windows"]
+    assert replay["scored_windows"].startswith("every window the stream produced")
     assert 0.0 <= replay["accuracy"] <= 1.0
 
 

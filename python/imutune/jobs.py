@@ -114,6 +114,9 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
         elif per.info["head_replaced"]:
             result["before"] = _head_only_before(bundle, w, wt)
         result["after"] = evaluate_bundle(per, wt)
+        result["scored_windows"] = (f"{len(wt)} test windows whose majority label covers >= "
+                                    f"{bundle.preprocessing.min_purity:g} of the window (as in training); "
+                                    "imutune replay scores every window of the stream")
     result["classical_reference"] = _classical_reference(w, wt, result.get("after"))
     write_json_atomic(out / "finetune_report.json", result)
     return result

@@ -188,6 +188,9 @@ def _summarize(results: Sequence[ReplayResult]) -> dict:
         "realtime_factor": busy_s / duration if duration > 0 else None,
         "n_windows": n,
         "n_scored": n_scored,
+        "scored_windows": ("every window the stream produced, against the majority label of its labelled samples "
+                           "(windows with no labelled sample are not scored); training and fine-tuning reports "
+                           "score only windows whose majority label covers min_purity of the window"),
         "deadline_misses": int(sum(r.deadline_misses for r in results)),
         "deadline_misses_with_runtime": int(np.sum(lat + ovh > r0.hop_period_ms)),
         "late_windows": None if any(v is None for v in late) else int(sum(late)),
