@@ -41,6 +41,7 @@ import numpy as np
 from ..metrics import accuracy, latency_summary, macro_f1
 from ..signal.windows import WindowConfig
 from ..train.config import FINETUNE, PRETRAIN, TrainConfig
+from .report import jsonable as _jsonable
 
 __all__ = ["OnDeviceBenchConfig", "quick_config", "run_ondevice_bench"]
 
@@ -448,12 +449,6 @@ def _figure(curves: dict, per_user: list, config: OnDeviceBenchConfig):
     return fig
 
 
-def _jsonable(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    return d
 
 
 if __name__ == "__main__":  # memory probe subprocess: python -m imutune.bench.ondevice --memory-probe PATH THREADS

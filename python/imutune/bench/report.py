@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from .._host import cpu_name
 from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["markdown_table", "new_figure", "save_figure", "write_report", "host_info"]
+__all__ = ["jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
@@ -60,3 +60,12 @@ def write_report(out_dir: str | os.PathLike, name: str, data: Mapping[str, Any],
     for fig_name, fig in figures.items():
         paths[fig_name] = save_figure(fig, out / f"{fig_name}.png")
     return paths
+
+
+def jsonable(d: Any) -> Any:
+    """``d`` with every tuple turned into a list, recursively (dicts and lists kept), as JSON round-trips it."""
+    if isinstance(d, dict):
+        return {k: jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [jsonable(v) for v in d]
+    return d

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..signal.windows import WindowConfig, Windows, make_windows
+from .report import jsonable as _jsonable
 from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["TransferBenchConfig", "quick_config", "run_transfer_bench", "METHODS", "load_target"]
@@ -284,12 +285,6 @@ def _ref_config(method: str, seed: int):
     return ReferenceConfig(methods=(method,), seed=seed)
 
 
-def _jsonable(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    return d
 
 
 def _scores(results, k, m) -> dict[int, float]:
