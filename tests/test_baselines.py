@@ -170,7 +170,7 @@ def test_resampling_balances_and_keeps_real_windows():
     for xs, ys in ((xo, yo), (xu, yu)):
         lookup = {row.tobytes(): lab for row, lab in zip(w.x.reshape(len(w), -1), w.y)}
         assert all(lookup[r.tobytes()] == lab for r, lab in zip(xs.reshape(len(ys), -1), ys))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"kind must be 'over' or 'under', got 'smote'"):
         resample_windows(w, "smote")
 
 
@@ -217,9 +217,9 @@ def test_class_balanced_weights_follow_the_effective_number():
 def test_inverse_frequency_weights_absent_class_is_zero_not_inf():
     w = inverse_frequency_weights([30, 10, 0])
     np.testing.assert_allclose(w, [40 / 60, 40 / 20, 0.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"class_counts are all zero; expected at least one class with samples"):
         inverse_frequency_weights([0, 0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"class_counts must be >= 0 for at least 2 classes, got \[3\.0, -1\.0\]"):
         inverse_frequency_weights([3, -1])
 
 
@@ -229,7 +229,7 @@ def test_baseline_losses_reject_bad_weights(loss, bad):
     logits, y = _data()
     w = {"zeros": torch.zeros(8), "nan": torch.full((8,), float("nan")), "negative": -torch.ones(8),
          "shape": torch.ones(3)}[bad]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"ClassBalancedLoss: weights are all zero;|ClassBalancedLoss: weights must be finit|ClassBalancedLoss: weights must have sha|FocalLoss: weights are all zero; expecte|FocalLoss: weights must be finite and >=|FocalLoss: weights must have shape \(8,\),"):
         loss(logits, y, w)
 
 
@@ -237,7 +237,7 @@ def test_class_balanced_batch_of_only_absent_classes_raises_instead_of_nan():
     loss = ClassBalancedLoss([5, 0, 5], 0.99)
     with pytest.raises(ValueError, match="zero count"):
         loss(torch.randn(2, 3), torch.tensor([1, 1]), torch.ones(2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\), got 1\.0"):
         ClassBalancedLoss([5, 5], beta=1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"gamma must be >= 0, got -1\.0"):
         FocalLoss(gamma=-1.0)

@@ -39,18 +39,18 @@ def test_paired_comparison_matches_a_t_interval():
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - h, d.mean() + h))
     one = paired_comparison([0.5], [0.4])
     assert one["ci_low"] is None and one["wins"] == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"paired_comparison needs at least one pair"):
         paired_comparison([], [])
 
 
 def test_config_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown methods"):
         FilterLossBenchConfig(methods=("ce", "smote"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"ratios must be >= 1 or None \(natural\), got 0\.5"):
         FilterLossBenchConfig(ratios=(0.5,))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target_test_data needs target_data"):
         FilterLossBenchConfig(target_test_data=("x.npz",))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"subjects, seeds, ratios, noises and methods must not be empty"):
         FilterLossBenchConfig(seeds=())
     with pytest.raises(ValueError, match="label-noise spec 'loud'"):
         FilterLossBenchConfig(noises=("loud",))

@@ -250,7 +250,7 @@ def test_calibration_file_with_unknown_classes_is_refused(setup, tmp_path):
 def test_missing_or_foreign_program_errors(setup, tmp_path):
     from imutune.cli import main
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"training program '.*nope\.pte' does not exist"):
         OnDeviceTrainer(tmp_path / "nope.pte")
     (tmp_path / "junk.pte").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not an imutune training program"):

@@ -115,7 +115,7 @@ def test_corrupt_or_foreign_files(base_and_tuned, tmp_path):
     from safetensors.torch import save_file
 
     base, tuned, _ = base_and_tuned
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"patch file '.*missing\.safetensors' does not exist"):
         load_patch(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(ValueError, match="not a safetensors"):

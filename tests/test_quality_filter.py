@@ -167,7 +167,7 @@ def test_categorize_rejects_bad_scores(bad):
         a[1] = 1.5
     else:
         a = np.ones(3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"agreement contains 1 NaN/Inf values \(fir|agreement must have shape \(4,\), got \(3,\)|agreement must lie in \[0, 1\]|probs contains 2 NaN/Inf values \(first a"):
         categorize(p, y, agreement=a)
 
 
@@ -176,7 +176,7 @@ def test_class_balance_factors():
     np.testing.assert_allclose(class_balance_factors(y, 4, 0.0), [1, 1, 1, 1])
     np.testing.assert_allclose(class_balance_factors(y, 4, 1.0), [0.2, 1.0, 0.4, 1.0])   # class 3 absent -> 1
     np.testing.assert_allclose(class_balance_factors(y, 4, 0.5), np.sqrt([0.2, 1.0, 0.4, 1.0]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"class-balance exponent must be finite and >= 0, got nan"):
         class_balance_factors(y, 4, float("nan"))
 
 
@@ -242,13 +242,13 @@ def test_learned_weights_downweight_noise_and_lower_the_meta_loss():
 
 
 def test_filter_config_validation():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mode must be one of \['fixed', 'cv', 'learned'\], got 'magic'"):
         FilterConfig(mode="magic")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"boundary must be in \[0\.0, 1\.0\], got 2\.0"):
         FilterConfig(weight_grid=((1.0, 2.0, 0.0),))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"class-balance exponents must be finite and >= 0, got -1\.0"):
         FilterConfig(balance_grid=(-1.0,))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"n_folds must be an integer >= 2, got 1"):
         FilterConfig(n_folds=1)
 
 
@@ -317,7 +317,7 @@ def test_finetune_with_filterloss_cv_and_learned():
         assert out.info["filter_mode"] == loss.split("-")[1]
         assert sum(out.info["category_counts"].values()) == len(y)
         assert out.info["selection_seconds"] >= 0 and np.isfinite(out.info["loss_history"]).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"loss must be one of \['filterloss', 'filterloss-cv', 'filterloss-learne"):
         FinetuneConfig(loss="filterloss-magic")
 
 

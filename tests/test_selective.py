@@ -72,7 +72,7 @@ def test_borda_count_hand_checked_example():
     # 0.25 of 4 filters -> the single winner
     np.testing.assert_array_equal(select_filters({"layer": borda_count(d)}, 0.25).filters["layer"],
                                   [False, False, False, True])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"distances must have shape \(N, F\) with N, F > 0, got \(0, 3\)"):
         borda_count(np.zeros((0, 3)))
 
 
