@@ -61,6 +61,7 @@ bit-identical weights, less time per epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field
@@ -210,6 +211,22 @@ def _capture(model: nn.Module, layers: Sequence[ConvLayer], *, pre_bn: bool) -> 
     return acts, handles
 
 
+@contextlib.contextmanager
+def _capturing(model: nn.Module, layers: Sequence[ConvLayer], *, pre_bn: bool, device: str):
+    """Run ``model`` in eval mode on ``device`` with forward hooks that capture each layer's conv output
+    (``pre_bn``) or batch-norm output; yields ``(device, acts)`` and restores the mode and hooks afterwards."""
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    acts, handles = _capture(model, layers, pre_bn=pre_bn)
+    try:
+        yield dev, acts
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def _batches(x: np.ndarray, batch_size: int, device):
     for s in range(0, x.shape[0], batch_size):
         yield s, torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size], dtype=np.float32)).to(device)
@@ -252,12 +269,8 @@ def activation_distances(model: nn.Module, x_clean: np.ndarray, x_distorted: np.
     layers = conv_layers(model)
     if not layers:
         raise ValueError("the model has no Conv1d layer to rank")
-    dev = resolve_device(device)
-    was_training = model.training
-    model.eval().to(dev)
-    acts, handles = _capture(model, layers, pre_bn=False)
     out = {l.name: np.zeros((xc.shape[0], l.n_filters)) for l in layers}
-    try:
+    with _capturing(model, layers, pre_bn=False, device=device) as (dev, acts):
         for (s, bc), (_, bd) in zip(_batches(xc, batch_size, dev), _batches(xd, batch_size, dev)):
             model(bc)
             clean = dict(acts)
@@ -265,10 +278,6 @@ def activation_distances(model: nn.Module, x_clean: np.ndarray, x_distorted: np.
             for l in layers:
                 a, b = clean[l.name].double(), acts[l.name].double()        # (B, F, T')
                 out[l.name][s:s + bc.shape[0]] = (b - a).pow(2).sum(dim=-1).sqrt().cpu().numpy()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
     return out
 
 
@@ -301,12 +310,8 @@ def reference_distances(model: nn.Module, x: np.ndarray, *, batch_size: int = 25
     if missing:
         raise ValueError(f"conv layers {missing} have no batch norm with running statistics; the pair-free "
                          "ranking needs them (give clean/distorted pairs instead)")
-    dev = resolve_device(device)
-    was_training = model.training
-    model.eval().to(dev)
-    acts, handles = _capture(model, layers, pre_bn=True)
     out = {l.name: np.zeros((x.shape[0], l.n_filters)) for l in layers}
-    try:
+    with _capturing(model, layers, pre_bn=True, device=device) as (dev, acts):
         for s, b in _batches(x, batch_size, dev):
             model(b)
             for l in layers:
@@ -315,10 +320,6 @@ def reference_distances(model: nn.Module, x: np.ndarray, *, batch_size: int = 25
                 sd = (l.bn.running_var.double() + l.bn.eps).sqrt()[None, :]
                 m, sw = z.mean(dim=-1), z.std(dim=-1, unbiased=False)
                 out[l.name][s:s + b.shape[0]] = (((m - mu) ** 2 + (sw - sd) ** 2).sqrt() / sd).cpu().numpy()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
     return out
 
 
@@ -382,15 +383,11 @@ def activation_statistics(model: nn.Module, x: np.ndarray, y: np.ndarray | None 
     layers = conv_layers(model)
     if not layers:
         raise ValueError("the model has no Conv1d layer to rank")
-    dev = resolve_device(device)
-    was_training = model.training
-    model.eval().to(dev)
-    acts, handles = _capture(model, layers, pre_bn=True)
     V_ = len(groups)
     s1 = {l.name: np.zeros((V_, l.n_filters)) for l in layers}
     s2 = {l.name: np.zeros((V_, l.n_filters)) for l in layers}
     cnt = {l.name: np.zeros((V_, 1)) for l in layers}
-    try:
+    with _capturing(model, layers, pre_bn=True, device=device) as (dev, acts):
         for s, b in _batches(x, batch_size, dev):
             model(b)
             g = torch.from_numpy(gid[s:s + b.shape[0]].astype(np.int64))
@@ -401,10 +398,6 @@ def activation_statistics(model: nn.Module, x: np.ndarray, y: np.ndarray | None 
                 s1[l.name] += (one @ z.sum(dim=-1)).numpy()                     # (V, B) @ (B, F) -> (V, F)
                 s2[l.name] += (one @ z.pow(2).sum(dim=-1)).numpy()
                 cnt[l.name] += one.sum(dim=1, keepdim=True).numpy() * z.shape[-1]
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
     out = {}
     for l in layers:
         n = np.maximum(cnt[l.name], 1.0)
