@@ -171,6 +171,15 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
 
 
+def json_default_or_str(o: Any) -> Any:
+    """``json.dumps(default=...)`` for free-form metadata (patch info, fleet metrics): numpy scalars and arrays
+    as numbers and lists, anything else as its ``str``."""
+    try:
+        return _json_default(o)
+    except TypeError:
+        return str(o)
+
+
 # --------------------------------------------------------------------------- folder lock
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import _validation as V
-from .._io import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from .._io import json_default_or_str, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from .users import UserSpec, discover_users, read_user_files
 from .worker import FleetConfig, bundle_files, bundle_from_files, config_fingerprint, personalize_user
 
@@ -199,7 +199,7 @@ def _write_outputs(folder: Path, res: dict, fingerprint: str, input_sha: str) ->
         hashes[rel] = sha256_bytes(data)
     metrics = {"user_id": res["user_id"], "status": "ok", "fingerprint": fingerprint, "input_sha256": input_sha,
                "result": res["result"], "timing": res["timing"]}
-    mbytes = (json.dumps(metrics, indent=2, default=_json_default) + "\n").encode()
+    mbytes = (json.dumps(metrics, indent=2, default=json_default_or_str) + "\n").encode()
     write_bytes_atomic(folder / METRICS_FILE, mbytes)
     hashes[METRICS_FILE] = sha256_bytes(mbytes)
     (folder / FAILED_FILE).unlink(missing_ok=True)
@@ -217,14 +217,6 @@ def _write_failure(folder: Path, user_id: str, reason: str, error: str, fingerpr
     return rec
 
 
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _cpu_times() -> tuple[float, float] | None:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from .. import _validation as V
-from .._io import write_bytes_atomic
+from .._io import json_default_or_str, write_bytes_atomic
 
 __all__ = ["PATCH_FORMAT", "PATCH_VERSION", "PATCH_VERSIONS", "ROW_FORMATS", "PATCH_DTYPES", "Patch",
            "encode_rows", "decode_rows", "state_hash", "make_patch", "save_patch", "load_patch",
@@ -294,7 +294,7 @@ def patch_bytes(patch: Patch) -> bytes:
     v2 = patch.dtype != "float32" or any(isinstance(v, str) for v in rows.values())
     meta = {"format": PATCH_FORMAT, "version": PATCH_VERSION if v2 else "1", "base_sha256": patch.base_sha256,
             "patched_sha256": patch.patched_sha256, "rows": json.dumps(rows, separators=(",", ":")),
-            "info": json.dumps(patch.info, separators=(",", ":"), default=_json_default)}
+            "info": json.dumps(patch.info, separators=(",", ":"), default=json_default_or_str)}
     if patch.dtype != "float32":
         meta["dtype"] = patch.dtype
     if patch.class_names is not None:
@@ -302,12 +302,6 @@ def patch_bytes(patch: Patch) -> bytes:
     return st_save({k: v.contiguous() for k, v in patch.tensors.items()}, metadata=meta)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def save_patch(patch: Patch, path: str | os.PathLike) -> Path:
