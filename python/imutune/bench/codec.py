@@ -53,6 +53,7 @@ from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
+from .report import cached_bundle
 from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["CodecBenchConfig", "quick_config", "run_codec_bench", "distortion_metrics"]
@@ -323,11 +324,10 @@ def _pretrained(out: Path, cfg: CodecBenchConfig, source: list[Recording], log) 
     fp = _fp({"m": cfg.classifier_model, "s": cfg.source_subjects, "w": asdict(cfg.window), "t": asdict(cfg.pretrain),
               "seed": cfg.seed})
     folder = out / "classifier"
-    if (folder / "model.json").exists():
-        b = load_bundle(folder)
-        if b.info.get("bench_fingerprint") == fp:
-            log(f"[pretrain] reusing {folder}")
-            return b
+    b = cached_bundle(folder, fp)
+    if b is not None:
+        log(f"[pretrain] reusing {folder}")
+        return b
     w = make_windows(source, cfg.window)
     b = pretrain(w, model_name=cfg.classifier_model, window=cfg.window, train_config=replace(cfg.pretrain, seed=cfg.seed),
                  progress=False)

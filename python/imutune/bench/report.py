@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from .._host import cpu_name
 from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info"]
+__all__ = ["cached_bundle", "jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
@@ -69,3 +69,14 @@ def jsonable(d: Any) -> Any:
     if isinstance(d, (list, tuple)):
         return [jsonable(v) for v in d]
     return d
+
+
+def cached_bundle(folder: str | os.PathLike, fingerprint: str):
+    """The model bundle a previous run of a benchmark left in ``folder``, when its ``info["bench_fingerprint"]``
+    equals ``fingerprint`` (same settings); ``None`` when there is none or it was made with other settings."""
+    from ..train.bundle import load_bundle
+
+    if not (Path(folder) / "model.json").exists():
+        return None
+    b = load_bundle(folder)
+    return b if b.info.get("bench_fingerprint") == fingerprint else None

@@ -91,9 +91,10 @@ from ..signal.distortions import (
     make_distortion,
 )
 from ..signal.windows import WindowConfig, Windows, make_windows
-from ..train.bundle import ModelBundle, load_bundle, save_bundle
+from ..train.bundle import ModelBundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
+from .report import cached_bundle
 from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
@@ -206,11 +207,10 @@ def _pretrained(out: Path, cfg: SelectiveBenchConfig, source: Windows, log) -> M
     fp = _fingerprint({"model": cfg.model_name, "targets": cfg.target_users, "subjects": cfg.subjects,
                        "window": asdict(cfg.window), "train": asdict(cfg.pretrain)})
     folder = out / "pretrained"
-    if (folder / "model.json").exists():
-        b = load_bundle(folder)
-        if b.info.get("bench_fingerprint") == fp:
-            log(f"[pretrain] reusing {folder}")
-            return b
+    b = cached_bundle(folder, fp)
+    if b is not None:
+        log(f"[pretrain] reusing {folder}")
+        return b
     t = time.perf_counter()
     b = pretrain(source, model_name=cfg.model_name, window=cfg.window, train_config=cfg.pretrain,
                  checkpoint_path=out / "checkpoints" / "pretrain.ckpt", progress=False)
