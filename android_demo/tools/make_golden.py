@@ -107,6 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _python_verdict(folder: Path, text: str) -> str | None:
+    """The Python loader's verdict on a manifest text: None (accepted) or its error, the path shown as manifest.json."""
+    from imutune.deploy.manifest import load_manifest
+
+    p = folder / "manifest.json"
+    p.write_text(text)
+    try:
+        load_manifest(p)
+        return None
+    except ValueError as e:
+        return str(e).replace(str(p), "manifest.json")
+
+
 def _contract_cases(manifest_path: Path) -> dict:
     """Mutations of the real manifest and the Python loader's verdict on each (None: accepted).
 
@@ -114,8 +127,6 @@ def _contract_cases(manifest_path: Path) -> dict:
     loader (``imutune.deploy.manifest.load_manifest``) rejects.
     """
     import copy
-
-    from imutune.deploy.manifest import load_manifest
 
     base = json.loads(manifest_path.read_text())
     C = len(base["channels"])
@@ -181,27 +192,15 @@ def _contract_cases(manifest_path: Path) -> dict:
             d.update(sets)
             for k in deletes:
                 d.pop(k)
-            p = Path(tmp) / "manifest.json"
             text = json.dumps(d)
-            p.write_text(text)
-            try:
-                load_manifest(p)
-                verdict = None
-            except ValueError as e:
-                verdict = str(e).replace(str(p), "manifest.json")
+            verdict = _python_verdict(Path(tmp), text)
             cases.append({"name": name, "set": sets, "delete": deletes, "text": text, "python_error": verdict})
     raw = [("not JSON", "{\"version\": 2,"), ("a JSON array", "[1, 2]"), ("empty file", ""),
            ("trailing data", manifest_path.read_text() + " x")]
     raw_cases = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in raw:
-            p = Path(tmp) / "manifest.json"
-            p.write_text(text)
-            try:
-                load_manifest(p)
-                verdict = None
-            except ValueError as e:
-                verdict = str(e).replace(str(p), "manifest.json")
+            verdict = _python_verdict(Path(tmp), text)
             raw_cases.append({"name": name, "text": text, "python_error": verdict})
     return {"source": "imutune.deploy.manifest.load_manifest on mutations of the exported manifest.json",
             "cases": cases, "raw_cases": raw_cases}
