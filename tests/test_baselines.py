@@ -51,7 +51,7 @@ FAST_FILTER = FilterConfig(probe_steps=20, meta_iterations=3, oof_epochs=1, n_fo
 
 
 def _opts(name, n=41):
-    if name in ("filterloss", "filterloss_cv", "filterloss_learned", "cleanlab"):
+    if name in ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft", "cleanlab"):
         return {"filter_config": FAST_FILTER}
     if name == "oracle":
         return {"noisy_mask": np.arange(n) % 7 == 0}
@@ -94,6 +94,26 @@ def test_cleanlab_drops_flipped_labels_on_a_tiny_case(bundle):
     out = run_method("cleanlab", bundle, noisy, BUDGET, filter_config=fc)
     assert out.info["dropped"] == np.flatnonzero(issues).tolist()
     assert out.info["n_train_effective"] == 90 - int(issues.sum())
+
+
+def test_filterloss_soft_gives_noisy_windows_no_weight_and_boundary_windows_their_quality(bundle):
+    from imutune.personalize.filter import BOUNDARY, HIGH_VALUE, NOISY
+
+    w = _windows(counts=(30, 30, 30), seed=3)
+    flip = np.arange(0, 90, 9)                                    # 10 windows get the next class
+    y = w.y.copy()
+    y[flip] = (y[flip] + 1) % 3
+    noisy = Windows(w.x, y, w.recording, w.users, w.class_names, w.channels)
+    fc = FilterConfig(oof_epochs=15, n_folds=3, oof_lr=3e-3)
+    out = run_method("filterloss_soft", bundle, noisy, BUDGET, filter_config=fc)
+    assert out.info["category_weights"] == {"high_value": 1.0, "boundary": 1.0, "noisy": 0.0}
+    assert out.info["soft_weights"] is True and out.info["filter_mode"] == "fixed"
+    cats = np.asarray(out.info["categories"])
+    sw = np.asarray(out.info["sample_weights"])
+    assert np.all(sw[cats == NOISY] == 0) and np.all(sw[cats == HIGH_VALUE] == 1)
+    assert np.all((sw[cats == BOUNDARY] >= 0) & (sw[cats == BOUNDARY] <= 1))
+    assert (cats[flip] == NOISY).mean() >= 0.5                    # the flipped windows lose their weight
+    assert sw[flip].sum() < 0.25 * flip.size
 
 
 def test_gce_and_sce_use_their_losses(bundle, monkeypatch):

@@ -38,7 +38,7 @@ FAST = TrainConfig(epochs=1, batch_size=16, lr=1e-3)
 NEVER_NOISY = QualityConfig(noisy_confidence=1.0, agreement_noisy=0.0, label_issues="off")
 
 
-@pytest.mark.parametrize("loss", ["filterloss", "filterloss-cv", "filterloss-learned"])
+@pytest.mark.parametrize("loss", ["filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft"])
 def test_custom_filter_thresholds_reach_the_filter(bundle, loss):
     # defect 1: finetune() overwrote FilterConfig.quality with FinetuneConfig's defaults, so thresholds under
     # which no window can be noisy still gave noisy windows

@@ -80,7 +80,7 @@ def test_train_config_validation(kw, msg):
 
 
 def test_finetune_config_validation():
-    with pytest.raises(ValueError, match=r"loss must be one of \['filterloss', 'filterloss-cv', 'filterloss-learned', 'ce'.*\], got 'mse'"):
+    with pytest.raises(ValueError, match=r"loss must be one of \['filterloss', 'filterloss-cv', 'filterloss-learned', 'filterloss-soft', 'ce'.*\], got 'mse'"):
         FinetuneConfig(loss="mse")
 
 
@@ -362,6 +362,8 @@ def test_finetune_rehearsal_errors():
         FinetuneConfig(rehearsal_ratio=-1)
     with pytest.raises(ValueError, match=r"rehearsal_ratio=1.0 needs source_windows"):
         finetune(b, _windows(n=16), config=replace(FT, rehearsal_ratio=1.0), progress=False)
-    other = _windows(n=16, class_names=("a", "b", "c"))
-    with pytest.raises(ValueError, match="source_windows for rehearsal must share the target's classes"):
-        finetune(b, other, config=replace(FT, rehearsal_ratio=1.0), source_windows=src, progress=False)
+    other = _windows(n=16, class_names=("a", "b", "c"))   # a new class set: multi-head rehearsal takes src
+    foreign = _windows(n=16, class_names=("u", "v"), seed=2)   # neither the target's nor the model's classes
+    with pytest.raises(ValueError, match=r"source_windows for rehearsal must have the target's classes "
+                                         r"\['a', 'b', 'c'\] \(one head\) or, for a new class set, the model's"):
+        finetune(b, other, config=replace(FT, rehearsal_ratio=1.0), source_windows=foreign, progress=False)

@@ -227,6 +227,10 @@ def test_fleet_on_ray_broken_user_and_rerun_skips(fleet_data, local_ray, tmp_pat
         assert {"patch.safetensors", "metrics.json", "done.json"} <= {p.name for p in d.iterdir()}
     assert json.loads((out / "users" / "user_broken" / "failed.json").read_text())["reason"] == "bad_input"
     assert (out / "fleet_report.md").is_file() and (out / "gain_hist.png").is_file()
+    budget = rep["throughput"]["cpu_budget"]        # the local Ray's processes descend from this process
+    assert budget["cpu_s"]["worker: user jobs"] > 0 and {"raylet", "gcs_server", "driver"} <= set(budget["cpu_s"])
+    assert budget["cpu_s_per_user"]["raylet"] == pytest.approx(budget["cpu_s"]["raylet"] / 3)
+    assert "Where the CPU went" in (out / "fleet_report.md").read_text()
     marks = {u: json.loads((out / "users" / u / "done.json").read_text())["written_unix_s"]
              for u in ("user3", "user4", "user5")}
 
@@ -325,3 +329,64 @@ def test_bench_compare_runs_flags_differences_and_missing_users():
     a = {"users": [user("x", "1"), user("y", "2"), user("z", "3"), user("f", None, "failed")]}
     b = {"users": [user("x", "1", "skipped"), user("y", "9"), user("z", None, "pending")]}
     assert compare_runs(a, b) == {"compared": 3, "identical": 1, "differ": ["y"], "missing": ["z"]}
+
+
+# --------------------------------------------------------------------------- where the CPU goes
+
+def test_process_kinds_from_command_lines():
+    from imutune.fleet.proc import _kind
+
+    assert _kind(["ray::IDLE"]) == "worker" and _kind(["ray::imutune_fleet_user"]) == "worker"
+    assert _kind(["ray::DashboardAgent"]) == "dashboard_agent"
+    assert _kind(["/x/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=s"]) == "raylet"
+    assert _kind(["/x/gcs_server", "--log_dir=d"]) == "gcs_server"
+    assert _kind(["/usr/bin/python", "-u", "/x/ray/_private/log_monitor.py", "--a"]) == "log_monitor"
+    assert _kind(["/usr/bin/python", "/x/ray/dashboard/dashboard.py"]) == "dashboard"
+    assert _kind(["/usr/bin/python", "-u", "/x/ray/autoscaler/_private/monitor.py"]) == "monitor"
+    assert _kind(["bash", "-c", "true"]) == "other" and _kind([]) == "other"
+
+
+def test_cpu_budget_counts_a_busy_child_and_new_processes():
+    import os
+    import subprocess
+    import sys
+
+    from imutune.fleet.proc import cpu_budget, host_cpu_s, process_tree
+
+    if not process_tree():
+        pytest.skip("no /proc on this host")
+    h0, before = host_cpu_s(), process_tree()
+    child = subprocess.Popen([sys.executable, "-c", "import sys\nx = 0\nfor i in range(3_000_000): x += i\n"
+                                                    "print('busy done', flush=True)\nsys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"busy done"      # the loop ran; the child now waits
+        after, h1 = process_tree(), host_cpu_s()
+    finally:
+        child.communicate(b"")
+    assert after[child.pid].ppid == os.getpid() and after[child.pid].kind == "other"
+    b = cpu_budget(before, after, h0, h1)
+    assert b["by_kind"]["other"]["cpu_s"] >= 0.05          # the child's CPU counts from zero (started in between)
+    assert b["own_cpu_s"] == pytest.approx(sum(g["cpu_s"] for g in b["by_kind"].values()))
+    assert b["host_busy_s"] >= 0 and b["other_processes_cpu_s"] >= 0
+    assert cpu_budget({}, {})["own_cpu_s"] == 0.0
+
+
+def test_bench_cpu_budget_merge_and_ceiling():
+    from imutune.bench.fleet import _ceiling, _merge_budgets
+
+    r = {"cpu_s": {"worker: user jobs": 30.0, "raylet": 0.5, "driver": 0.5, "other processes (not this run)": 10.0},
+         "threads_max": {"worker": 24, "raylet": 29}}
+    m = _merge_budgets([r, r, None], computed=20, wall=40.0)
+    assert m["cpu_s_per_user"]["worker: user jobs"] == pytest.approx(3.0)
+    assert m["own_cpu_s_per_user"] == pytest.approx(3.1) and m["outside_jobs_cpu_s_per_user"] == pytest.approx(0.1)
+    assert m["other_processes_cores"] == pytest.approx(0.5) and m["threads_max"] == {"worker": 24, "raylet": 29}
+    assert _merge_budgets([None], computed=3, wall=1.0) is None
+    c = _ceiling({"cpu_budget": m}, {"cpu_budget": m}, 1, 2, 2)
+    assert c["cpu_budget_ceiling"] == pytest.approx(2 * 3.0 / 3.1)     # cores * J / (J + O)
+    assert c["other_processes_cores"] == [pytest.approx(0.5)] * 2
+    assert "cpu_budget_ceiling" not in _ceiling({}, {}, 1, 2, 2)
+    from imutune.bench.fleet import FleetBenchConfig
+
+    with pytest.raises(ValueError, match="round_users must be an integer >= 1"):
+        FleetBenchConfig(round_users=0)

@@ -109,6 +109,55 @@ def test_knn_agreement_rejects_nan():
         knn_agreement(z, np.array([0, 0, 1, 1]))
 
 
+def test_blocked_folds_deal_runs_of_consecutive_windows_within_a_recording():
+    from imutune.personalize.filter import blocked_folds
+
+    # class 0: 64 windows in recording 0 then 16 in recording 1; class 1: 8 windows (rare)
+    y = np.array([0] * 64 + [0] * 16 + [1] * 8)
+    g = np.array([0] * 64 + [1] * 16 + [1] * 8)
+    f = blocked_folds(y, g, 4, block_windows=16, seed=0)
+    assert f.shape == (88,) and set(f.tolist()) == {0, 1, 2, 3}
+    # class 0 has 80 windows -> runs of clip(80 // 8, 1, 16) = 10 consecutive windows, never across recordings
+    runs = [f[i:i + 10] for i in range(0, 60, 10)] + [f[60:64]] + [f[64:74], f[74:80]]
+    assert all(len(set(r.tolist())) == 1 for r in runs)
+    assert len(set(f[:64].tolist())) == 4                          # the long recording spreads over every fold
+    # the rare class: runs of clip(8 // 8, 1, 16) = 1 window, dealt over every fold
+    assert sorted(np.bincount(f[80:], minlength=4).tolist()) == [2, 2, 2, 2]
+    # block_windows=1 is window-by-window dealing, as stratified_folds
+    assert np.array_equal(blocked_folds(y, g, 4, block_windows=1, seed=3), stratified_folds(y, 4, seed=3))
+    with pytest.raises(ValueError, match="groups has 3 entries and labels 88"):
+        blocked_folds(y, g[:3], 4)
+    with pytest.raises(ValueError, match="block_windows"):
+        blocked_folds(y, g, 4, block_windows=0)
+    with pytest.raises(ValueError, match="fewer than n_folds=4"):
+        blocked_folds(y[:3], g[:3], 4)
+
+
+def test_filter_weights_uses_blocked_folds_given_the_recordings(monkeypatch):
+    calls = []
+    real = Q.blocked_folds
+
+    def spy(*a, **k):
+        calls.append(k.get("block_windows"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(Q, "blocked_folds", spy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 6, 50)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 8)
+    from imutune.models.resnet1d import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tinycnn1d", in_channels=6, num_classes=3)
+    cfg = FilterConfig(mode="fixed", oof_epochs=1, n_folds=2, fold_block_windows=4)
+    filter_weights(model, x, y, config=cfg)
+    assert calls == []                                             # no recordings: per-window folds
+    filter_weights(model, x, y, config=cfg, groups=np.zeros(24, np.int64))
+    assert calls == [4]
+    with pytest.raises(ValueError, match=r"groups has shape \(3,\); expected \(24,\)"):
+        filter_weights(model, x, y, config=cfg, groups=np.zeros(3))
+
+
 def test_stratified_folds_spread_every_class_and_reject_too_few_windows():
     y = np.array([0] * 10 + [1] * 3 + [2])
     f = stratified_folds(y, 5, seed=0)

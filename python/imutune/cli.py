@@ -40,6 +40,11 @@ def _add_train_args(p: argparse.ArgumentParser, *, preset: str) -> None:
     p.add_argument("--threads", type=int, default=c.threads,
                    help="torch threads while training (default: 1 for models under 1M parameters on the CPU, "
                         "else torch's default)")
+    p.add_argument("--min-steps", type=int, default=c.min_steps,
+                   help=f"optimiser steps at least: the run takes max(epochs x batches, this) (default {c.min_steps})")
+    p.add_argument("--balanced-batches", action=argparse.BooleanOptionalAction, default=c.balanced_batches,
+                   help="class-balanced batches when --min-steps sets the budget (default "
+                        f"{'on' if c.balanced_batches else 'off'})")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -81,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selfsup-steps", type=int, default=None,
                    help="optimiser steps of --self-supervised (default: imutune.train.selfsup.SelfSupConfig)")
     p.add_argument("--units", default=None, help="units of recordings that declare none, converted to the model's: one for all, one per channel (g,g,g,rad/s,rad/s,rad/s) or channel=unit pairs; units: g, m/s^2, rad/s, deg/s")
+    p.add_argument("--gravity", default=None, choices=("included", "removed"), help="whether the accelerometer of recordings that declare nothing includes gravity: included (raw accelerometer, as the watch data) or removed (linear acceleration); default unknown")
     _add_window_args(p)
     _add_train_args(p, preset="PRETRAIN")
 
@@ -103,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--imbalance-ratio", type=float, default=None,
                    help="long-tail subsample the target windows to this ratio (experiments)")
     f.add_argument("--units", default=None, help="units of recordings that declare none, converted to the model's: one for all, one per channel (g,g,g,rad/s,rad/s,rad/s) or channel=unit pairs; units: g, m/s^2, rad/s, deg/s")
+    f.add_argument("--channels", nargs="+", default=None,
+                   help="fine-tune on these of the model's channels only (default: the model's channels the "
+                        "recordings have); a subset gets a new input layer from the pretrained filters' slices")
+    f.add_argument("--gravity", default=None, choices=("included", "removed"), help="whether the accelerometer of recordings that declare nothing includes gravity: included (raw accelerometer, as the watch data) or removed (linear acceleration); default unknown")
+    f.add_argument("--remove-gravity", action="store_true",
+                   help="for a model trained without gravity: subtract a low-pass (0.3 Hz) gravity estimate from "
+                        "recordings whose accelerometer includes it (adding gravity is not possible)")
     _add_train_args(f, preset="FINETUNE")
 
     e = sub.add_parser("export", help="export a bundle to ONNX and ExecuTorch (.pte) with parity checks")
@@ -411,6 +424,8 @@ def _add_fleet(sub, bench_sub) -> None:
                    help="worker counts of the scaling runs (default 1 2; the largest is the reference run)")
     b.add_argument("--no-kill", action="store_true", help="skip the killed-worker and killed-fleet phases")
     b.add_argument("--no-kill-driver", action="store_true", help="skip the killed-fleet phase only")
+    b.add_argument("--round-users", type=int, default=None,
+                   help="scaling: users per interleaved round of each worker count (default 10; --quick 5)")
     b.add_argument("--no-progress", action="store_true")
 
 
@@ -465,12 +480,15 @@ def _bench_fleet(args) -> int:
         over.update(kill_worker=False, kill_driver=False)
     if args.no_kill_driver:
         over["kill_driver"] = False
+    if args.round_users:
+        over["round_users"] = args.round_users
     cmd = ["imutune bench fleet --out", str(args.out)] + (["--quick"] if args.quick else [])
     cmd += [f"--users {args.users}"] if args.users else []
     cmd += [f"--num-cpus {args.num_cpus}"] if args.num_cpus else []
     cmd += ["--workers " + " ".join(str(w) for w in args.workers)] if args.workers else []
     cmd += ["--no-kill"] if args.no_kill else []
     cmd += ["--no-kill-driver"] if args.no_kill_driver else []
+    cmd += [f"--round-users {args.round_users}"] if args.round_users else []
     res = run_fleet_bench(args.out, replace(cfg, **over), command=" ".join(cmd), progress=not args.no_progress)
     print(json.dumps(res["targets"], indent=2))
     return 0
@@ -744,7 +762,7 @@ def _train_config(args):
 
     return _from_flags(partial(replace, getattr(tc, args.train_preset)), epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                       threads=args.threads)
+                       threads=args.threads, min_steps=args.min_steps, balanced_batches=args.balanced_batches)
 
 
 def _dispatch(args) -> int:
@@ -786,7 +804,7 @@ def _dispatch(args) -> int:
             raise ValueError(f"--selfsup-steps {args.selfsup_steps} needs --self-supervised")
         b = run_pretrain(args.data, args.out, model_name=args.model, window=w, train_config=_train_config(args),
                          holdout_fraction=args.holdout_fraction, channels=args.channels, units=args.units,
-                         self_supervised=ssl, progress=not args.no_progress)
+                         self_supervised=ssl, gravity=args.gravity, progress=not args.no_progress)
         keys = (("selfsup_loss_first", "selfsup_loss_last", "n_train") if ssl is not None else
                 ("source_accuracy", "source_macro_f1", "n_train", "n_holdout"))
         print(json.dumps({k: b.info.get(k) for k in keys}))
@@ -816,7 +834,8 @@ def _dispatch(args) -> int:
             return 0
         res = run_finetune(args.base, args.data, args.out, config=cfg, imbalance_ratio=args.imbalance_ratio,
                            test_data=args.test_data, source_data=args.source_data, seed=args.seed,
-                           units=args.units, progress=not args.no_progress)
+                           units=args.units, channels=args.channels, gravity=args.gravity,
+                           remove_gravity=args.remove_gravity, progress=not args.no_progress)
         print(json.dumps(res))
         return 0
     if args.command == "export":

@@ -28,22 +28,27 @@ from .train.bundle import ModelBundle, load_bundle, save_bundle
 from .train.loop import PRETRAIN, TrainConfig
 from .train.pretrain import pretrain
 
-__all__ = ["run_personalize", "run_apply_patch", "run_pretrain", "run_finetune", "run_export", "run_replay"]
+__all__ = ["run_personalize", "run_apply_patch", "run_pretrain", "run_finetune", "run_export", "run_replay",
+           "finetune_channels"]
 
 
 def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, model_name: str = "mobilecnn1d",
                  window: WindowConfig = WindowConfig(), train_config: TrainConfig = PRETRAIN,
                  holdout_fraction: float = 0.2, channels: Sequence[str] | None = None,
                  units: str | Sequence[str] | None = None, self_supervised: Any = None,
-                 progress: bool = True) -> ModelBundle:
+                 gravity: bool | str | None = None, progress: bool = True) -> ModelBundle:
     """Pretrain on recordings and write the bundle (``model.safetensors``, ``model.json``)
     plus ``pretrain_config.json`` and a resumable ``checkpoints/pretrain.ckpt`` into ``out_dir``.
-    ``units`` states the units of recordings that declare none (``make_windows``). With
+    ``units`` states the units of recordings that declare none (``make_windows``), ``gravity`` whether
+    their accelerometer includes gravity ("included" / "removed"; the bundle's contract carries it);
+    ``channels`` picks the model's input channels (e.g. ``("acc_x", "acc_y", "acc_z")`` for an
+    accelerometer-only model; ``bundle.channels`` lists them). With
     ``self_supervised`` (a :class:`imutune.train.selfsup.SelfSupConfig`) the labels are ignored: every
     full window is used and the encoder is pretrained by multi-task transformation prediction; the bundle
     gets an untrained head for the recordings' classes, fitted by ``finetune``."""
     recs = load_many(data)
-    w = make_windows(recs, window, channels=channels, units=units, unlabeled=self_supervised is not None)
+    w = make_windows(recs, window, channels=channels, units=units, unlabeled=self_supervised is not None,
+                     gravity=gravity)
     out = Path(out_dir)
     write_json_atomic(out / "pretrain_config.json", {"data": [str(p) for p in data], "model_name": model_name,
                                                      "window": asdict(window), "train": asdict(train_config),
@@ -67,7 +72,9 @@ def run_pretrain(data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
 def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  config: FinetuneConfig = FinetuneConfig(), imbalance_ratio: float | None = None,
                  test_data: Sequence[str | os.PathLike] = (), source_data: Sequence[str | os.PathLike] = (),
-                 seed: int = 0, units: str | Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
+                 seed: int = 0, units: str | Sequence[str] | None = None, channels: Sequence[str] | None = None,
+                 gravity: bool | str | None = None, remove_gravity: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
     """Fine-tune a bundle for a target user and write the personalized bundle.
 
     Recordings are converted to the bundle's units (g <-> m/s^2, rad/s <->
@@ -77,7 +84,16 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
 
     Target recordings are windowed with the base bundle's window config (and so
     resampled to its sample rate) and channels; a new class set replaces the
-    head. ``source_data`` feeds source rehearsal (``config.rehearsal_ratio``).
+    head. Recordings that hold only some of the bundle's channels (e.g.
+    ``acc_x, acc_y, acc_z`` of a 6-channel model), or ``channels`` naming a
+    subset, fine-tune a model with an input layer for exactly those channels
+    (:func:`imutune.personalize.finetune.finetune`); the written bundle's
+    contract lists them (report: ``channels_adapted``). A recording channel
+    the model does not have, when the model's are not all there, is a
+    ``ValueError`` naming the channels seen and expected. ``gravity`` states
+    whether recordings that declare nothing include gravity;
+    ``remove_gravity`` converts gravity-included recordings for a model
+    trained without gravity (:func:`imutune.signal.windows.make_windows`). ``source_data`` feeds source rehearsal (``config.rehearsal_ratio``).
     ``imbalance_ratio`` optionally long-tail subsamples the target
     windows (for experiments). With ``test_data``, accuracy and macro-F1 before
     and after are measured and returned.
@@ -86,10 +102,12 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
 
     bundle = load_bundle(base)
     recs = load_many(data)
-    w = make_windows(recs, bundle.preprocessing, channels=bundle.channels, units=units)
+    chans = finetune_channels(bundle.channels, recs, channels)
+    gopt = {"gravity": gravity, "remove_gravity_from": remove_gravity}
+    w = make_windows(recs, bundle.preprocessing, channels=chans, units=units, **gopt)
     wt = wt_before = None
     if test_data:   # checked against the class list the model will have before anything is trained
-        wt_raw = make_windows(load_many(test_data), bundle.preprocessing, channels=bundle.channels, units=units)
+        wt_raw = make_windows(load_many(test_data), bundle.preprocessing, channels=chans, units=units, **gopt)
         wt = wt_raw.relabel(w.class_names, what=f"--test-data {[str(p) for p in test_data]}")
         if set(wt_raw.class_names) <= set(bundle.class_names):
             wt_before = wt_raw.relabel(bundle.class_names)
@@ -100,7 +118,7 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
                                                      "source_data": [str(p) for p in source_data],
                                                      "finetune": asdict(config), "imbalance_ratio": imbalance_ratio,
                                                      "seed": seed})
-    src = make_windows(load_many(source_data), bundle.preprocessing, channels=bundle.channels) if source_data else None
+    src = make_windows(load_many(source_data), bundle.preprocessing, channels=chans) if source_data else None
     per = finetune(bundle, w, config=config, source_windows=src, checkpoint_path=out / "checkpoints" / "finetune.ckpt",
                    progress=progress)
     save_bundle(per, out)
@@ -108,8 +126,20 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
                               "category_counts": per.info.get("category_counts"),
                               "head_replaced": per.info["head_replaced"],
                               "unit_conversions": list(w.unit_conversions)}
+    if "channels_adapted" in per.info:
+        result["channels_adapted"] = per.info["channels_adapted"]
     if wt is not None:
-        if wt_before is not None and not per.info["head_replaced"]:
+        if "channels_adapted" in per.info:   # "before": the pretrained model on the subset, untrained
+            from .personalize.finetune import adapt_bundle_channels
+
+            sub = adapt_bundle_channels(bundle, chans)
+            kind = ("the pretrained model adapted to the channels before fine-tuning (its stem filters' slices: "
+                    f"the missing channels {[c for c in bundle.channels if c not in chans]} at their training mean)")
+            if wt_before is not None and not per.info["head_replaced"]:
+                result["before"] = {**evaluate_bundle(sub, wt_before), "kind": kind}
+            else:
+                result["before"] = {**_head_only_before(sub, w, wt), "kind": kind + ", then a head-only fit"}
+        elif wt_before is not None and not per.info["head_replaced"]:
             result["before"] = evaluate_bundle(bundle, wt_before)
         elif per.info["head_replaced"]:
             result["before"] = _head_only_before(bundle, w, wt)
@@ -120,6 +150,36 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     result["classical_reference"] = _classical_reference(w, wt, result.get("after"))
     write_json_atomic(out / "finetune_report.json", result)
     return result
+
+
+def finetune_channels(model_channels: Sequence[str], recordings: Sequence[Any],
+                      channels: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The channels a fine-tune uses: ``channels`` if given; the model's when every recording has them all
+    (extra recording channels are ignored, as always); else the model's channels every recording has,
+    in the model's order (a channel subset: :func:`imutune.personalize.finetune.finetune` adapts the input
+    layer).
+
+    Raises
+    ------
+    ValueError
+        If the recordings lack some of the model's channels and hold channels the model does not have
+        (or share none of its channels): the message lists the channels seen and the ones expected.
+    """
+    model_channels = tuple(model_channels)
+    if channels is not None:
+        return tuple(channels)
+    common = tuple(c for c in model_channels if all(c in r.channels for r in recordings))
+    if common == model_channels:
+        return model_channels
+    seen: list[str] = []
+    for r in recordings:
+        seen.extend(c for c in r.channels if c not in seen)
+    extra = [c for c in seen if c not in model_channels]
+    if extra or not common:
+        raise ValueError(f"the recordings have channels {seen}; the model expects {list(model_channels)} or a "
+                         f"subset of them ({extra or seen} are not among the model's channels). Rename the columns "
+                         "to the model's channel names, or name the subset to fine-tune on (--channels / channels=)")
+    return common
 
 
 def _head_only_before(bundle: ModelBundle, w, wt) -> dict[str, Any]:
@@ -288,7 +348,12 @@ def run_personalize(base: str | os.PathLike, data: Sequence[str | os.PathLike], 
         raise ValueError("give either clean_data (recorded pairs) or distortion (simulated device), not both")
     dist = parse_distortion(distortion) if distortion else None
     bundle = load_bundle(base)
-    w = make_windows(load_many(data), bundle.window, channels=bundle.channels)
+    recs = load_many(data)
+    if finetune_channels(bundle.channels, recs) != bundle.channels:
+        raise ValueError(f"imutune personalize writes a patch of the base model's filters, so the recordings need "
+                         f"all its channels {list(bundle.channels)}; for a channel subset use imutune finetune "
+                         "(a new input layer for exactly the recordings' channels)")
+    w = make_windows(recs, bundle.window, channels=bundle.channels)
     x_clean = None
     x = w.x
     fs = bundle.window.sample_rate_hz

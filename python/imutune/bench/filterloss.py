@@ -65,7 +65,7 @@ from .report import host_info, markdown_table, new_figure, write_report
 __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS", "DEFAULT_NOISES", "precision_recall"]
 
 DEFAULT_METHODS: tuple[str, ...] = ("none", "ce", "undersample", "class_balanced", "focal", "gce", "cleanlab",
-                                    "oracle", "filterloss", "filterloss_cv", "filterloss_learned")
+                                    "oracle", "filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft")
 DEFAULT_NOISES: tuple[str, ...] = ("none", "boundary:0.2", "shift:1-3", "symmetric:0.3")
 PROTOCOL_NAMES = ("calibrate-then-use", "new-placement")
 
@@ -236,6 +236,11 @@ def _calibration(unit: _Unit, noise: str, ratio: float | None, seed: int, cfg: F
 
 # --------------------------------------------------------------------------- one cell
 
+def _uses_filter(method: str) -> bool:
+    """Whether ``method`` runs the sample-quality filter's fold models (``FilterLossBenchConfig.filter``)."""
+    return method.startswith("filterloss") or method == "cleanlab"
+
+
 def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, seed: int, method: str,
               cfg: FilterLossBenchConfig) -> dict:
     from ..metrics import restore_ratio
@@ -244,7 +249,7 @@ def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, se
     w = nw.windows
     tc = replace(cfg.finetune, seed=seed, device=cfg.device)
     opts: dict[str, Any] = {}
-    if method.startswith("filterloss") or method == "cleanlab":
+    if _uses_filter(method):
         opts["filter_config"] = cfg.filter
     if method == "oracle":
         opts["noisy_mask"] = nw.noisy
@@ -274,7 +279,7 @@ def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, se
         cell["filter"] = precision_recall(flagged, nw.noisy)
     for k in ("category_counts", "category_weights", "class_balance", "soft_weights", "scoring_seconds",
               "selection_seconds", "label_issues"):
-        if k in info and (method.startswith("filterloss") or method == "cleanlab"):
+        if k in info and _uses_filter(method):
             cell[k] = info[k]
     return cell
 
@@ -304,11 +309,6 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, confidence: flo
         h = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1) * sem)
         out["ci_low"], out["ci_high"] = out["mean_diff"] - h, out["mean_diff"] + h
     return out
-
-
-def _mean_std(v: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(v, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
 def _mean_std(v: Sequence[float]) -> tuple[float, float]:
@@ -597,8 +597,11 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
     write_json_atomic(out / "bench_config.json", cfg_json)
     n_units = 1 if config.target_data else len(config.subjects)
     total = n_units * len(config.noises) * len(config.ratios) * len(config.seeds) * len(config.methods)
-    cell_fp = _fingerprint({k: v for k, v in cfg_json.items()
-                            if k not in ("subjects", "ratios", "seeds", "methods", "noises")})
+    # a cell's identity: the config minus the grid axes, and minus the filter settings for methods that
+    # never run the filter (so a filter change reruns only the filter-based cells)
+    base_fp = {k: v for k, v in cfg_json.items() if k not in ("subjects", "ratios", "seeds", "methods", "noises")}
+    cell_fps = {m: _fingerprint(base_fp if _uses_filter(m) else {k: v for k, v in base_fp.items() if k != "filter"})
+                for m in config.methods}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -626,7 +629,7 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
                         if path.is_file():
                             try:
                                 c = json.loads(path.read_text())
-                                cell = c if c.get("fingerprint") == cell_fp else None
+                                cell = c if c.get("fingerprint") == cell_fps[method] else None
                             except (OSError, json.JSONDecodeError):
                                 cell = None
                         if cell is not None:
@@ -638,7 +641,8 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
                         else:
                             if nw is None:
                                 nw = _calibration(unit, noise, ratio, seed, config)
-                            cell = {**_run_cell(unit, nw, noise, ratio, seed, method, config), "fingerprint": cell_fp}
+                            cell = {**_run_cell(unit, nw, noise, ratio, seed, method, config),
+                                    "fingerprint": cell_fps[method]}
                             write_json_atomic(path, cell)
                             n_run += 1
                         if cell is not None:

@@ -12,7 +12,15 @@
 3. **Scaling**: the same users with 1 worker and with 2 workers, on one local Ray instance
    (``num_cpus`` CPUs), each into a fresh folder, in interleaved rounds of ``round_users`` users (1 worker,
    then 2 workers, on the same users; then the next users) so that a change of the host's load hits both
-   alike: users/hour, users/core-hour, CPU utilisation, summed over the rounds.
+   alike: users/hour, users/core-hour, CPU utilisation, summed over the rounds. Before the first round one
+   untimed warm-up run of ``max(workers)`` users starts every worker process (imports, base model cached),
+   so each worker count is timed in the steady state of a long fleet; its wall time is reported apart.
+   Each round records where the CPU went (:mod:`imutune.fleet.proc`: user jobs, the workers outside the
+   jobs, driver, raylet, GCS, dashboard, agents, log monitor, and other processes on the host); the
+   scaling entry adds the **CPU-budget ceiling**: the speed-up the cores allow if nothing but this run used
+   them, ``min(hi / lo, cores * J / (lo * (J + O)))`` with ``J`` the user jobs' and ``O`` everything else of
+   this run's CPU seconds per user in the ``hi``-worker rounds (CPU seconds, so it does not move with the
+   host's load) -- the reference against which a speed-up measured on a shared host can be read.
 4. **Killed worker**: a 2-worker run in which one worker process (a ``ray::imutune_fleet_user`` process
    started by this benchmark) is SIGKILLed after ``kill_after_fraction`` of the users; Ray retries its
    task. Then a rerun: every user must be skipped (verified), and every user's patch hash and scores must
@@ -74,6 +82,7 @@ class FleetBenchConfig:
         V.check_int_at_least("n_users", self.n_users, 2)
         V.check_in_range("n_broken", self.n_broken, 0, 2)
         V.check_int_at_least("num_cpus", self.num_cpus, 1)
+        V.check_int_at_least("round_users", self.round_users, 1)
         if not self.workers or any(int(w) < 1 for w in self.workers):
             raise ValueError(f"workers must be a non-empty tuple of integers >= 1, got {self.workers!r}")
         V.check_fraction("kill_after_fraction", self.kill_after_fraction, high_closed=False)
@@ -213,7 +222,9 @@ def _merge_rounds(rounds: list[dict], full: dict) -> dict[str, Any]:
             if r["throughput"]["host_cpu_utilisation"] is not None]
     uph = computed / wall * 3600.0 if wall > 0 else None
     jobs = sorted(u["seconds"] for r in rounds for u in r["users"] if u["status"] == "computed" and u["seconds"])
+    budget = _merge_budgets([r["throughput"].get("cpu_budget") for r in rounds], computed, wall)
     return {"counts": full["counts"], "rounds": len(rounds), "computed_in_rounds": computed, "wall_s": wall,
+            "cpu_budget": budget,
             "workers": full["throughput"].get("workers") or rounds[0]["throughput"]["workers"],
             "users_per_hour": uph, "users_per_core_hour": uph / cores if uph else None,
             "task_cpu_utilisation": cpu_s / (wall * cores) if wall > 0 else None,
@@ -222,6 +233,28 @@ def _merge_rounds(rounds: list[dict], full: dict) -> dict[str, Any]:
             "median_job_s": jobs[len(jobs) // 2] if jobs else None,
             "load_average_end": rounds[-1]["run"].get("load_average"),
             "failures_by_reason": full["failures_by_reason"]}
+
+
+def _merge_budgets(budgets: list[dict | None], computed: int, wall: float) -> dict[str, Any] | None:
+    """Sum of the rounds' CPU budgets (:func:`imutune.fleet.report.build_report`): CPU s by process kind,
+    per computed user, in cores (CPU s / wall s), and the max thread count per kind."""
+    budgets = [b for b in budgets if b]
+    if not budgets or computed <= 0:
+        return None
+    cpu: dict[str, float] = {}
+    threads: dict[str, int] = {}
+    for b in budgets:
+        for k, v in b["cpu_s"].items():
+            cpu[k] = cpu.get(k, 0.0) + float(v)
+        for k, v in b["threads_max"].items():
+            threads[k] = max(threads.get(k, 0), int(v))
+    other = "other processes (not this run)"
+    own = sum(v for k, v in cpu.items() if k != other)
+    jobs = cpu.get("worker: user jobs", 0.0)
+    return {"cpu_s": cpu, "cpu_s_per_user": {k: v / computed for k, v in cpu.items()},
+            "cores": {k: v / wall for k, v in cpu.items()} if wall > 0 else {}, "threads_max": threads,
+            "own_cpu_s_per_user": own / computed, "outside_jobs_cpu_s_per_user": (own - jobs) / computed,
+            "other_processes_cores": cpu[other] / wall if other in cpu and wall > 0 else None}
 
 
 def _phase(report: dict) -> dict[str, Any]:
@@ -285,6 +318,13 @@ def run_fleet_bench(out_dir: str | os.PathLike, config: FleetBenchConfig = Fleet
         for name in rounds:
             shutil.rmtree(out / name, ignore_errors=True)
         step = max(1, int(config.round_users))
+        real = [u for u in specs if u.user_id not in set(broken)]
+        shutil.rmtree(out / "run_warmup", ignore_errors=True)     # a warm-up must compute, not skip
+        warm = run_fleet(base, real[:max(config.workers)], out / "run_warmup", config=fleet_cfg,
+                         workers=max(config.workers), progress=False, command=command)
+        res["warmup"] = {"users": len(real[:max(config.workers)]), "workers": max(config.workers),
+                         "computed": warm["counts"]["computed"], "wall_s": warm["throughput"]["wall_s"],
+                         "note": "untimed: starts every worker process (imports, base model) before the rounds"}
         for i in range(0, len(specs), step):     # interleaved rounds: host-load drift hits every worker count alike
             for w in config.workers:
                 name = f"run_{w}w"
@@ -302,7 +342,8 @@ def run_fleet_bench(out_dir: str | os.PathLike, config: FleetBenchConfig = Fleet
             a, b = res["phases"][f"run_{lo}w"], res["phases"][f"run_{hi}w"]
             res["scaling"] = {"workers": [lo, hi], "users_per_hour": [a["users_per_hour"], b["users_per_hour"]],
                               "speedup": (b["users_per_hour"] / a["users_per_hour"]) if a["users_per_hour"] else None,
-                              "identical_results": compare_runs(reports[f"run_{lo}w"], ref)}
+                              "identical_results": compare_runs(reports[f"run_{lo}w"], ref),
+                              **_ceiling(a, b, lo, hi, config.num_cpus)}
         threshold = max(1, int(config.kill_after_fraction * n_all))
         if config.kill_worker:
             name = "run_kill_worker"
@@ -335,6 +376,25 @@ def run_fleet_bench(out_dir: str | os.PathLike, config: FleetBenchConfig = Fleet
     fig = gain_histogram(ref)
     write_report(out, "fleet_bench", res, _markdown(res), {"gain_hist": fig})
     return res
+
+
+def _ceiling(a: dict, b: dict, lo: int, hi: int, num_cpus: int) -> dict[str, Any]:
+    """CPU-budget ceiling of the speed-up (module notes) and the other processes' share in both phases."""
+    ba, bb = a.get("cpu_budget") or {}, b.get("cpu_budget") or {}
+    out: dict[str, Any] = {"other_processes_cores": [ba.get("other_processes_cores"), bb.get("other_processes_cores")],
+                           "own_cpu_s_per_user": [ba.get("own_cpu_s_per_user"), bb.get("own_cpu_s_per_user")],
+                           "outside_jobs_cpu_s_per_user": [ba.get("outside_jobs_cpu_s_per_user"),
+                                                           bb.get("outside_jobs_cpu_s_per_user")]}
+    cores = min(hi, num_cpus, os.cpu_count() or num_cpus)
+    own = bb.get("own_cpu_s_per_user")
+    jobs = (bb.get("cpu_s_per_user") or {}).get("worker: user jobs")
+    if own and jobs:
+        # CPU seconds only (robust to the host's load): with `lo` workers a user costs at least its job's CPU
+        # time in wall time (one single-threaded job, nothing else on its core); with `hi` workers the `cores`
+        # CPUs must do all of the run's own CPU work (jobs + driver + Ray's processes). Taken from the same
+        # (hi) phase so that the per-user job cost is the same on both sides.
+        out["cpu_budget_ceiling"] = min(float(hi) / lo, (jobs / lo) * cores / own)
+    return out
 
 
 def _kill_driver_phase(out: Path, base: Path, users_dir: Path, fleet_cfg: FleetConfig, ref: dict, threshold: int,
@@ -379,7 +439,9 @@ def _targets(res: dict, cfg: FleetBenchConfig) -> dict[str, Any]:
                                     "cpu_time_based": p["users_per_cpu_hour"], "users": res["config"]["n_users"]}
     s = res.get("scaling")
     if s and s["speedup"] is not None:
-        t["scaling_2_vs_1_workers"] = {"target": ">= 1.8x", "measured": s["speedup"], "met": s["speedup"] >= 1.8}
+        t["scaling_2_vs_1_workers"] = {"target": ">= 1.8x", "measured": s["speedup"], "met": s["speedup"] >= 1.8,
+                                       "cpu_budget_ceiling": s.get("cpu_budget_ceiling"),
+                                       "other_processes_cores": s.get("other_processes_cores")}
     for k in ("kill_worker", "kill_driver"):
         kw = res.get(k)
         if kw:
@@ -388,6 +450,29 @@ def _targets(res: dict, cfg: FleetBenchConfig) -> dict[str, Any]:
                                    "measured": f"{c['identical']}/{c['compared']} identical, {len(c['missing'])} missing",
                                    "met": c["identical"] == c["compared"] and not c["missing"]}
     return t
+
+
+def _budget_table(phases: dict) -> list[str]:
+    """CPU seconds per computed user by process, one column per scaling phase."""
+    names = [n for n, p in phases.items() if p.get("cpu_budget")]
+    if not names:
+        return []
+    kinds: list[str] = []
+    for n in names:
+        kinds += [k for k in phases[n]["cpu_budget"]["cpu_s_per_user"] if k not in kinds]
+    rows = []
+    for k in kinds:
+        row: list[Any] = [k]
+        for n in names:
+            b = phases[n]["cpu_budget"]
+            th = b["threads_max"].get("worker" if k.startswith("worker") else k)
+            v = b["cpu_s_per_user"].get(k)
+            row.append("-" if v is None else f"{v:.3f}" + (f" ({th} thr)" if th else ""))
+        rows.append(row)
+    rows.append(["this run, outside the user jobs"] + [f"{phases[n]['cpu_budget']['outside_jobs_cpu_s_per_user']:.3f}"
+                                                       for n in names])
+    return ["", "### Where the CPU went: CPU seconds per computed user (max threads per process)", "",
+            markdown_table(["process"] + names, rows)]
 
 
 def _markdown(res: dict) -> str:
@@ -416,6 +501,16 @@ def _markdown(res: dict) -> str:
         c = s["identical_results"]
         lines += ["", f"Scaling {s['workers'][0]} -> {s['workers'][1]} workers: {s['speedup']:.2f}x users/hour; "
                       f"results identical for {c['identical']}/{c['compared']} users."]
+        if s.get("cpu_budget_ceiling") is not None:
+            oc = ["-" if v is None else f"{v:.2f}" for v in s["other_processes_cores"]]
+            lines += ["", f"CPU-budget ceiling of the speed-up (if nothing else used the cores): "
+                          f"{s['cpu_budget_ceiling']:.2f}x. Other processes on the host used {oc[0]} cores during the "
+                          f"{s['workers'][0]}-worker rounds and {oc[1]} during the {s['workers'][1]}-worker rounds."]
+        lines += _budget_table(res["phases"])
+    if res.get("warmup"):
+        w = res["warmup"]
+        lines += ["", f"Warm-up (untimed, before the rounds): {w['users']} users on {w['workers']} workers, "
+                      f"{w['wall_s']:.1f} s."]
     kw = res.get("kill_worker")
     if kw:
         c = kw["identical_to_reference"]

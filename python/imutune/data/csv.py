@@ -39,6 +39,7 @@ from .recording import (
     infer_class_names,
     infer_sample_rate,
     is_float,
+    parse_gravity,
     read_stream,
     reading,
 )
@@ -76,6 +77,10 @@ class CsvStream(Stream):
         Reject empty, NaN and Inf values naming the row (the eager
         :func:`load_csv` sets it; a stream otherwise passes them on as NaN for
         the runtime to repair or reject).
+    gravity : bool or str, optional
+        Whether the accelerometer columns include gravity (True /
+        ``"included"``; False / ``"removed"``), stored in ``meta["gravity"]``;
+        a CSV header has no place for it. None (default): unknown.
 
     Notes
     -----
@@ -106,7 +111,7 @@ class CsvStream(Stream):
     def __init__(self, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
                  user: str | None = None, timestamp_column: str = "timestamp_s", label_column: str = "label",
                  sample_rate_hz: float | None = None, block_samples: int = DEFAULT_BLOCK_SAMPLES,
-                 require_finite: bool = False) -> None:
+                 require_finite: bool = False, gravity: bool | str | None = None) -> None:
         self.path = V.check_file(path, what="recording file", suffixes=(".csv",))
         self.where = where = f"recording file {str(self.path)!r}"
         self._source = str(self.path)
@@ -162,6 +167,9 @@ class CsvStream(Stream):
         self.name = self.path.stem
         self.n_samples = None
         self.meta: dict = {} if self._units is None else {"units": dict(zip(self.channels, self._units))}
+        gravity = parse_gravity(gravity, where=where)
+        if gravity is not None:
+            self.meta["gravity"] = gravity
 
     # ------------------------------------------------------------------ the one row parser
 
@@ -386,7 +394,8 @@ def _csv_error_text(e: Exception) -> str:
 
 def load_csv(path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
              user: str | None = None, timestamp_column: str = "timestamp_s",
-             label_column: str = "label", sample_rate_hz: float | None = None) -> Recording:
+             label_column: str = "label", sample_rate_hz: float | None = None,
+             gravity: bool | str | None = None) -> Recording:
     """Load a recording CSV: :class:`CsvStream` read to the end (:func:`imutune.data.recording.read_stream`).
 
     Parameters
@@ -402,6 +411,9 @@ def load_csv(path: str | os.PathLike, *, class_names: Sequence[str] | None = Non
     timestamp_column, label_column : str
     sample_rate_hz : float, optional
         Default ``1 / median(diff(t))`` over the first 1001 rows.
+    gravity : bool or str, optional
+        Whether the accelerometer includes gravity (``meta["gravity"]``; see
+        :class:`CsvStream`); None: unknown.
 
     Returns
     -------
@@ -419,4 +431,5 @@ def load_csv(path: str | os.PathLike, *, class_names: Sequence[str] | None = Non
         names the file and row.
     """
     return read_stream(CsvStream(path, class_names=class_names, user=user, timestamp_column=timestamp_column,
-                                 label_column=label_column, sample_rate_hz=sample_rate_hz, require_finite=True))
+                                 label_column=label_column, sample_rate_hz=sample_rate_hz, require_finite=True,
+                                 gravity=gravity))

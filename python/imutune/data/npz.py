@@ -5,7 +5,9 @@ read to the end. :func:`save_npz` and :class:`NpzStreamWriter` write it.
 file holds ``values`` (S, C) real, ``labels`` (S,) integer (-1 unlabeled),
 ``sample_rate_hz`` (real scalar, Hz), ``channels`` (C,) str, ``class_names``
 (K,) str, ``user`` (str) and, optionally, ``gaps`` (G, 2) integer (see
-:attr:`imutune.data.recording.Recording.gaps`). The reader parses the
+:attr:`imutune.data.recording.Recording.gaps`), ``units`` (C,) str and
+``gravity`` (a bool scalar: True when the accelerometer includes gravity,
+False when it was removed; absent: unknown; goes to ``meta["gravity"]``). The reader parses the
 ``.npy`` headers itself, checks them against the member sizes before reading
 anything, and then reads rows sequentially (stored and deflated members
 alike); no pickle is ever loaded.
@@ -36,6 +38,7 @@ from .recording import (
     check_gaps,
     check_names,
     check_sample_rate,
+    declared_gravity,
     read_stream,
     reading,
 )
@@ -107,6 +110,8 @@ class NpzStream(Stream):
             self._open(where)
         self.name = self.path.stem
         self.meta: dict = {} if self._units is None else {"units": dict(zip(self.channels, self._units))}
+        if self._gravity is not None:
+            self.meta["gravity"] = self._gravity
 
     def _open(self, where: str) -> None:
         try:
@@ -127,6 +132,7 @@ class NpzStream(Stream):
             small = {k: self._small(zf, k, where) for k in _SMALL}
             gaps = self._small(zf, "gaps", where) if "gaps.npy" in names else None
             units = self._small(zf, "units", where) if "units.npy" in names else None
+            gravity = self._small(zf, "gravity", where) if "gravity.npy" in names else None
             vshape, vfortran, vdtype, voff = self._big_header(zf, "values", where)
             lshape, lfortran, ldtype, loff = self._big_header(zf, "labels", where)
         if len(vshape) != 2 or vdtype.kind not in "fiu":
@@ -164,6 +170,7 @@ class NpzStream(Stream):
         self.n_samples = int(vshape[0])
         self.gaps = self._gaps(gaps, where)
         self._units = self._unit_names(units, where)
+        self._gravity = self._gravity_flag(gravity, where)
         self._vdtype, self._ldtype, self._voff, self._loff = vdtype, ldtype, voff, loff
         self._n_samples_verified = self._stored_exactly
 
@@ -223,6 +230,16 @@ class NpzStream(Stream):
                              f"{MAX_NAME_CHARS}")
         return out
 
+    @staticmethod
+    def _gravity_flag(gravity: np.ndarray | None, where: str) -> bool | None:
+        """The optional ``gravity`` member: one bool (True: accelerometer includes gravity)."""
+        if gravity is None:
+            return None
+        if gravity.dtype.kind != "b" or gravity.size != 1:
+            raise ValueError(f"gravity in {where} must be one bool (True: the accelerometer includes gravity, False: "
+                             f"gravity removed), got dtype {gravity.dtype} of shape {gravity.shape}")
+        return bool(gravity.reshape(-1)[0])
+
     def _gaps(self, gaps: np.ndarray | None, where: str) -> tuple[tuple[int, int], ...]:
         if gaps is None:
             return ()
@@ -276,7 +293,8 @@ def load_npz(path: str | os.PathLike) -> Recording:
     ``units`` ((C,) str, one physical unit per channel: 'g', 'm/s^2', 'rad/s',
     'deg/s'; '' for undeclared), which goes to ``meta["units"]`` as a
     channel -> unit mapping (:func:`imutune.signal.windows.make_windows`
-    converts to the model's units).
+    converts to the model's units), and ``gravity`` (bool scalar, to
+    ``meta["gravity"]``: whether the accelerometer includes gravity).
 
     Raises
     ------
@@ -290,7 +308,8 @@ def load_npz(path: str | os.PathLike) -> Recording:
 
 
 def save_npz(recording: Recording, path: str | os.PathLike) -> Path:
-    """Write ``recording`` as a generic ``.npz`` recording file, atomically (with ``gaps`` if it has any)."""
+    """Write ``recording`` as a generic ``.npz`` recording file, atomically (with ``gaps`` if it has any, and
+    ``units`` / ``gravity`` where ``meta`` declares them)."""
     if not isinstance(recording, Recording):
         raise ValueError(f"recording must be an imutune Recording, got {type(recording).__name__}")
 
@@ -301,6 +320,9 @@ def save_npz(recording: Recording, path: str | os.PathLike) -> Path:
             extra["units"] = np.array([str(declared.get(c) or "") for c in recording.channels], dtype=str)
         elif isinstance(declared, (list, tuple)) and len(declared) == len(recording.channels):
             extra["units"] = np.array([str(u or "") for u in declared], dtype=str)
+        gravity = declared_gravity(recording)
+        if gravity is not None:
+            extra["gravity"] = np.bool_(gravity)
         with open(tmp, "wb") as fh:
             np.savez(fh, values=recording.values, labels=recording.labels,
                      sample_rate_hz=np.float64(recording.sample_rate_hz),

@@ -47,7 +47,7 @@ from .. import _validation as V
 
 __all__ = ["Recording", "Stream", "StreamBlock", "RecordingStream", "read_stream", "split_at_gaps",
            "DEFAULT_BLOCK_SAMPLES", "SAMPLE_RATE_RANGE_HZ", "MAX_CHANNELS", "MAX_CLASSES", "MAX_NAME_CHARS",
-           "UNLABELED_MARKERS", "GAP_FACTOR", "RATE_INFERENCE_ROWS"]
+           "UNLABELED_MARKERS", "GAP_FACTOR", "RATE_INFERENCE_ROWS", "declared_gravity", "parse_gravity"]
 
 #: Samples per block read from a file (a few hundred kB for 9 channels).
 DEFAULT_BLOCK_SAMPLES = 8192
@@ -311,7 +311,12 @@ class Recording:
         Human-readable identifier of this recording (file name or data set key).
     meta : dict
         Free-form metadata (for the watch data: ``{"side": 0 or 1}``; a CSV
-        whose cut-off last row was dropped: ``{"dropped_rows": 1}``).
+        whose cut-off last row was dropped: ``{"dropped_rows": 1}``). Two keys
+        have a meaning: ``"units"`` (a channel -> unit mapping) and
+        ``"gravity"`` (True: the accelerometer includes gravity, as a raw
+        watch or phone accelerometer records it; False: gravity removed,
+        "linear acceleration"; absent or None: unknown), see
+        :func:`declared_gravity`.
     gaps : tuple of (int, int)
         Gaps in time found by the reader: ``(i, m)`` means ``m`` samples are
         missing before sample ``i`` (0 < i < S, increasing). Empty for a
@@ -394,6 +399,44 @@ class Recording:
         idx = [self.channels.index(n) for n in names]
         return Recording(self.values[:, idx], self.labels, self.sample_rate_hz, tuple(names),
                          self.class_names, self.user, self.name, dict(self.meta), self.gaps)
+
+
+def parse_gravity(value, *, where: str) -> bool | None:
+    """A gravity declaration: True / False / None, numpy booleans, or the strings ``"included"`` /
+    ``"removed"`` (also ``"true"`` / ``"false"``, ``"unknown"``; as ``--gravity`` takes them).
+
+    Raises
+    ------
+    ValueError
+        For anything else; the message names ``where`` and the accepted values.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("included", "true", "with", "yes"):
+            return True
+        if v in ("removed", "false", "without", "no", "linear"):
+            return False
+        if v in ("unknown", "none", ""):
+            return None
+    raise ValueError(f"gravity of {where} is {value!r}; expected True / 'included' (the accelerometer includes "
+                     "gravity), False / 'removed' (gravity removed, linear acceleration) or None / 'unknown'")
+
+
+def declared_gravity(recording: "Recording") -> bool | None:
+    """Whether ``recording`` declares its accelerometer with gravity (``meta["gravity"]``); None: unknown.
+
+    Raises
+    ------
+    ValueError
+        If ``meta["gravity"]`` is not a gravity declaration (:func:`parse_gravity`); the message names the
+        recording.
+    """
+    meta = recording.meta if isinstance(recording.meta, dict) else {}
+    return parse_gravity(meta.get("gravity"), where=f"recording {recording.name or recording.user!r}")
 
 
 def split_at_gaps(recording: Recording) -> list[Recording]:

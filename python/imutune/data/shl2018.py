@@ -33,7 +33,7 @@ from .recording import (
 )
 
 __all__ = ["Shl2018Stream", "load_shl2018", "SHL_CLASS_NAMES", "SHL_LABEL_FILE", "SHL_ORDER_FILES",
-           "SHL_DEFAULT_CHANNELS", "SHL_MAX_ORDER"]
+           "SHL_DEFAULT_CHANNELS", "SHL_MAX_ORDER", "shl_gravity"]
 
 SHL_CLASS_NAMES = ("Still", "Walk", "Run", "Bike", "Car", "Bus", "Train", "Subway")
 SHL_LABEL_FILE = "Label.txt"
@@ -228,6 +228,9 @@ class Shl2018Stream(Stream):
         self.block_samples = int(self.frame_length)
         self._n_samples_verified = True     # every file was checked to be large enough (_line_offsets)
         self.meta = {"source": "shl2018", "frame_length": int(self.frame_length)}
+        gravity = shl_gravity(channels)
+        if gravity is not None:
+            self.meta["gravity"] = gravity
 
     def _line_offsets(self, path: Path, n_frames: int) -> np.ndarray:
         offsets = np.empty(n_frames, dtype=np.int64)
@@ -314,7 +317,8 @@ def load_shl2018(folder: str | os.PathLike, *, channels: Sequence[str] = SHL_DEF
         ``class_names =`` :data:`SHL_CLASS_NAMES`, ``name =
         f"shl_{folder.name}_{k:03d}"`` and ``meta = {"source": "shl2018",
         "order_first": int, "order_last": int, "n_frames": int,
-        "frame_length": F}``.
+        "frame_length": F}``, plus ``"gravity"`` (:func:`shl_gravity`: True for
+        ``Acc_*`` channels, False for ``LAcc_*``).
 
     Raises
     ------
@@ -337,5 +341,16 @@ def load_shl2018(folder: str | os.PathLike, *, channels: Sequence[str] = SHL_DEF
                              whole.channels, whole.class_names, whole.user, name=f"{stream.name}_{k:03d}",
                              meta={"source": "shl2018", "order_first": int(stream.sorted_order[a]),
                                    "order_last": int(stream.sorted_order[b - 1]), "n_frames": int(b - a),
-                                   "frame_length": int(F)}))
+                                   "frame_length": int(F),
+                                   **({} if stream.meta.get("gravity") is None else
+                                      {"gravity": stream.meta["gravity"]})}))
     return out
+
+
+def shl_gravity(channels: Sequence[str]) -> bool | None:
+    """Whether SHL channels carry gravity: the raw accelerometer ``Acc_*`` includes it (True), the linear
+    acceleration ``LAcc_*`` does not (False); None when both or neither are selected (SHL-2018 user guide:
+    Acc, LAcc = Acc - Gra, Gra)."""
+    low = [str(c).lower() for c in channels]
+    acc, lacc = any(c.startswith("acc_") for c in low), any(c.startswith("lacc_") for c in low)
+    return True if acc and not lacc else False if lacc and not acc else None

@@ -56,7 +56,8 @@ def load_watch(*, subjects: Sequence[int] | None = None) -> list[Recording]:
         channels ``acc_x, acc_y, acc_z`` in g and ``gyr_x, gyr_y, gyr_z`` in
         rad/s at 50 Hz; every sample labelled with the exercise (7 classes);
         ``user = f"subject{n:02d}"``; ``meta = {"side": 0 or 1, "subject": n,
-        "units": WATCH_UNITS}``.
+        "units": WATCH_UNITS, "gravity": True}`` (the accelerometer includes
+        gravity: its mean magnitude is about 1 g).
     """
     # The file is a pickled dict inside seglearn's installed package (not user input), hence allow_pickle.
     raw = np.load(_watch_file(), allow_pickle=True).item()
@@ -70,7 +71,7 @@ def load_watch(*, subjects: Sequence[int] | None = None) -> list[Recording]:
         labels = np.full(x.shape[0], y, dtype=np.int64)
         out.append(Recording(x, labels, WATCH_SAMPLE_RATE_HZ, WATCH_CHANNELS, WATCH_CLASS_NAMES,
                              user=f"subject{subj:02d}", name=f"watch_s{subj:02d}_side{side}_{WATCH_CLASS_NAMES[y]}_{i:03d}",
-                             meta={"side": side, "subject": subj, "units": dict(WATCH_UNITS)}))
+                             meta={"side": side, "subject": subj, "units": dict(WATCH_UNITS), "gravity": True}))
     if keep is not None and not out:
         raise ValueError(f"subjects {sorted(keep)} not found in the watch data; expected numbers in 1..10")
     return out

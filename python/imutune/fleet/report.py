@@ -9,6 +9,11 @@ verified outputs already existed cost no job): ``users_per_hour = computed / wal
 ``users_per_core_hour = users_per_hour / (workers * cpus_per_user)``. ``task_cpu_utilisation`` is the
 process CPU time of the user jobs over ``wall_s * workers * cpus_per_user``; ``host_cpu_utilisation`` is the
 whole host's busy share from ``/proc/stat`` over the same interval (it includes every other process).
+``cpu_budget`` (when the run recorded one, :func:`imutune.fleet.proc.cpu_budget`) splits the CPU seconds of
+the interval by process: the driver, the Ray worker processes (the user jobs, and the workers' CPU outside
+the jobs: start-up, imports, Ray's own threads), ``raylet``, ``gcs_server``, the dashboard, agents and log
+monitor of a local Ray instance, and ``other processes`` (everything else on the host), each also per
+computed user.
 """
 from __future__ import annotations
 
@@ -99,6 +104,9 @@ def build_report(rows: Sequence[dict], run: dict[str, Any]) -> dict[str, Any]:
                           task_cpu_utilisation=(sum(u["cpu_s"] for u in jobs) / (wall * max(cores, 1))),
                           job_seconds=_dist([u["seconds"] for u in computed]))
     throughput["host_cpu_utilisation"] = run.get("host_cpu_utilisation")
+    budget = _budget(run.get("cpu_budget"), sum(u["cpu_s"] for u in jobs), len(computed), wall)
+    if budget is not None:
+        throughput["cpu_budget"] = budget
     with_res = [u for u in users if u["status"] in ("computed", "skipped")]
     gains = [u["gain_macro_f1"] for u in with_res if u["gain_macro_f1"] is not None]
     quality = {"before_macro_f1": _dist([u["before_macro_f1"] for u in with_res]),
@@ -111,6 +119,29 @@ def build_report(rows: Sequence[dict], run: dict[str, Any]) -> dict[str, Any]:
             "failures_by_reason": dict(sorted(Counter(u["reason"] for u in failed).items())),
             "failures": [{"user_id": u["user_id"], "reason": u["reason"], "error": u["error"]} for u in failed],
             "users": users}
+
+
+def _budget(b: dict | None, job_cpu_s: float, n_computed: int, wall_s: float) -> dict[str, Any] | None:
+    """CPU seconds by process kind, the jobs split out of the workers, per computed user and in cores."""
+    if not b or not b.get("by_kind"):
+        return None
+    rows = {}
+    for kind, g in b["by_kind"].items():
+        if kind == "worker":
+            rows["worker: user jobs"] = job_cpu_s
+            rows["worker: outside the jobs"] = max(0.0, g["cpu_s"] - job_cpu_s)
+        else:
+            rows[kind] = g["cpu_s"]
+    if b.get("other_processes_cpu_s") is not None:
+        rows["other processes (not this run)"] = b["other_processes_cpu_s"]
+    per_user = {k: (v / n_computed if n_computed else None) for k, v in rows.items()}
+    cores = {k: (v / wall_s if wall_s > 0 else None) for k, v in rows.items()}
+    threads = {k: g["threads_max"] for k, g in b["by_kind"].items()}
+    own = b.get("own_cpu_s", 0.0)
+    return {"cpu_s": rows, "cpu_s_per_user": per_user, "cores": cores, "threads_max": threads,
+            "own_cpu_s": own, "own_cpu_s_per_user": own / n_computed if n_computed else None,
+            "outside_jobs_cpu_s_per_user": ((own - job_cpu_s) / n_computed) if n_computed else None,
+            "host_busy_s": b.get("host_busy_s"), "worker_processes": len(b.get("workers", []))}
 
 
 def gain_histogram(report: dict[str, Any]):
@@ -159,8 +190,20 @@ def report_markdown(report: dict[str, Any]) -> str:
               f"| {_fmt(t.get('wall_s'), '.1f')} | {_fmt(t.get('users_per_hour'), '.0f')} | "
               f"{_fmt(t.get('users_per_core_hour'), '.0f')} | {_fmt(t.get('task_cpu_utilisation'), '.2f')} | "
               f"{_fmt(t.get('host_cpu_utilisation'), '.2f')} | "
-              f"{_fmt((t.get('job_seconds') or {}).get('median'), '.2f')} |", "",
-              "## Quality (users with results, test windows)", "",
+              f"{_fmt((t.get('job_seconds') or {}).get('median'), '.2f')} |", ""]
+    b = t.get("cpu_budget")
+    if b:
+        lines += ["## Where the CPU went (this run's process tree and the rest of the host)", "",
+                  "| process | CPU s | CPU s per computed user | cores (CPU s / wall s) | threads (max) |",
+                  "|---|---|---|---|---|"]
+        for k, v in b["cpu_s"].items():
+            th = b["threads_max"].get("worker" if k.startswith("worker") else k)
+            lines.append(f"| {k} | {v:.2f} | {_fmt(b['cpu_s_per_user'][k], '.3f')} | {_fmt(b['cores'][k], '.2f')} "
+                         f"| {_fmt(th)} |")
+        lines += ["", f"This run: {b['own_cpu_s']:.1f} CPU s ({_fmt(b['own_cpu_s_per_user'], '.3f')} per user, of "
+                      f"which {_fmt(b['outside_jobs_cpu_s_per_user'], '.3f')} outside the user jobs); "
+                      f"{b['worker_processes']} worker processes.", ""]
+    lines += ["## Quality (users with results, test windows)", "",
               "| | n | mean | median | p5 | p95 |", "|---|---|---|---|---|---|"]
     for k in ("before_macro_f1", "after_macro_f1", "gain_macro_f1"):
         d = q.get(k)

@@ -21,6 +21,14 @@
   recomputes everything else, so an interrupted run loses at most the users in flight. Seeds come from the
   user id, so a rerun, a resumed run and a run with another worker count give bit-identical patches.
 
+* **Driver cost**: the driver blocks in ``ray.wait`` (no timeout, no polling) and hands a freed worker its
+  next user before it writes (and fsyncs) the finished user's files, so the write never idles a worker.
+* **Where the CPU goes**: the report's ``cpu_budget`` (:mod:`imutune.fleet.proc`) splits the run's CPU
+  seconds into the user jobs, the driver and each of a local Ray instance's processes, plus the other
+  processes on the host (``imutune bench fleet`` tabulates it per user). Ray runs each worker with
+  ``OMP_NUM_THREADS`` = the task's CPUs when the variable is unset; the job also pins the BLAS/OpenMP pools
+  to ``cpus_per_user`` whatever the environment says (:func:`imutune.fleet.worker._native_threads`).
+
 The run writes ``fleet_config.json`` and the fleet report (:mod:`imutune.fleet.report`).
 """
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import Any, Sequence
 
 from .. import _validation as V
 from .._io import json_default_or_str, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from .proc import cpu_budget, host_cpu_s, process_tree
 from .users import UserSpec, discover_users, read_user_files
 from .worker import FleetConfig, bundle_files, bundle_from_files, config_fingerprint, personalize_user
 
@@ -219,16 +228,6 @@ def _write_failure(folder: Path, user_id: str, reason: str, error: str, fingerpr
 
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of this host from /proc/stat, or None where unavailable."""
-    try:
-        vals = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)
-    return sum(vals) - idle, sum(vals)
-
-
 def _compute_fleet(base, base_files: dict, base_sha: str, specs: list[UserSpec], out: Path, config: FleetConfig, *,
                    address, workers, cpus_per_user, num_cpus, retries, limit, progress, command, ray_init) -> dict:
     from .report import build_report, write_fleet_report
@@ -264,7 +263,8 @@ def _compute_fleet(base, base_files: dict, base_sha: str, specs: list[UserSpec],
     started = False
     n_workers = 0
     t0 = time.perf_counter()
-    cpu0 = _cpu_times()
+    cpu0 = cpu1 = host_cpu_s()
+    procs0 = procs1 = {}
     try:
         if pending:
             started = _start_ray(ray, address, num_cpus, ray_init)
@@ -272,19 +272,22 @@ def _compute_fleet(base, base_files: dict, base_sha: str, specs: list[UserSpec],
             n_workers = workers or max(1, cluster_cpus // cpus_per_user)
             base_box = [ray.put(base_files)]
             task = ray.remote(_user_task).options(num_cpus=cpus_per_user, max_retries=retries, name=TASK_NAME)
-            t0, cpu0 = time.perf_counter(), _cpu_times()
+            t0, cpu0, procs0 = time.perf_counter(), host_cpu_s(), process_tree()
             _drive(ray, task, base_sha, base_box, pending, out, config, fingerprint, n_workers, rows, progress,
                    n_total=len(specs), n_done_before=len(specs) - len(todo))
+            procs1 = process_tree()     # before ray.shutdown: the Ray processes are still alive
         wall = time.perf_counter() - t0
-        cpu1 = _cpu_times()
+        cpu1 = host_cpu_s()
     finally:
         if started:
             ray.shutdown()
     host_util = None
     if cpu0 and cpu1 and cpu1[1] > cpu0[1]:
         host_util = (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])
+    budget = cpu_budget(procs0, procs1, cpu0, cpu1) if procs1 else None
     run = {"command": command, "wall_s": wall if pending else 0.0, "scan_s": scan_s, "workers": n_workers,
            "cpus_per_user": cpus_per_user, "address": address or "local", "host_cpu_utilisation": host_util,
+           "cpu_budget": budget,
            "host_cores": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
            "fingerprint": fingerprint, "base_sha256": base_sha, "method": config.method}
     report = build_report([rows[u.user_id] for u in specs], run)
@@ -302,28 +305,33 @@ def _drive(ray, task, base_sha, base_box, pending: list[UserSpec], out: Path, co
         bar = tqdm(total=n_total, initial=n_done_before, desc="fleet", unit="user", dynamic_ncols=True)
     queue = list(reversed(pending))
     inflight: dict[Any, tuple[UserSpec, str, float]] = {}
-    try:
-        while queue or inflight:
-            while queue and len(inflight) < n_workers:
-                u = queue.pop()
-                folder = user_dir(out, u.user_id)
-                (folder / DONE_FILE).unlink(missing_ok=True)    # recomputing: the old marker must not survive
-                try:
-                    files, input_sha = read_user_files(u)
-                    if not files:
-                        raise ValueError(f"user {u.user_id!r} has no .npz/.csv recording files")
-                except (OSError, ValueError) as e:
-                    rows[u.user_id] = _write_failure(folder, u.user_id, "bad_input", str(e), fingerprint, None)
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                ref = task.remote(base_sha, base_box, u.user_id, files, config)
-                inflight[ref] = (u, input_sha, time.perf_counter())
-            if not inflight:
+
+    def fill() -> None:
+        while queue and len(inflight) < n_workers:
+            u = queue.pop()
+            folder = user_dir(out, u.user_id)
+            (folder / DONE_FILE).unlink(missing_ok=True)    # recomputing: the old marker must not survive
+            try:
+                files, input_sha = read_user_files(u)
+                if not files:
+                    raise ValueError(f"user {u.user_id!r} has no .npz/.csv recording files")
+            except (OSError, ValueError) as e:
+                rows[u.user_id] = _write_failure(folder, u.user_id, "bad_input", str(e), fingerprint, None)
+                if bar is not None:
+                    bar.update(1)
                 continue
+            ref = task.remote(base_sha, base_box, u.user_id, files, config)
+            inflight[ref] = (u, input_sha, time.perf_counter())
+
+    try:
+        fill()
+        while inflight:
+            # blocks in Ray (no timeout, no polling) until a task finishes
             ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                u, input_sha, t_sub = inflight.pop(ref)
+            t_ready = time.perf_counter()
+            finished = [(ref, inflight.pop(ref)) for ref in ready]
+            fill()    # the freed worker gets its next user before the driver writes (fsyncs) the finished one
+            for ref, (u, input_sha, t_sub) in finished:
                 folder = user_dir(out, u.user_id)
                 try:
                     res = ray.get(ref)
@@ -334,7 +342,7 @@ def _drive(ray, task, base_sha, base_box, pending: list[UserSpec], out: Path, co
                                                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                                                      fingerprint, input_sha)
                 else:
-                    res["timing"]["queue_to_result_s"] = time.perf_counter() - t_sub
+                    res["timing"]["queue_to_result_s"] = t_ready - t_sub
                     if res["status"] == "ok":
                         _write_outputs(folder, res, fingerprint, input_sha)
                         rows[u.user_id] = {"user_id": u.user_id, "status": "computed", "result": res["result"],

@@ -184,7 +184,8 @@ def _compute_user(base: ModelBundle, user_id: str, files: list[tuple[str, str, b
     timing: dict[str, Any] = {"pid": os.getpid(), "node": platform.node()}
     out: dict[str, Any] = {"user_id": user_id, "status": "ok", "result": None, "timing": timing, "outputs": {}}
     try:
-        res, outputs = _run_stages(base, user_id, files, config, base_sha256, timing)
+        with _native_threads(config.torch_threads):
+            res, outputs = _run_stages(base, user_id, files, config, base_sha256, timing)
         out.update(result=res, outputs=outputs)
     except UserFailure as e:
         out.update(status="failed", reason=e.reason, error=str(e))
@@ -195,6 +196,25 @@ def _compute_user(base: ModelBundle, user_id: str, files: list[tuple[str, str, b
     timing["total_s"] = time.perf_counter() - t_start
     timing["cpu_s"] = time.process_time() - c_start
     return out
+
+
+def _native_threads(n: int):
+    """Context manager: every BLAS and OpenMP thread pool of this process at ``n`` threads during the job.
+
+    ``torch.set_num_threads`` covers torch's own intra-op pool only; numpy/scipy's OpenBLAS and other OpenMP
+    runtimes (scikit-learn, used through cleanlab) size their pools from the environment. Ray sets
+    ``OMP_NUM_THREADS`` to a task's ``num_cpus`` only when the variable is unset
+    (``ray._private.utils.set_omp_num_threads_if_unset``), so a user's exported ``OMP_NUM_THREADS`` or
+    ``OPENBLAS_NUM_THREADS`` would give each of W workers that many threads on W cores. threadpoolctl
+    (a scikit-learn dependency) pins them for the job and restores them after; without it this is a no-op.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=int(n))
 
 
 def _stage(timing: dict, name: str, t0: float) -> float:

@@ -15,13 +15,14 @@ filter is one output channel of a ``Conv1d`` plus its ``BatchNorm1d`` entries
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 __all__ = ["ResNet1dConfig", "ResNet1d", "create_model", "list_models", "default_config",
-           "register_model", "replace_head", "count_parameters", "TimeMean", "TrainFriendlyResNet1d"]
+           "register_model", "replace_head", "adapt_input_channels", "count_parameters", "TimeMean", "TrainFriendlyResNet1d",
+           "MultiHead"]
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,93 @@ def replace_head(model: ResNet1d, num_classes: int) -> ResNet1d:
     return model
 
 
+def adapt_input_channels(model: ResNet1d, keep_idx: Sequence[int]) -> ResNet1d:
+    """Give ``model`` an input layer for a subset of its input channels (in place).
+
+    The stem conv (the only layer that sees the raw channels) is replaced by a
+    ``Conv1d`` with ``len(keep_idx)`` input channels whose weight is the
+    pretrained ``weight[:, keep_idx, :]`` (shape (F, C', k); same filters F,
+    kernel, stride, padding; the bias, if the conv has one, is kept). Nothing
+    else changes, so every pretrained filter keeps its response to the kept
+    channels.
+
+    Rescaling: none. On normalized input (mean 0 per channel) dropping a
+    channel's slice computes exactly what the full model computes when that
+    channel is fed its training mean, i.e. the adapted model starts as the
+    pretrained model with the missing channels mean-imputed, and the stem
+    batch norm that follows re-estimates its statistics during fine-tuning.
+    A dropout-style factor C / C' would be right only for a model trained
+    with random channel dropout; for this model it would change the kept
+    channels' contribution and the stem batch norm's input scale.
+
+    Parameters
+    ----------
+    model : ResNet1d
+        A registry model (:func:`create_model`), taking (N, C, T) input.
+    keep_idx : sequence of int
+        C' distinct indices into the model's C input channels, in the order
+        of the new input (the adapted model takes (N, C', T)).
+
+    Returns
+    -------
+    ResNet1d
+        ``model`` itself, with ``in_channels == len(keep_idx)``.
+
+    Raises
+    ------
+    ValueError
+        If ``keep_idx`` is empty, repeats an index, or an index is outside
+        ``[0, C)``, or the model has no ``stem[0]`` ``Conv1d`` (groups=1).
+    """
+    conv = model.stem[0] if isinstance(getattr(model, "stem", None), nn.Sequential) and len(model.stem) else None
+    if not isinstance(conv, nn.Conv1d) or conv.groups != 1:
+        raise ValueError(f"adapt_input_channels needs a registry ResNet1d whose stem[0] is a Conv1d with "
+                         f"groups=1; got {type(model).__name__}")
+    idx = [int(i) for i in keep_idx]
+    c = conv.in_channels
+    if not idx or len(set(idx)) != len(idx) or any(not 0 <= i < c for i in idx):
+        raise ValueError(f"keep_idx {idx} must be a non-empty list of distinct channel indices in [0, {c})")
+    new = nn.Conv1d(len(idx), conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[:, idx, :])          # (F, C, k) -> (F, C', k)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    new.train(conv.training)
+    model.stem[0] = new
+    model.in_channels = len(idx)
+    return model
+
+
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (elements)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class MultiHead(nn.Module):
+    """A registry model with extra classifier heads on its embedding: (N, C, T) -> (N, K_0 + K_1 + ...).
+
+    ``forward`` returns the model's own head's logits (K_0 = ``model.num_classes``) followed by every extra
+    head's (``splits`` gives the sizes), all computed from the same ``model.dropout(model.embed(x))``, so the
+    shared backbone gets the gradients of every head. Used by multi-head rehearsal
+    (:func:`imutune.personalize.finetune.finetune` with a new class set): head 0 is the target's, head 1
+    the source's. ``model`` is held, not copied: training the wrapper trains it.
+    """
+
+    def __init__(self, model: ResNet1d, heads: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        d = model.embedding_dim
+        for h in heads:
+            if not isinstance(h, nn.Linear) or h.in_features != d:
+                raise ValueError(f"every extra head must be an nn.Linear with in_features {d} (the model's "
+                                 f"embedding), got {h!r}")
+        self.model = model
+        self.heads = nn.ModuleList(heads)
+        self.in_channels = model.in_channels
+        self.splits = (model.num_classes, *(h.out_features for h in heads))
+        self.num_classes = sum(self.splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model.dropout(self.model.embed(x))                                 # (N, C, T) -> (N, D)
+        return torch.cat([self.model.head(z), *(h(z) for h in self.heads)], dim=1)  # (N, D) -> (N, sum K)

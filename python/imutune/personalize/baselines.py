@@ -31,7 +31,13 @@ Methods (:data:`METHODS`):
   probabilities, fixed weights 1 / 0.5 / 0.1);
 * ``filterloss_cv`` / ``filterloss_learned`` -- FilterLoss with the full
   sample-quality filter and cross-validated or meta-learned weights
-  (:mod:`imutune.personalize.quality`), via :func:`imutune.personalize.finetune.finetune`.
+  (:mod:`imutune.personalize.quality`), via :func:`imutune.personalize.finetune.finetune`;
+* ``filterloss_soft`` -- the full filter with fixed weights
+  (:data:`imutune.personalize.weights.SOFT_WEIGHTS`): noisy windows 0,
+  high-value 1, boundary windows their soft label quality
+  ``min(1, p(label) / t_label)``; nothing is searched (the weight choice of
+  ``filterloss_cv``, scored against the noisy held-out labels of ~100-150
+  windows, is too unstable to drop what the filter finds).
 
 A class without target windows is allowed (documented fallback): it simply
 gets no loss terms (class weights 0 for it; the resamplers only see present
@@ -63,7 +69,7 @@ from .weights import FilterConfig
 
 __all__ = ["METHODS", "BASELINES", "FILTERLOSS_METHODS", "run_method", "no_finetune", "finetune_ce",
            "finetune_oversample", "finetune_undersample", "finetune_class_weighted", "finetune_class_balanced",
-           "finetune_focal", "finetune_filterloss", "finetune_filterloss_cv", "finetune_filterloss_learned",
+           "finetune_focal", "finetune_filterloss", "finetune_filterloss_cv", "finetune_filterloss_learned", "finetune_filterloss_soft",
            "resample_windows", "finetune_gce", "finetune_sce", "finetune_cleanlab", "finetune_oracle",
            "cleanlab_issues"]
 
@@ -205,12 +211,13 @@ def finetune_filterloss(bundle: ModelBundle, windows: Windows, train_config: Tra
                         progress: bool = False) -> ModelBundle:
     """FilterLoss fine-tuning through :func:`imutune.personalize.finetune.finetune`.
 
-    ``mode``: ``"first"`` (first-version filter with fixed weights), ``"cv"``
-    or ``"learned"`` (full filter).
+    ``mode``: ``"first"`` (first-version filter with fixed weights), ``"cv"``,
+    ``"learned"`` or ``"soft"`` (full filter).
     """
-    loss = {"first": "filterloss", "cv": "filterloss-cv", "learned": "filterloss-learned"}.get(mode)
+    loss = {"first": "filterloss", "cv": "filterloss-cv", "learned": "filterloss-learned",
+            "soft": "filterloss-soft"}.get(mode)
     if loss is None:
-        raise ValueError(f"mode must be 'first', 'cv' or 'learned', got {mode!r}")
+        raise ValueError(f"mode must be 'first', 'cv', 'learned' or 'soft', got {mode!r}")
     _check_inputs(bundle, windows)
     out = finetune(bundle, windows, config=FinetuneConfig(train=train_config, loss=loss, filter=filter_config),
                    progress=progress)
@@ -229,6 +236,14 @@ def finetune_filterloss_learned(bundle: ModelBundle, windows: Windows, train_con
                                 filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
     """FilterLoss, full filter, weights learned by meta-gradient descent."""
     return finetune_filterloss(bundle, windows, train_config, mode="learned", filter_config=filter_config,
+                               progress=progress)
+
+
+def finetune_filterloss_soft(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
+                            filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
+    """FilterLoss, full filter, fixed weights :data:`imutune.personalize.weights.SOFT_WEIGHTS` (noisy 0,
+    boundary scaled per window by its label quality, high-value 1; nothing searched)."""
+    return finetune_filterloss(bundle, windows, train_config, mode="soft", filter_config=filter_config,
                                progress=progress)
 
 
@@ -252,7 +267,8 @@ def cleanlab_issues(bundle: ModelBundle, windows: Windows, train_config: TrainCo
 
     The out-of-fold probabilities come from whole networks fine-tuned end to end on the other folds
     (:func:`imutune.personalize.filter.oof_probabilities_full`, ``filter_config``'s ``n_folds``,
-    ``oof_epochs``, ``oof_batch_size``, ``oof_lr``: the same scoring budget as FilterLoss), then
+    ``oof_epochs``, ``oof_batch_size``, ``oof_lr``, ``oof_min_steps``, blocked folds over ``windows.recording``
+    with ``fold_block_windows``: the same fold models as FilterLoss), then
     ``cleanlab.filter.find_label_issues`` (``prune_by_noise_rate``; Northcutt et al., JAIR 2021).
 
     Returns
@@ -270,9 +286,11 @@ def cleanlab_issues(bundle: ModelBundle, windows: Windows, train_config: TrainCo
         torch.manual_seed(train_config.seed)
         replace_head(model, windows.num_classes)
     fc = filter_config
-    tc = replace(train_config, epochs=fc.oof_epochs, batch_size=fc.oof_batch_size, lr=fc.oof_lr)
+    tc = replace(train_config, epochs=fc.oof_epochs, batch_size=fc.oof_batch_size, lr=fc.oof_lr,
+                 min_steps=fc.oof_min_steps, balanced_batches=True)
     probs = oof_probabilities_full(model, bundle.normalizer(windows.x), windows.y, windows.num_classes,
-                                   n_folds=min(fc.n_folds, len(windows)), seed=train_config.seed, train_config=tc)
+                                   n_folds=min(fc.n_folds, len(windows)), seed=train_config.seed, train_config=tc,
+                                   groups=windows.recording, block_windows=fc.fold_block_windows)
     return label_issues(probs, windows.y), probs
 
 
@@ -331,12 +349,13 @@ METHODS: dict[str, Callable[..., ModelBundle]] = {
     "filterloss": lambda b, w, c=FINETUNE, **kw: finetune_filterloss(b, w, c, mode="first", **kw),  # filter_config ok
     "filterloss_cv": finetune_filterloss_cv,
     "filterloss_learned": finetune_filterloss_learned,
+    "filterloss_soft": finetune_filterloss_soft,
 }
 #: The standard baselines of the benchmark (everything but FilterLoss); "oracle" is an upper bound, not a method.
 BASELINES: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_weighted", "class_balanced", "focal",
                               "gce", "sce", "cleanlab", "oracle")
 #: FilterLoss variants.
-FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned")
+FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft")
 
 
 def run_method(name: str, bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,

@@ -19,7 +19,7 @@ from torch import nn
 from .. import _validation as V
 
 __all__ = ["HIGH_VALUE", "BOUNDARY", "NOISY", "CATEGORY_NAMES", "QualityConfig", "categorize", "category_counts",
-           "knn_agreement", "stratified_folds", "oof_probabilities", "oof_probabilities_full", "embed_windows",
+           "knn_agreement", "stratified_folds", "blocked_folds", "oof_probabilities", "oof_probabilities_full", "embed_windows",
            "label_issues", "self_confidence_thresholds"]
 
 HIGH_VALUE, BOUNDARY, NOISY = 0, 1, 2
@@ -194,6 +194,67 @@ def stratified_folds(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> np.n
         idx = rng.permutation(np.flatnonzero(y == k))
         folds[idx] = (start + np.arange(idx.size)) % n_folds
         start = (start + idx.size) % n_folds
+    return folds
+
+
+def blocked_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, *, block_windows: int = 16,
+                  seed: int = 0) -> np.ndarray:
+    """Fold index in ``[0, n_folds)`` per window, dealing contiguous runs of windows, stratified by label.
+
+    Overlapping windows of one recording share samples, and a mislabelled stretch of a stream (a label
+    tapped late) is a run of near-identical windows with the same wrong label: with folds drawn window by
+    window, a fold model trains on the overlapping neighbours of every held-out window and returns their
+    label, right or wrong (the leakage of random splits of time series; e.g. Bergmeir & Benitez,
+    Information Sciences 2012, blocked cross-validation). Here the windows of each class, in their given
+    order (time order within a recording, as :func:`imutune.signal.windows.make_windows` and
+    ``Windows.subset`` with sorted indices keep it), are cut into runs of at most ``b_k =
+    clip(n_k // (2 * n_folds), 1, block_windows)`` consecutive windows of the same group (recording);
+    the runs are shuffled (seeded) and dealt round-robin like :func:`stratified_folds`, so a class of
+    ``n_k`` windows still spreads over the folds (``b_k = 1``, window by window, for a rare class).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Array of shape (N,), int: the (observed) label of each window.
+    groups : np.ndarray
+        Array of shape (N,), int: the recording of each window (``Windows.recording``).
+    n_folds : int
+        Number of folds, >= 2.
+    block_windows : int
+        Longest run, >= 1 (16 windows = 8 s at the default 0.5 s hop); 1 gives per-window folds.
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N,), int64.
+
+    Raises
+    ------
+    ValueError
+        If ``n_folds`` < 2, ``block_windows`` < 1, fewer windows than folds, or ``groups`` and ``labels``
+        differ in length.
+    """
+    V.check_int_at_least("n_folds", n_folds, 2)
+    V.check_int_at_least("block_windows", block_windows, 1)
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    g = np.asarray(groups).ravel()
+    if g.shape[0] != y.shape[0]:
+        raise ValueError(f"groups has {g.shape[0]} entries and labels {y.shape[0]}; expected one group per window")
+    if y.shape[0] < n_folds:
+        raise ValueError(f"got {y.shape[0]} target windows, fewer than n_folds={n_folds}; use fewer folds or "
+                         "collect more windows")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(y.shape[0], dtype=np.int64)
+    start = 0
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        b = int(np.clip(idx.size // (2 * n_folds), 1, block_windows))
+        runs: list[np.ndarray] = []
+        for part in np.split(idx, np.flatnonzero(np.diff(g[idx]) != 0) + 1):   # never across recordings
+            runs.extend(part[i:i + b] for i in range(0, part.size, b))
+        for j, r in enumerate(rng.permutation(len(runs))):
+            folds[runs[r]] = (start + j) % n_folds
+        start = (start + len(runs)) % n_folds
     return folds
 
 
@@ -391,8 +452,8 @@ def _check_embeddings(embeddings, labels, num_classes) -> tuple[np.ndarray, np.n
 
 
 def oof_probabilities_full(model: nn.Module, x: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                           n_folds: int = 4, seed: int = 0, train_config=None, sample_weights: np.ndarray | None = None
-                           ) -> np.ndarray:
+                           n_folds: int = 4, seed: int = 0, train_config=None, sample_weights: np.ndarray | None = None,
+                           groups: np.ndarray | None = None, block_windows: int = 16) -> np.ndarray:
     """Out-of-fold class probabilities from whole networks fine-tuned end to end (step 2, ``oof="full"``).
 
     For each of ``n_folds`` stratified folds a copy of ``model`` (the pretrained network, its head
@@ -413,6 +474,12 @@ def oof_probabilities_full(model: nn.Module, x: np.ndarray, labels: np.ndarray, 
         its seed is offset by the fold index.
     sample_weights : np.ndarray, optional
         Array of shape (N,), >= 0: FilterLoss weights of the fold training (two-stage scoring).
+    groups : np.ndarray, optional
+        Array of shape (N,), int: the recording of each window, in time order within it. Given, the folds
+        are :func:`blocked_folds` of up to ``block_windows`` consecutive windows (no fold model trains on
+        the overlapping neighbours of the windows it judges); None: :func:`stratified_folds`.
+    block_windows : int
+        Longest run of :func:`blocked_folds` (with ``groups``).
 
     Returns
     -------
@@ -430,9 +497,10 @@ def oof_probabilities_full(model: nn.Module, x: np.ndarray, labels: np.ndarray, 
     from ..train.loop import TrainConfig, predict_proba, train
 
     y = V.check_labels("labels", labels, num_classes, allow_unlabeled=False)
-    folds = stratified_folds(y, n_folds, seed=seed)
+    folds = (stratified_folds(y, n_folds, seed=seed) if groups is None
+             else blocked_folds(y, groups, n_folds, block_windows=block_windows, seed=seed))
     cfg = train_config if train_config is not None else TrainConfig(epochs=10, batch_size=32, lr=1e-3)
-    key = _oof_key(model, x, y, num_classes, n_folds, seed, cfg, sample_weights)
+    key = _oof_key(model, x, y, num_classes, n_folds, seed, cfg, sample_weights, folds)
     if key in _OOF_CACHE:
         return _OOF_CACHE[key].copy()
     probs = np.zeros((len(y), num_classes))
@@ -459,7 +527,7 @@ def oof_probabilities_full(model: nn.Module, x: np.ndarray, labels: np.ndarray, 
 _OOF_CACHE: dict[str, np.ndarray] = {}
 
 
-def _oof_key(model, x, y, num_classes, n_folds, seed, cfg, sample_weights) -> str:
+def _oof_key(model, x, y, num_classes, n_folds, seed, cfg, sample_weights, folds) -> str:
     import hashlib
     from dataclasses import asdict
 
@@ -471,6 +539,7 @@ def _oof_key(model, x, y, num_classes, n_folds, seed, cfg, sample_weights) -> st
     h.update(repr((num_classes, n_folds, seed, sorted(asdict(cfg).items()))).encode())
     if sample_weights is not None:
         h.update(np.asarray(sample_weights, np.float32).tobytes())
+    h.update(np.asarray(folds, np.int64).tobytes())
     return h.hexdigest()
 
 

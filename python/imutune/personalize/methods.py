@@ -9,8 +9,8 @@ __all__ = ["METHOD_NAMES", "canonical_loss"]
 
 #: Every name ``FinetuneConfig.loss`` and ``imutune finetune --loss`` accept, in dash form. ``oracle`` is an
 #: upper bound (it needs the injected label-noise truth), not a method.
-METHOD_NAMES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "ce", "none", "oversample",
-                                 "undersample", "class-weighted", "class-balanced", "focal", "gce", "sce",
+METHOD_NAMES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft", "ce",
+                                 "none", "oversample", "undersample", "class-weighted", "class-balanced", "focal", "gce", "sce",
                                  "cleanlab", "oracle")
 
 

@@ -20,7 +20,8 @@ Scoring (steps 1-4) is in :mod:`imutune.personalize.filter`, the weights (step 5
    stratified folds; for each fold a model is fine-tuned *from the pretrained
    weights* on the other folds and predicts the held-out fold. With
    ``oof="full"`` (default) the whole network is fine-tuned end to end for
-   ``oof_epochs`` (10) epochs (the fold models see the user's data, so a user
+   ``oof_epochs`` (10) epochs, at least ``oof_min_steps`` (30) optimiser steps
+   with class-balanced batches for few windows (the fold models see the user's data, so a user
    shift of the pretrained model does not read as label noise); with
    ``oof="head"`` the fold model is the pretrained classifier head fine-tuned
    on the frozen embeddings (full-batch gradient descent with momentum, L2
@@ -61,7 +62,9 @@ Scoring (steps 1-4) is in :mod:`imutune.personalize.filter`, the weights (step 5
    per-window scores replace the flat boundary weight (the paper's stated
    limit of three flat categories).
 
-   * ``mode="fixed"``: ``c``, ``beta`` and soft weighting as configured;
+   * ``mode="fixed"``: ``c``, ``beta`` and soft weighting as configured
+     (``loss="filterloss-soft"``: :data:`SOFT_WEIGHTS`, noisy 0 / boundary 1
+     times the soft factor / high-value 1, ``beta = 0``);
    * ``mode="cv"`` (:func:`select_weights`): every ``(c, beta, soft)`` of a
      small grid is scored by stratified ``cv_folds``-fold cross-validation on
      the target training windows only, with the head fine-tuned on frozen
@@ -133,7 +136,7 @@ from .filter import (
 
 __all__ = ["CategoryWeights", "sample_weights", "class_balance_factors", "FilterConfig", "FilterResult",
            "quality_factors",
-           "DEFAULT_WEIGHT_GRID", "select_weights", "learn_weights", "filter_weights", "score_embeddings",
+           "DEFAULT_WEIGHT_GRID", "SOFT_WEIGHTS", "select_weights", "learn_weights", "filter_weights", "score_embeddings",
            "HIGH_VALUE", "BOUNDARY", "NOISY", "CATEGORY_NAMES"]
 
 @dataclass(frozen=True)
@@ -194,6 +197,13 @@ def class_balance_factors(labels: np.ndarray, num_classes: int, exponent: float)
 
 # --------------------------------------------------------------------------- weights
 
+#: Category weights of ``loss="filterloss-soft"``: high-value 1, boundary 1 (then scaled per window by its
+#: soft label quality, :func:`quality_factors`), noisy 0. Fixed by the filter's design, not searched: a
+#: window is noisy only when two independent views (kNN agreement of the embeddings and the out-of-fold
+#: models or confident learning) contradict its label, so it carries no weight; an unsure window counts
+#: as much as its label quality says.
+SOFT_WEIGHTS = CategoryWeights(high_value=1.0, boundary=1.0, noisy=0.0)
+
 #: (high_value, boundary, noisy) weights searched by ``mode="cv"``, from "no filtering" to strong filtering.
 DEFAULT_WEIGHT_GRID: tuple[tuple[float, float, float], ...] = (
     (1.0, 1.0, 1.0),    # plain cross-entropy (no filtering)
@@ -216,6 +226,16 @@ class FilterConfig:
     oof_epochs: int = 10                   # epochs per fold model when oof="full"
     oof_batch_size: int = 32               # batch size when oof="full"
     oof_lr: float = 1e-3                   # learning rate when oof="full"
+    fold_block_windows: int = 16           # oof="full" with the windows' recordings: folds deal runs of up to
+                                           # this many consecutive windows (filter.blocked_folds); 1: per window
+    # optimiser steps at least per fold model (TrainConfig.min_steps, balanced batches when it sets the budget):
+    # 30 = 10 epochs x 3 batches, what a fold of 65+ windows gets anyway, so sets of >= 96 windows score as before
+    # and a few-shot set (a new class set's fresh head: 10 steps on 15 windows left half of them "boundary") gets 30
+    oof_min_steps: int = 30
+    # fold models' step minimum when the head was replaced (a new class set; applied by personalize.finetune):
+    # the fold models grow a random head, and 30 steps left 14 of 15 (n=15) / 34 of 96 (n=96) windows of an easy
+    # new-class case "boundary"; 60 leaves 1 / 5 (tests/test_few_shot.py). Same-class sets never see it
+    new_head_oof_min_steps: int = 60
     cv_folds: int = 3                      # folds of the weight search and of the meta-learning
     cv_tolerance: float = 0.0              # "cv": the earliest grid entry within this macro-F1 of the best wins
     soft_grid: tuple[bool, ...] = (False, True)  # "cv": boundary weights scaled per window by label quality
@@ -246,6 +266,9 @@ class FilterConfig:
         if not self.soft_grid:
             raise ValueError("soft_grid must not be empty; use (False,) for category weights only")
         V.check_int_at_least("oof_epochs", self.oof_epochs, 1)
+        V.check_int_at_least("fold_block_windows", self.fold_block_windows, 1)
+        V.check_int_at_least("oof_min_steps", self.oof_min_steps, 0)
+        V.check_int_at_least("new_head_oof_min_steps", self.new_head_oof_min_steps, 0)
         V.check_int_at_least("probe_steps", self.probe_steps, 1)
         V.check_int_at_least("meta_iterations", self.meta_iterations, 1)
         V.check_int_at_least("meta_unroll_steps", self.meta_unroll_steps, 1)
@@ -534,11 +557,11 @@ def _oof_train_config(config: FilterConfig):
     from ..train.loop import TrainConfig
 
     return TrainConfig(epochs=config.oof_epochs, batch_size=config.oof_batch_size, lr=config.oof_lr,
-                       seed=config.seed, device=config.device)
+                       seed=config.seed, device=config.device, min_steps=config.oof_min_steps, balanced_batches=True)
 
 
 def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_classes: int | None = None,
-                   config: FilterConfig = FilterConfig()) -> FilterResult:
+                   config: FilterConfig = FilterConfig(), groups: np.ndarray | None = None) -> FilterResult:
     """Run the whole filter (module docstring) and return FilterLoss weights for every window.
 
     Parameters
@@ -555,6 +578,11 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
         K; ``model.num_classes`` by default.
     config : FilterConfig
         Mode ("fixed", "cv", "learned"), thresholds, folds and grids.
+    groups : np.ndarray, optional
+        Array of shape (N,), int: the recording of each window (``Windows.recording``; windows in time
+        order within it). Given, the out-of-fold models use blocked folds
+        (:func:`imutune.personalize.filter.blocked_folds`, ``config.fold_block_windows``), so a window's
+        overlapping neighbours never teach the model that judges it.
 
     Returns
     -------
@@ -575,6 +603,9 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
     y = V.check_labels("labels", labels, K, allow_unlabeled=False)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"labels has {y.shape[0]} entries and x {x.shape[0]} windows; expected equal")
+    if groups is not None and np.asarray(groups).shape != (x.shape[0],):
+        raise ValueError(f"groups has shape {np.asarray(groups).shape}; expected ({x.shape[0]},), one recording "
+                         "index per window")
     for name, n in (("n_folds", config.n_folds), ("cv_folds", config.cv_folds if config.mode != "fixed" else 2)):
         if y.shape[0] < n:
             raise ValueError(f"got {y.shape[0]} target windows, fewer than {name}={n}; use fewer folds or "
@@ -584,7 +615,8 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
     oof = None
     if config.oof == "full":
         oof = oof_probabilities_full(model, x, y, K, n_folds=config.n_folds, seed=config.seed,
-                                     train_config=_oof_train_config(config))
+                                     train_config=_oof_train_config(config), groups=groups,
+                                     block_windows=config.fold_block_windows)
     probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof)
     soft = quality_factors(probs, y)
     for _stage in range(1, config.stages):
@@ -592,7 +624,8 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
         w1 = _final_weights(cats, y, config.fixed_weights.as_array().astype(np.float64), np.ones(K), soft)
         if config.oof == "full":
             oof = oof_probabilities_full(model, x, y, K, n_folds=config.n_folds, seed=config.seed + 7,
-                                         train_config=_oof_train_config(config), sample_weights=w1)
+                                         train_config=_oof_train_config(config), sample_weights=w1, groups=groups,
+                                         block_windows=config.fold_block_windows)
         probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof)
         soft = quality_factors(probs, y)
     t1 = time.perf_counter()

@@ -30,14 +30,23 @@ Serialized form (:meth:`Preprocessing.to_dict`, a flat JSON object whose keys
     min_purity      number in (0, 1]       training-window label purity
     norm_mean       list of C number|null  model input is (x - norm_mean) / norm_std
     norm_std        list of C number > 0|null
+    gravity         bool (optional key)    whether the accelerometer channels include gravity (true:
+                                           raw accelerometer, as a watch or phone records it; false:
+                                           gravity removed, "linear acceleration"); written only when
+                                           declared: a file without the key (every file from before
+                                           this field) reads as null = unknown
 
 :meth:`Preprocessing.from_dict` is strict: a missing or unknown key, a wrong
 type, a NaN or infinite number, a non-positive std or a stored sample count
 that disagrees with the seconds is a ``ValueError`` naming the source (file)
 and the field.
 
-Units are carried, not converted: two contracts agree on units where both
-declare them (conversion on load is a later step).
+Units are carried here; :func:`imutune.signal.windows.make_windows` converts
+recordings to the contract's units. Two contracts agree on units, and on
+``gravity``, where both declare them (an undeclared value is unknown, not a
+mismatch). :meth:`Preprocessing.subset_channels` is the contract of a model
+adapted to a subset of its channels (the channel-subset fine-tune,
+:func:`imutune.personalize.finetune.finetune`).
 """
 from __future__ import annotations
 
@@ -46,7 +55,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 __all__ = ["Preprocessing", "MIN_WINDOW_SAMPLES", "MAX_WINDOW_SAMPLES", "DEFAULT_MIN_PURITY", "CONTRACT_KEYS",
-           "KNOWN_UNITS", "seconds_to_samples", "check_window_fields", "split_contract"]
+           "KNOWN_UNITS", "OPTIONAL_CONTRACT_KEYS", "seconds_to_samples", "check_window_fields",
+           "split_contract", "check_gravity"]
 
 #: The one minimum-window rule of the package: a window has at least this many samples.
 MIN_WINDOW_SAMPLES = 8
@@ -59,6 +69,8 @@ KNOWN_UNITS = ("g", "m/s^2", "rad/s", "deg/s")
 #: Keys of :meth:`Preprocessing.to_dict`, in order.
 CONTRACT_KEYS = ("channels", "units", "class_names", "sample_rate_hz", "window_s", "hop_s", "window_samples",
                  "hop_samples", "min_purity", "norm_mean", "norm_std")
+#: Keys :meth:`Preprocessing.to_dict` writes only when declared (absent: unknown; older files lack them).
+OPTIONAL_CONTRACT_KEYS = ("gravity",)
 _MAX_NAMES = 100_000          # channels or classes one contract may list
 _MAX_NAME_CHARS = 256
 _F32_MAX = 3.4028234663852886e38       # np.finfo(np.float32).max
@@ -224,6 +236,11 @@ class Preprocessing:
         Per-channel normalization in the channels' units (model input
         ``(x - mean) / std``); both None for windows not yet normalized
         (:class:`~imutune.signal.windows.Windows`), both set for a model.
+    gravity : bool, optional
+        Whether the accelerometer channels include gravity (True: raw
+        accelerometer, e.g. the watch data and Android ``TYPE_ACCELEROMETER``;
+        False: gravity removed, "linear acceleration"); None: not declared
+        (unknown).
 
     Raises
     ------
@@ -240,6 +257,7 @@ class Preprocessing:
     min_purity: float = DEFAULT_MIN_PURITY
     norm_mean: tuple[float, ...] | None = None
     norm_std: tuple[float, ...] | None = None
+    gravity: bool | None = None
 
     def __post_init__(self) -> None:
         self._validate("preprocessing")
@@ -262,6 +280,7 @@ class Preprocessing:
         if self.norm_mean is not None:
             set_(self, "norm_mean", _stats("norm_mean", self.norm_mean, len(channels), where, positive=False))
             set_(self, "norm_std", _stats("norm_std", self.norm_std, len(channels), where, positive=True))
+        set_(self, "gravity", check_gravity(self.gravity, where=where))
 
     # ------------------------------------------------------------------ derived
 
@@ -307,6 +326,43 @@ class Preprocessing:
         names = tuple(class_names)
         return self if names == self.class_names else replace(self, class_names=names)
 
+    def subset_channels(self, channels: Sequence[str], *, where: str = "") -> "Preprocessing":
+        """The contract of a model adapted to ``channels``, a subset of this contract's channels.
+
+        Units and normalization statistics are this contract's entries for
+        those channels, in the order given; everything else is kept.
+
+        Parameters
+        ----------
+        channels : sequence of str
+            Channel names, each among :attr:`channels`, each once.
+        where : str
+            Names the caller in messages.
+
+        Raises
+        ------
+        ValueError
+            If ``channels`` is empty, repeats a name, or names a channel this
+            contract does not have (the message lists the channels seen and
+            the ones expected).
+        """
+        names = tuple(channels)
+        unknown = [c for c in names if c not in self.channels]
+        if not names or unknown or len(set(names)) != len(names):
+            why = (f"{unknown} are not among the model's channels" if unknown else
+                   "it is empty" if not names else "it repeats a channel")
+            raise ValueError(f"channels {list(names)}{_where(where)}: {why}; expected a non-empty subset of the "
+                             f"model's channels {list(self.channels)} (each once; names are matched exactly)")
+        if names == self.channels:
+            return self
+        idx = [self.channels.index(c) for c in names]
+
+        def pick(v):
+            return None if v is None else tuple(v[i] for i in idx)
+
+        return replace(self, channels=names, units=pick(self.units), norm_mean=pick(self.norm_mean),
+                       norm_std=pick(self.norm_std))
+
     def window_fields(self) -> dict[str, float]:
         """``window_s``, ``hop_s``, ``sample_rate_hz``, ``min_purity``: the fields of a window config."""
         return {"window_s": self.window_s, "hop_s": self.hop_s, "sample_rate_hz": self.sample_rate_hz,
@@ -320,12 +376,13 @@ class Preprocessing:
 
         Numbers compare with a relative tolerance of 1e-9 (JSON round trips
         are exact; this absorbs float32 -> float64 noise only). Units compare
-        only per channel where both declare one. ``input_only`` compares only
+        only per channel where both declare one, ``gravity`` only where both
+        declare it. ``input_only`` compares only
         what shapes one model input (channels, units, sample rate, window),
         not the hop or purity of how windows were chosen.
         """
         if input_only:
-            keep = {"channels", "units", "sample_rate_hz", "window_s", "window_samples"}
+            keep = {"channels", "units", "gravity", "sample_rate_hz", "window_s", "window_samples"}
             return [d for d in self.differences(other, normalization=False, class_names=False) if d[0] in keep]
         out: list[tuple[str, Any, Any]] = []
         if self.channels != other.channels:
@@ -342,6 +399,8 @@ class Preprocessing:
         if self.units is not None and other.units is not None and len(self.units) == len(other.units):
             if any(a is not None and b is not None and a != b for a, b in zip(self.units, other.units)):
                 out.append(("units", list(self.units), list(other.units)))
+        if self.gravity is not None and other.gravity is not None and self.gravity != other.gravity:
+            out.append(("gravity", self.gravity, other.gravity))
         if normalization:
             for f in ("norm_mean", "norm_std"):
                 a, b = getattr(self, f), getattr(other, f)
@@ -363,13 +422,15 @@ class Preprocessing:
     # ------------------------------------------------------------------ serialization
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready flat dict with the keys :data:`CONTRACT_KEYS` (derived sample counts included)."""
+        """JSON-ready flat dict with the keys :data:`CONTRACT_KEYS` (derived sample counts included), plus
+        ``gravity`` when it is declared (so a contract without it writes exactly what older versions wrote)."""
+        extra = {} if self.gravity is None else {"gravity": bool(self.gravity)}
         return {"channels": list(self.channels), "units": None if self.units is None else list(self.units),
                 "class_names": list(self.class_names), "sample_rate_hz": self.sample_rate_hz,
                 "window_s": self.window_s, "hop_s": self.hop_s, "window_samples": self.window_samples,
                 "hop_samples": self.hop_samples, "min_purity": self.min_purity,
                 "norm_mean": None if self.norm_mean is None else list(self.norm_mean),
-                "norm_std": None if self.norm_std is None else list(self.norm_std)}
+                "norm_std": None if self.norm_std is None else list(self.norm_std), **extra}
 
     @classmethod
     def from_dict(cls, d: Any, *, source: str, require_normalization: bool = False) -> "Preprocessing":
@@ -378,7 +439,8 @@ class Preprocessing:
         Parameters
         ----------
         d : dict
-            Exactly the keys :data:`CONTRACT_KEYS`.
+            Exactly the keys :data:`CONTRACT_KEYS`, and optionally those of
+            :data:`OPTIONAL_CONTRACT_KEYS` (absent ``gravity``: unknown).
         source : str
             Names the file (or artifact) in messages, e.g. ``"manifest 'out/manifest.json'"``.
         require_normalization : bool
@@ -394,16 +456,17 @@ class Preprocessing:
         if not isinstance(d, Mapping):
             raise ValueError(f"{source}: preprocessing must be a JSON object, got {type(d).__name__}")
         missing = [k for k in CONTRACT_KEYS if k not in d]
-        unknown = sorted(str(k) for k in d if k not in CONTRACT_KEYS)
+        unknown = sorted(str(k) for k in d if k not in CONTRACT_KEYS and k not in OPTIONAL_CONTRACT_KEYS)
         if missing or unknown:
             raise ValueError(f"{source}: preprocessing fields missing {missing} / unknown {unknown}; expected "
-                             f"exactly {list(CONTRACT_KEYS)} (a file from an older imutune or another tool: "
+                             f"exactly {list(CONTRACT_KEYS)}, optionally {list(OPTIONAL_CONTRACT_KEYS)} (a file from an older imutune or another tool: "
                              "write it again with this version)")
         try:
             p = cls(channels=_as_tuple(d["channels"]), class_names=_as_tuple(d["class_names"]),
                     sample_rate_hz=d["sample_rate_hz"], window_s=d["window_s"], hop_s=d["hop_s"],
                     units=_as_tuple(d["units"]), min_purity=d["min_purity"],
-                    norm_mean=_as_tuple(d["norm_mean"]), norm_std=_as_tuple(d["norm_std"]))
+                    norm_mean=_as_tuple(d["norm_mean"]), norm_std=_as_tuple(d["norm_std"]),
+                    gravity=d.get("gravity"))
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
         for k in ("window_samples", "hop_samples"):
@@ -422,5 +485,27 @@ def _as_tuple(v: Any) -> Any:
 
 
 def split_contract(d: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a flat file dict into (contract part with :data:`CONTRACT_KEYS`, the rest)."""
-    return ({k: d[k] for k in CONTRACT_KEYS if k in d}, {k: v for k, v in d.items() if k not in CONTRACT_KEYS})
+    """Split a flat file dict into (contract part with :data:`CONTRACT_KEYS` and any of
+    :data:`OPTIONAL_CONTRACT_KEYS`, the rest)."""
+    keys = CONTRACT_KEYS + OPTIONAL_CONTRACT_KEYS
+    return ({k: d[k] for k in keys if k in d}, {k: v for k, v in d.items() if k not in keys})
+
+
+def check_gravity(value: Any, *, where: str = "") -> bool | None:
+    """A declared ``gravity`` flag: True, False or None (unknown); numpy booleans are accepted.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is anything else (0/1, strings...); the message names ``where``.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if np is not None and isinstance(value, np.bool_):
+        return bool(value)
+    raise ValueError(f"gravity{_where(where)} must be true (accelerometer includes gravity), false (gravity "
+                     f"removed) or null (unknown), got {_short(value)}")

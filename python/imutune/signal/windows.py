@@ -20,7 +20,7 @@ from .contract import DEFAULT_MIN_PURITY, Preprocessing, check_window_fields, se
 
 __all__ = ["seconds_to_samples", "WindowConfig", "Windows", "make_windows", "resample", "resample_recording",
            "Normalizer", "longtail_subsample", "window_starts", "Preprocessing", "STANDARD_GRAVITY",
-           "UNIT_SCALE", "unit_factor", "parse_units"]
+           "UNIT_SCALE", "unit_factor", "parse_units", "GRAVITY_CUTOFF_HZ", "remove_gravity"]
 
 #: Standard gravity in m/s^2 (CGPM 1901; ISO 80000-3): 1 g = 9.80665 m/s^2.
 STANDARD_GRAVITY = 9.80665
@@ -337,9 +337,102 @@ def _convert_units(values: np.ndarray, src: tuple[str | None, ...] | None, targe
     return out, log
 
 
+#: Cut-off of the low-pass gravity estimate of :func:`remove_gravity`, Hz.
+GRAVITY_CUTOFF_HZ = 0.3
+
+
+def _acc_columns(channels: Sequence[str], units: Sequence[str | None] | None) -> list[int]:
+    """Accelerometer columns: a unit of acceleration ('g', 'm/s^2'), else a name starting with 'acc'."""
+    out = []
+    for j, c in enumerate(channels):
+        u = None if units is None else units[j]
+        if u is not None:
+            if UNIT_SCALE.get(_canonical_unit(u), ("", 0.0))[0] == "acceleration":
+                out.append(j)
+        elif str(c).lower().startswith("acc"):
+            out.append(j)
+    return out
+
+
+def remove_gravity(values: np.ndarray, sample_rate_hz: float, columns: Sequence[int], *,
+                   cutoff_hz: float = GRAVITY_CUTOFF_HZ) -> np.ndarray:
+    """Accelerometer minus its low-pass gravity estimate (linear acceleration).
+
+    Gravity is estimated per axis by a zero-phase 4th-order Butterworth
+    low-pass at ``cutoff_hz`` (``scipy.signal.butter`` + ``sosfiltfilt``),
+    the usual offline estimate (e.g. Anguita et al., ESANN 2013, the UCI-HAR
+    body / gravity split at 0.3 Hz). It is an estimate: slow body motion
+    below the cut-off goes with it, and a phone computing linear
+    acceleration with its own sensor fusion gives somewhat different
+    values. The reverse, adding gravity to a gravity-free recording, is not
+    possible in general (it needs the device orientation at every sample),
+    so imutune never does it.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        (S, C) samples.
+    sample_rate_hz : float
+        Hz; ``cutoff_hz`` must be below half of it.
+    columns : sequence of int
+        The accelerometer columns to change.
+
+    Returns
+    -------
+    np.ndarray
+        (S, C) float32; the other columns unchanged.
+
+    Raises
+    ------
+    ValueError
+        If the cut-off is not below the Nyquist frequency.
+    """
+    from scipy.signal import butter, sosfiltfilt
+
+    V.check_positive("sample_rate_hz", sample_rate_hz)
+    if not 0 < cutoff_hz < sample_rate_hz / 2:
+        raise ValueError(f"gravity low-pass cut-off {cutoff_hz} Hz must be in (0, {sample_rate_hz / 2:g}) Hz (half "
+                         f"the {sample_rate_hz:g} Hz sample rate)")
+    out = np.array(values, dtype=np.float64)                 # (S, C)
+    cols = list(columns)
+    if not cols:
+        return out.astype(np.float32)
+    n = out.shape[0]
+    if n < 2:
+        out[:, cols] -= out[:, cols].mean(axis=0, keepdims=True)
+        return out.astype(np.float32)
+    sos = butter(4, cutoff_hz, btype="low", fs=sample_rate_hz, output="sos")
+    pad = min(3 * (2 * len(sos) + 1), n - 1)
+    out[:, cols] -= sosfiltfilt(sos, out[:, cols], axis=0, padlen=pad)
+    return out.astype(np.float32)
+
+
+def _say(g: bool | None) -> str:
+    return "unknown" if g is None else ("included" if g else "removed")
+
+
+def _target_gravity(config: "WindowConfig | Preprocessing", recordings: Sequence[Recording],
+                    own: list[bool | None]) -> tuple[bool | None, str]:
+    """The windows' gravity: the contract's where it declares one, else the recordings' (which must agree)."""
+    if isinstance(config, Preprocessing) and config.gravity is not None:
+        return config.gravity, "the model"
+    declared = [(g, r) for g, r in zip(own, recordings) if g is not None]
+    if not declared:
+        return None, ""
+    g0, r0 = declared[0]
+    for g, r in declared[1:]:
+        if g != g0:
+            raise ValueError(f"recording {r.name or r.user!r} declares gravity {_say(g)} but recording "
+                             f"{r0.name or r0.user!r} declares it {_say(g0)}; expected one convention for all "
+                             "recordings of a model (gravity can be removed with remove_gravity_from=True "
+                             "when the model's contract says removed; it cannot be added)")
+    return g0, f"recording {r0.name or r0.user!r}"
+
+
 def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preprocessing = WindowConfig(), *,
                  channels: Sequence[str] | None = None,
-                 units: str | Sequence[str | None] | None = None, unlabeled: bool = False) -> Windows:
+                 units: str | Sequence[str | None] | None = None, unlabeled: bool = False,
+                 gravity: bool | str | None = None, remove_gravity_from: bool = False) -> Windows:
     """Cut recordings into labelled windows, converting units to the model's.
 
     Parameters
@@ -365,6 +458,21 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         :mod:`imutune.train.selfsup`): a window whose majority label covers
         less than ``min_purity`` of it (or is unlabeled) gets ``y = -1``
         instead of being dropped. Such windows are not for supervised training.
+    gravity : bool or str, optional
+        Whether the accelerometer of recordings that declare nothing includes
+        gravity (True / ``"included"``, False / ``"removed"``; ``--gravity``
+        on the command line); a recording's own ``meta["gravity"]`` (npz
+        ``gravity`` member, ``load_csv(gravity=...)``; the watch data:
+        included) wins. The windows' contract gets the model's value where it
+        declares one, else the recordings' (all declared values must agree).
+        Undeclared stays unknown and is accepted against any model.
+    remove_gravity_from : bool
+        Convert a recording whose accelerometer includes gravity for a model
+        (contract) trained without it: subtract the low-pass gravity
+        estimate (:func:`remove_gravity`) from its accelerometer channels
+        (a unit of acceleration, else a name starting with ``acc``); logged in
+        ``unit_conversions``. Without it that case is an error. The reverse
+        (adding gravity) is not possible in general and stays an error.
 
     Returns
     -------
@@ -383,8 +491,10 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         a recording declares no units for a channel whose units are known
         (the model's or another recording's) and ``units`` does not state
         them (the message names the recording and the expected units), units
-        of different quantities meet ('g' vs 'rad/s'), or no window passes
-        the purity check.
+        of different quantities meet ('g' vs 'rad/s'), a recording declares
+        gravity included / removed where the model (or another recording)
+        declares the opposite (the message names the recording; see
+        ``remove_gravity_from``), or no window passes the purity check.
     """
     if len(recordings) == 0:
         raise ValueError("recordings is empty; expected at least one Recording")
@@ -405,6 +515,11 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
             own = stated if own is None else tuple(o if o is not None else s for o, s in zip(own, stated))
         sources.append(own)
     target = _target_units(config, channels, sources)
+    from ..data.recording import declared_gravity, parse_gravity
+
+    stated_g = parse_gravity(gravity, where="the recordings (gravity=, --gravity)")
+    own_g = [stated_g if declared_gravity(r) is None else declared_gravity(r) for r in recordings]
+    target_g, g_source = _target_gravity(config, recordings, own_g)
     T, H = config.window_samples, config.hop_samples
     xs, ys, recs, users = [], [], [], []
     log: list[str] = []
@@ -413,8 +528,21 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
             raise ValueError(f"recording {rec.name!r} has classes {list(rec.class_names)}; expected "
                              f"{list(class_names)} like the first recording")
         rec = rec.select_channels(channels)
-        values, lines = _convert_units(rec.values, sources[i], target, channels,
-                                       f"recording {rec.name or rec.user!r}")
+        what = f"recording {rec.name or rec.user!r}"
+        values, lines = _convert_units(rec.values, sources[i], target, channels, what)
+        g = own_g[i]
+        if g is not None and target_g is not None and g != target_g:
+            if g and remove_gravity_from:
+                cols = _acc_columns(channels, target)
+                values = remove_gravity(values, rec.sample_rate_hz, cols)
+                lines = [*lines, f"{what}: gravity removed from {', '.join(channels[j] for j in cols) or 'no channel'}"
+                                 f" (low-pass {GRAVITY_CUTOFF_HZ:g} Hz estimate subtracted)"]
+            else:
+                fix = ("pass remove_gravity_from=True (--remove-gravity) to subtract a low-pass gravity estimate"
+                       if g else "gravity cannot be added back to a gravity-free recording (it needs the device "
+                       "orientation); record the raw accelerometer, or use a model trained without gravity")
+                raise ValueError(f"{what} has its accelerometer with gravity {_say(g)}, but {g_source} has gravity "
+                                 f"{_say(target_g)}; expected the same convention ({fix})")
         if lines:
             log.extend(lines)
             rec = Recording(values, rec.labels, rec.sample_rate_hz, rec.channels, rec.class_names, rec.user,
@@ -442,7 +570,7 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
     unit_set = None if all(t is None for t in target) else target
     spec = Preprocessing(channels=tuple(channels), class_names=tuple(class_names),
                          sample_rate_hz=config.sample_rate_hz, window_s=config.window_s, hop_s=config.hop_s,
-                         units=unit_set, min_purity=config.min_purity)
+                         units=unit_set, min_purity=config.min_purity, gravity=target_g)
     if not xs:
         raise ValueError(f"no window of {T} samples with label purity >= {config.min_purity} was found in "
                          f"{len(recordings)} recordings")

@@ -2,7 +2,7 @@
 out-of-fold fits, the baselines and selective filter fine-tuning.
 
 AdamW, the one-cycle cosine schedule of :func:`one_cycle_schedule`, seeded
-shuffling, a loss with the uniform signature ``loss(logits (N, K), targets (N,),
+shuffling (or, for few windows, a step minimum with class-balanced batches), a loss with the uniform signature ``loss(logits (N, K), targets (N,),
 weights (N,))`` (see :mod:`imutune.train.losses`), progress bars, per-epoch
 evaluation, resumable checkpoints that are data (:mod:`imutune.train.checkpoint`:
 safetensors + JSON, bit-exact resume) and :class:`TrainHooks` for what a stage
@@ -48,6 +48,9 @@ class TrainResult(TypedDict):
     steps_run: int                # optimiser steps this call took
     steps_per_epoch: int          # batches per epoch, ceil(N / batch_size) (lone tails and all-zero-weight
     #                               batches are skipped, so ``steps`` can be smaller than epochs * this)
+    scheduled_steps: int          # steps the one-cycle schedule spans: max(epochs * steps_per_epoch, min_steps)
+    few_shot: bool                # min_steps set the budget (even slices of full, maybe balanced, batches; then
+    #                               steps == scheduled_steps; see TrainConfig.min_steps)
     resumed_from_epoch: int       # epochs restored from the checkpoint (0 = started fresh)
     device: str
     threads: int                  # torch intra-op threads during training
@@ -238,8 +241,12 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, config: TrainConfig
     y : np.ndarray
         Array of shape (N,), int64 in [0, K).
     config : TrainConfig
-        Epochs, batch size, learning rate, seed, device, threads (default
-        :data:`PRETRAIN`; fine-tuning stages pass :data:`FINETUNE`).
+        Epochs, batch size, learning rate, seed, device, threads, step minimum
+        and balanced batches (default :data:`PRETRAIN`; fine-tuning stages pass
+        :data:`FINETUNE`). The run takes ``config.total_steps(N)`` =
+        ``max(epochs x ceil(N / batch_size), min_steps)`` steps; when the minimum
+        sets it (few-shot) the steps are spread over the epochs in full batches
+        (class-balanced with ``balanced_batches``); see :class:`TrainConfig`.
     loss_fn : nn.Module, optional
         Called as ``loss_fn(logits, targets, weights)``; by default FilterLoss
         (weighted cross-entropy) when ``sample_weights`` are given, else plain
@@ -338,11 +345,14 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
         raise ValueError("the model has no trainable parameter (every requires_grad is False); nothing to train")
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    sched = one_cycle_schedule(opt, config.lr, config.epochs * steps_per_epoch)
+    few_shot = config.few_shot(n)              # min_steps sets the budget: even slices of full batches
+    total_steps = config.total_steps(n)
+    sched = one_cycle_schedule(opt, config.lr, total_steps)
     gen = torch.Generator().manual_seed(config.seed)
     identity = None
     if checkpoint_path is not None:   # what makes a checkpoint this run's: config (threads aside), data, extras
-        identity = {"train": {k: v for k, v in asdict(config).items() if k != "threads"}, "n_windows": n,
+        inactive = {"threads"} if few_shot else {"threads", "min_steps", "balanced_batches"}  # classic: no effect
+        identity = {"train": {k: v for k, v in asdict(config).items() if k not in inactive}, "n_windows": n,
                     "data_sha256": _fingerprint(x, y, w), **(extra_config or {})}
         identity = json.loads(json.dumps(identity))       # as the checkpoint stores it (tuples -> lists)
     start_epoch, steps, history, curve = 0, 0, [], []
@@ -363,6 +373,9 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
                                                               f"({type(e).__name__}: {e})") from None
             start_epoch, steps, history, curve = st.epoch, st.steps, list(st.history), [list(c) for c in st.curve]
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    pool = torch.from_numpy(np.flatnonzero(w > 0))           # few-shot draws: the windows that carry weight
+    y_pool = yt[pool]
+    batch = min(config.batch_size, max(int(pool.numel()), 2))  # two at least for batch norm (repeats if one)
     seconds, steps_run = 0.0, 0
     cum = curve[-1][1] if curve else 0.0
 
@@ -379,11 +392,15 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
         t0 = time.perf_counter()
         model.train()
         hooks.on_train_mode(model)
-        perm = torch.randperm(n, generator=gen)
+        if few_shot:
+            batches = _few_shot_batches(pool, y_pool, batch, _epoch_steps(total_steps, config.epochs, epoch),
+                                        gen, balanced=config.balanced_batches)
+        else:
+            perm = torch.randperm(n, generator=gen)
+            batches = (perm[s:s + config.batch_size] for s in range(0, n, config.batch_size))
         total, count = 0.0, 0
-        for s in range(0, n, config.batch_size):
-            idx = perm[s:s + config.batch_size]
-            if idx.numel() < 2 and n >= 2:  # batch norm needs two samples; fold a lone tail into nothing
+        for idx in batches:
+            if idx.numel() < 2 and n >= 2 and not few_shot:  # batch norm needs two samples; skip a lone tail
                 continue
             xb, yb, wb = xt[idx].to(device), yt[idx].to(device), wt[idx].to(device)
             if not bool((wb > 0).any()):
@@ -417,7 +434,42 @@ def _compute_train(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray
     return TrainResult(loss=history, final_loss=history[-1] if history else None, seconds=seconds,
                        epochs=config.epochs, epochs_run=config.epochs - start_epoch, steps=steps + steps_run,
                        steps_run=steps_run, steps_per_epoch=steps_per_epoch, resumed_from_epoch=start_epoch,
-                       device=str(device), threads=torch.get_num_threads(), curve=curve)
+                       device=str(device), threads=torch.get_num_threads(), curve=curve,
+                       scheduled_steps=total_steps, few_shot=few_shot)
+
+
+def _epoch_steps(total_steps: int, epochs: int, epoch: int) -> int:
+    """Steps of ``epoch`` (0-based) when ``total_steps`` are spread evenly over ``epochs`` (sums to the total)."""
+    return (epoch + 1) * total_steps // epochs - epoch * total_steps // epochs
+
+
+def _cycled(items: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` entries of ``items`` taken from concatenated seeded permutations (each once per cycle)."""
+    reps = -(-count // items.numel())
+    order = torch.cat([torch.randperm(items.numel(), generator=gen) for _ in range(reps)])[:count]
+    return items[order]
+
+
+def _few_shot_batches(pool: torch.Tensor, y_pool: torch.Tensor, batch: int, steps: int, gen: torch.Generator, *,
+                      balanced: bool) -> list[torch.Tensor]:
+    """The index batches of one few-shot epoch: ``steps`` batches of ``batch`` windows from ``pool``.
+
+    Balanced: each class present gets ``batch // K`` windows per batch and ``batch % K`` classes drawn at random
+    one more, taken round-robin from seeded permutations of the class (:class:`TrainConfig`,
+    ``balanced_batches``). Otherwise: consecutive slices of concatenated seeded permutations of the pool.
+    Only ``gen`` is drawn from, so the epoch is a function of the generator state a checkpoint saves.
+    """
+    if not balanced:
+        return list(_cycled(pool, steps * batch, gen).view(steps, batch))   # (steps * B,) -> (steps, B)
+    classes = torch.unique(y_pool)
+    k = classes.numel()
+    quota = torch.full((steps, k), batch // k, dtype=torch.int64)
+    for s in range(steps):                                    # the remainder goes to random classes
+        quota[s, torch.randperm(k, generator=gen)[:batch % k]] += 1
+    members = [_cycled(pool[y_pool == c], int(quota[:, j].sum()), gen) for j, c in enumerate(classes)]
+    ends = quota.cumsum(0)                                    # (steps, K) end offset of each batch per class
+    return [torch.cat([members[j][int(ends[s, j] - quota[s, j]):int(ends[s, j])] for j in range(k)])
+            for s in range(steps)]
 
 
 def _progress(it, desc: str, enabled: bool, **kw):
