@@ -25,7 +25,9 @@
   next user before it writes (and fsyncs) the finished user's files, so the write never idles a worker.
 * **Where the CPU goes**: the report's ``cpu_budget`` (:mod:`imutune.fleet.proc`) splits the run's CPU
   seconds into the user jobs, the driver and each of a local Ray instance's processes, plus the other
-  processes on the host (``imutune bench fleet`` tabulates it per user). Ray runs each worker with
+  processes on the host (``imutune bench fleet`` tabulates it per user). Only the driver's descendants are
+  attributed: with ``address="auto"`` on a Ray started by ``ray start`` its processes count as "other
+  processes", and on a remote cluster only the driver is seen. Ray runs each worker with
   ``OMP_NUM_THREADS`` = the task's CPUs when the variable is unset; the job also pins the BLAS/OpenMP pools
   to ``cpus_per_user`` whatever the environment says (:func:`imutune.fleet.worker._native_threads`).
 

@@ -45,6 +45,8 @@ public final class Manifest {
     public static final List<String> CONTRACT_KEYS = Collections.unmodifiableList(Arrays.asList(
             "channels", "units", "class_names", "sample_rate_hz", "window_s", "hop_s", "window_samples",
             "hop_samples", "min_purity", "norm_mean", "norm_std"));
+    /** Contract keys a manifest may omit (absent: unknown), as {@code imutune.signal.contract.OPTIONAL_CONTRACT_KEYS}. */
+    public static final List<String> OPTIONAL_CONTRACT_KEYS = Collections.unmodifiableList(Arrays.asList("gravity"));
     public static final int MIN_WINDOW_SAMPLES = 8;
     public static final int MAX_WINDOW_SAMPLES = 1 << 20;
     private static final int MAX_NAMES = 100_000;
@@ -57,6 +59,9 @@ public final class Manifest {
     public final String source;
     public final String modelName;
     public final List<String> channels;
+    /** Whether the accelerometer includes gravity (true: TYPE_ACCELEROMETER; false: TYPE_LINEAR_ACCELERATION);
+     *  null when the manifest does not say (older exports). */
+    public final Boolean gravity;
     /** One unit per channel (entries may be null), or null when the manifest declares none. */
     public final List<String> units;
     public final List<String> classNames;
@@ -103,7 +108,9 @@ public final class Manifest {
         Set<String> unknown = new TreeSet<>();
         for (Iterator<?> it = d.keys(); it.hasNext(); ) {
             String k = (String) it.next();
-            if (!MANIFEST_KEYS.contains(k) && !CONTRACT_KEYS.contains(k)) unknown.add(k);
+            if (!MANIFEST_KEYS.contains(k) && !CONTRACT_KEYS.contains(k) && !OPTIONAL_CONTRACT_KEYS.contains(k)) {
+                unknown.add(k);
+            }
         }
         if (!missing.isEmpty() || !unknown.isEmpty()) {
             throw err(source + " is missing or has unexpected fields: missing " + missing + ", unknown " + unknown
@@ -129,6 +136,15 @@ public final class Manifest {
                     + MIN_WINDOW_SAMPLES);
         }
         units = units(d.opt("units"), channels.size(), w);
+        Object g = d.opt("gravity");
+        if (g == null || g == JSONObject.NULL) {
+            gravity = null;
+        } else if (g instanceof Boolean) {
+            gravity = (Boolean) g;
+        } else {
+            throw err(w + "gravity in preprocessing must be true (accelerometer includes gravity), false (gravity "
+                    + "removed) or null (unknown), got " + repr(g));
+        }
         Object mean = d.opt("norm_mean");
         Object std = d.opt("norm_std");
         if ((mean == JSONObject.NULL) != (std == JSONObject.NULL)) {

@@ -112,6 +112,21 @@ public class ManifestContractTest {
         assertMentions(rejects("[1, 2]"), "holds a JSON array");
     }
 
+    @Test
+    public void gravityIsReadAndAnythingButABooleanOrNullIsRefused() throws Exception {
+        JSONObject d = new JSONObject(goldenManifestText());
+        d.remove("gravity");
+        assertNull(Manifest.parse(d.toString().getBytes(StandardCharsets.UTF_8), "m").gravity);   // older exports
+        d.put("gravity", true);
+        assertEquals(Boolean.TRUE, Manifest.parse(d.toString().getBytes(StandardCharsets.UTF_8), "m").gravity);
+        d.put("gravity", false);
+        assertEquals(Boolean.FALSE, Manifest.parse(d.toString().getBytes(StandardCharsets.UTF_8), "m").gravity);
+        d.put("gravity", JSONObject.NULL);
+        assertNull(Manifest.parse(d.toString().getBytes(StandardCharsets.UTF_8), "m").gravity);
+        d.put("gravity", "yes");
+        assertMentions(rejects(d.toString()), "gravity", "must be true", "got 'yes'");
+    }
+
     @Test(expected = FileNotFoundException.class)
     public void missingManifestFileIsFileNotFound() throws Exception {
         Manifest.load(new File(tmp.getRoot(), "nope.json"));
