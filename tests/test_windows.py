@@ -313,3 +313,20 @@ def test_longtail_rejects_empty():
         longtail_subsample(np.zeros(0, np.int64), 2.0, num_classes=3)
     with pytest.raises(ValueError, match=r"y is empty"):
         longtail_subsample(np.zeros(0, np.int64), 2.0)
+
+
+def test_windows_never_span_a_gap_in_the_timestamps():
+    # 60 samples at 10 Hz with 15 samples missing before sample 32: windows of 1 s (10 samples), hop 0.5 s
+    base = _rec(np.zeros(60))
+    rec = Recording(base.values, base.labels, base.sample_rate_hz, base.channels, base.class_names, base.user,
+                    base.name, {}, ((32, 15),))
+    cfg = WindowConfig(window_s=1.0, hop_s=0.5, sample_rate_hz=10.0)
+    w = make_windows([rec], cfg)
+    first = w.x[:, 0, 0]                                       # channel 0 holds the sample index
+    assert np.all(np.diff(w.x[:, 0, :], axis=1) == 1)          # every window is contiguous in the file
+    # pieces [0, 32) and [32, 60) are cut on their own: starts 0, 5, ..., 20 and 32, 37, ..., 47
+    assert first.tolist() == [0, 5, 10, 15, 20, 32, 37, 42, 47]
+    assert np.all(w.recording == 0)                            # the pieces keep their recording index
+    # the same samples without the gap give windows across sample 32 (e.g. the one starting at 25)
+    plain = make_windows([base], cfg)
+    assert 25 in plain.x[:, 0, 0].tolist()

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import _validation as V
+from ..data.recording import split_at_gaps
 from ..data.recordings import Recording
 from .contract import DEFAULT_MIN_PURITY, Preprocessing, check_window_fields, seconds_to_samples
 
@@ -547,26 +548,29 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
             log.extend(lines)
             rec = Recording(values, rec.labels, rec.sample_rate_hz, rec.channels, rec.class_names, rec.user,
                             rec.name, rec.meta, rec.gaps)
-        rec = resample_recording(rec, config.sample_rate_hz)
-        starts = window_starts(rec.n_samples, T, H)
-        if starts.size == 0:
-            continue
-        idx = starts[:, None] + np.arange(T)[None, :]            # (W, T)
-        lab = rec.labels[idx]                                    # (W, T)
-        K = len(class_names)
-        counts = np.stack([(lab == k).sum(axis=1) for k in range(K)], axis=1)  # (W, K)
-        maj = counts.argmax(axis=1)
-        keep = counts.max(axis=1) >= config.min_purity * T
-        if unlabeled:
-            maj = np.where(keep, maj, -1)
-            keep = np.ones_like(keep)
-        if not keep.any():
-            continue
-        win = rec.values[idx[keep]]                               # (W', T, C)
-        xs.append(np.ascontiguousarray(win.transpose(0, 2, 1)))  # (W', T, C) -> (W', C, T)
-        ys.append(maj[keep])
-        recs.append(np.full(int(keep.sum()), i, dtype=np.int64))
-        users.append(np.full(int(keep.sum()), rec.user, dtype=object))
+        # windows never span a gap in the timestamps (the samples either side are not contiguous): each gap-free
+        # piece is resampled and cut on its own; its windows keep the recording index i
+        for piece in split_at_gaps(rec):
+            piece = resample_recording(piece, config.sample_rate_hz)
+            starts = window_starts(piece.n_samples, T, H)
+            if starts.size == 0:
+                continue
+            idx = starts[:, None] + np.arange(T)[None, :]            # (W, T)
+            lab = piece.labels[idx]                                  # (W, T)
+            K = len(class_names)
+            counts = np.stack([(lab == k).sum(axis=1) for k in range(K)], axis=1)  # (W, K)
+            maj = counts.argmax(axis=1)
+            keep = counts.max(axis=1) >= config.min_purity * T
+            if unlabeled:
+                maj = np.where(keep, maj, -1)
+                keep = np.ones_like(keep)
+            if not keep.any():
+                continue
+            win = piece.values[idx[keep]]                             # (W', T, C)
+            xs.append(np.ascontiguousarray(win.transpose(0, 2, 1)))  # (W', T, C) -> (W', C, T)
+            ys.append(maj[keep])
+            recs.append(np.full(int(keep.sum()), i, dtype=np.int64))
+            users.append(np.full(int(keep.sum()), rec.user, dtype=object))
     unit_set = None if all(t is None for t in target) else target
     spec = Preprocessing(channels=tuple(channels), class_names=tuple(class_names),
                          sample_rate_hz=config.sample_rate_hz, window_s=config.window_s, hop_s=config.hop_s,
