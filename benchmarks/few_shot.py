@@ -2,7 +2,7 @@
 BasicMotions with the old schedule (no step minimum) vs the FINETUNE preset (90 steps, balanced batches),
 and rehearsal of the watch classes through a kept source head while learning BasicMotions' classes.
 
-    python benchmarks/few_shot.py --out runs/bench_few_shot                 # README run (3 seeds)
+    python benchmarks/few_shot.py --out runs/bench_few_shot --extra-min-steps 300   # README run (3 seeds)
     python benchmarks/few_shot.py --out runs/bench_few_shot --source-model runs/bench_transfer/source_mobilecnn1d_e20
 
 BasicMotions is read from the aeon wheel (pip install --no-deps aeon). Body:
@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     ap.add_argument("--losses", nargs="+", default=list(c.losses), help="fine-tuning losses (schedule)")
     ap.add_argument("--rehearsal-ks", type=int, nargs="*", default=list(c.rehearsal_ks))
     ap.add_argument("--rehearsal-ratios", type=float, nargs="+", default=list(c.rehearsal_ratios))
+    ap.add_argument("--extra-min-steps", type=int, nargs="*", default=list(c.extra_min_steps),
+                    help="also run FINETUNE with these min_steps (for the losses in --extra-losses)")
+    ap.add_argument("--extra-losses", nargs="+", default=list(c.extra_losses))
     ap.add_argument("--threads", type=int, default=c.threads, help="torch threads")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -35,6 +38,7 @@ def main(argv=None) -> int:
         cfg = FewShotBenchConfig(source_model=args.source_model, model_name=args.model, ks=tuple(args.ks),
                                  seeds=tuple(args.seeds), losses=tuple(args.losses),
                                  rehearsal_ks=tuple(args.rehearsal_ks), rehearsal_ratios=tuple(args.rehearsal_ratios),
+                                 extra_min_steps=tuple(args.extra_min_steps), extra_losses=tuple(args.extra_losses),
                                  threads=args.threads)
         run_few_shot_bench(args.out, cfg, command=" ".join(["python benchmarks/few_shot.py", *sys.argv[1:]]),
                            progress=not args.no_progress)

@@ -169,3 +169,21 @@ def test_segment_values_pads_the_last_segment_by_edge_repetition():
     c = new_codec(CodecConfig(in_channels=2, segment_samples=4, strides=(2,)), ("a", "b"), 50.0, n)
     out = decode_stream(c, encode_values(c, v, class_names=("x",))).recording
     assert out.n_samples == 7 and np.all(out.labels == -1)
+
+
+def test_header_hints_shrink_the_header_and_a_codec_without_them_refuses_the_stream(codec, watch_s1):
+    assert codec.header_hints["class_names"] == list(watch_s1[0].class_names)   # set by train_codec
+    bare = codec.with_header_hints()
+    rec = watch_s1[0]
+    hinted, plain = encode_recording(codec, rec), encode_recording(bare, rec)
+    h_len = int.from_bytes(hinted[20:22], "little")
+    p_len = int.from_bytes(plain[20:22], "little")
+    assert h_len + 40 <= p_len, (h_len, p_len)                   # class names and units cost a few bytes
+    assert hinted[22 + h_len:] == plain[22 + p_len:]              # same payload
+    out = decode_stream(codec, hinted).recording
+    assert out.class_names == rec.class_names and out.meta["units"] == rec.meta["units"]
+    with pytest.raises(ValueError, match="was encoded by codec .* but this codec is"):
+        decode_stream(bare, hinted)
+    # other class names than the hints still round-trip (they just cost their bytes)
+    other = encode_values(codec, rec.values, labels=np.zeros(rec.n_samples, np.int64), class_names=("walk",))
+    assert decode_stream(codec, other).recording.class_names == ("walk",)

@@ -128,3 +128,36 @@ def test_classifier_modes_need_a_fitting_classifier(chunks, tiny_classifier):
     with pytest.raises(ValueError, match="expected \\(N, 6, 100\\)"):
         train_codec(bad, config=CodecTrainConfig(epochs=1, device="cpu"),
                     codec_config=CodecConfig(segment_samples=50, strides=(2,)))
+
+
+def test_header_hints_are_part_of_the_identity_and_survive_save_load(tmp_path, chunks):
+    n = Normalizer(np.zeros(6, np.float32), np.ones(6, np.float32))
+    c = new_codec(CodecConfig(), tuple("abcdef"), 50.0, n)
+    h = c.with_header_hints(["x", "y"], ["g", "g", "g", "rad/s", "rad/s", "rad/s"])
+    assert h.header_hints == {"class_names": ["x", "y"], "units": dict(zip("abcdef", ["g"] * 3 + ["rad/s"] * 3))}
+    assert codec_hash(h) != codec_hash(c)                       # another header dictionary: another codec id
+    assert codec_hash(c.with_header_hints()) == codec_hash(c)   # no hints: the hash of a codec saved without them
+    save_codec(h, tmp_path / "h")
+    back = load_codec(tmp_path / "h")
+    assert back.header_hints == h.header_hints and codec_hash(back) == codec_hash(h)
+    assert "header_hints" not in json.loads(save_codec(c, tmp_path / "c").joinpath("codec.json").read_text())
+    with pytest.raises(ValueError, match="units has 2 entries; expected 6"):
+        c.with_header_hints(["x"], ["g", "g"])
+    with pytest.raises(ValueError, match="name channels \\['q'\\]"):
+        c.with_header_hints(["x"], {"q": "g"})
+    meta = json.loads((tmp_path / "h" / "codec.json").read_text())
+    meta["header_hints"] = ["x"]
+    (tmp_path / "h" / "codec.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="header_hints is list"):
+        load_codec(tmp_path / "h")
+
+
+def test_training_records_the_datas_classes_and_units_as_header_hints(chunks):
+    c, _ = train_codec(chunks, config=CodecTrainConfig(epochs=1, device="cpu", batch_size=16),
+                       codec_config=CodecConfig(hidden_channels=8, latent_channels=4))
+    assert c.header_hints["class_names"] == list(chunks.class_names)
+    assert c.header_hints["units"] == dict(zip(chunks.channels, chunks.preprocessing.units))
+
+
+def test_default_training_budget_is_the_measured_one():
+    assert CodecTrainConfig().epochs == 50          # 470 steps left PRDN at ~30 % (notes/codec2_note.md)

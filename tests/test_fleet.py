@@ -390,3 +390,21 @@ def test_bench_cpu_budget_merge_and_ceiling():
 
     with pytest.raises(ValueError, match="round_users must be an integer >= 1"):
         FleetBenchConfig(round_users=0)
+
+
+def test_bench_round_pairs_speedup_over_quiet_rounds_only():
+    from imutune.bench.fleet import _round_pairs
+
+    def rnd(n, wall, other):
+        return {"throughput": {"computed": n, "wall_s": wall,
+                               "cpu_budget": {"cores": {"other processes (not this run)": other}}},
+                "users": [{"status": "computed", "cpu_s": 3.0}, {"status": "failed", "cpu_s": 0.1}]}
+
+    lo = [rnd(10, 32.0, 0.0), rnd(10, 40.0, 0.9), rnd(2, 6.4, 0.05)]
+    hi = [rnd(10, 17.0, 0.05), rnd(10, 30.0, 0.8), rnd(2, 3.3, 0.0)]
+    r = _round_pairs(lo, hi)
+    assert [p["quiet"] for p in r["rounds"]] == [True, False, True] and r["quiet_rounds"] == 2
+    assert r["rounds"][1]["speedup"] == pytest.approx(40.0 / 30.0)
+    assert r["rounds"][0]["job_cpu_s_per_user"] == [3.0, 3.0]              # computed users only
+    assert r["speedup_quiet_rounds"] == pytest.approx((12 / 20.3) / (12 / 38.4))   # the noisy round left out
+    assert "speedup_quiet_rounds" not in _round_pairs(lo[1:2], hi[1:2])

@@ -565,7 +565,7 @@ def _add_codec(sub, bench_sub) -> None:
                    help="MSE weight against the rate in bits per sample (default 8)")
     t.add_argument("--beta", type=float, default=None, help="CE weight on decoded windows, relative to the MSE (default 0.1)")
     t.add_argument("--latent-channels", type=int, default=None, help="latent channels L (default 8)")
-    t.add_argument("--epochs", type=int, default=None, help="training epochs (default 15)")
+    t.add_argument("--epochs", type=int, default=None, help="training epochs (default 50)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--no-export", action="store_true", help="skip the encoder .onnx/.pte export")
@@ -585,6 +585,8 @@ def _add_codec(sub, bench_sub) -> None:
     b.add_argument("--quick", action="store_true", help="reduced run (few users, epochs and operating points)")
     b.add_argument("--lambdas", type=float, nargs="+", default=None, help="lambda sweep of the learned codec")
     b.add_argument("--epochs", type=int, default=None, help="codec training epochs")
+    b.add_argument("--modes", nargs="+", default=None, choices=("codec", "classifier", "joint"),
+                   help="learned-codec training modes to run (default: all three)")
     b.add_argument("--test-subjects", type=int, nargs="+", default=None, help="held-out watch subjects")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
@@ -623,8 +625,11 @@ def _bench_codec(args) -> int:
         over["codec_epochs"] = args.epochs
     if args.test_subjects:
         over["test_subjects"] = tuple(args.test_subjects)
+    if args.modes:
+        over["modes"] = tuple(args.modes)
     cmd = [f"imutune bench codec --out {args.out}"] + (["--quick"] if args.quick else [])
-    for flag, v in (("--lambdas", args.lambdas), ("--epochs", args.epochs), ("--test-subjects", args.test_subjects),
+    for flag, v in (("--lambdas", args.lambdas), ("--epochs", args.epochs), ("--modes", args.modes),
+                    ("--test-subjects", args.test_subjects),
                     ("--threads", args.threads)):
         if v is not None:
             cmd += [flag, *(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))]

@@ -18,7 +18,9 @@ fine-tuned with the default :func:`imutune.personalize.finetune.finetune`
 "before" is the untrained (adapted) model, "after" the fine-tuned one; both
 beside RandomForest / logistic regression on window statistics of the same
 calibration windows (:func:`imutune.personalize.reference.reference_report`).
-Outputs: ``channels.json``, ``channels.md``, ``channels.png``.
+Outputs: ``channels.json``, ``channels.md``, ``channels.png``; the first subject's first ``6ch->acc``
+model in ``finetuned_6ch-acc/`` and that user's test recordings on the subset in ``user_acc_test/`` (npz),
+ready for ``imutune export`` / ``imutune replay``.
 """
 from __future__ import annotations
 
@@ -145,6 +147,11 @@ def _compute_bench(out: Path, cfg: ChannelsBenchConfig, recordings, command: str
         recordings = load_watch()
     recs = sorted(recordings, key=lambda r: r.name)   # name order, as a folder of these recordings is read
     src = [r for r in recs if r.meta.get("subject") not in cfg.subjects]
+    present = {r.meta.get("subject") for r in recs}
+    missing = [s for s in cfg.subjects if s not in present]
+    if missing:
+        raise ValueError(f"subjects: subject {missing[0]} has no recordings; subjects present are "
+                         f"{sorted(present, key=str)}")
     if not src:
         raise ValueError(f"subjects {list(cfg.subjects)} leave no recordings to pretrain on")
     models, pre = {}, {}
@@ -158,9 +165,6 @@ def _compute_bench(out: Path, cfg: ChannelsBenchConfig, recordings, command: str
     results: list[dict[str, Any]] = []
     for subject in cfg.subjects:
         mine = [r for r in recs if r.meta.get("subject") == subject]
-        if not mine:
-            raise ValueError(f"subjects: subject {subject} has no recordings; subjects present are "
-                             f"{sorted({r.meta.get('subject') for r in recs}, key=str)}")
         cal_recs, test_recs = calibrate_then_use(mine, window_s=cfg.window.window_s,
                                                  calibration_fraction=cfg.calibration_fraction, gap_s=cfg.gap_s)
         for case, model_kind, chan_kind in CASES:
@@ -189,6 +193,8 @@ def _compute_bench(out: Path, cfg: ChannelsBenchConfig, recordings, command: str
                        "fit_seconds": fit_s, "steps": int(per.info["steps"]),
                        "channels_adapted": per.info.get("channels_adapted")}
                 results.append(row)
+                if case == "6ch->acc" and subject == cfg.subjects[0] and seed == cfg.seeds[0]:
+                    _save_subset_example(out, per, test_recs, ch)
                 log(f"[subject {subject} seed {seed}] {case}: before {bef if bef is None else round(bef, 3)} "
                     f"after {after:.3f} RF {row['random_forest']:.3f} LR {row['logistic_regression']:.3f} "
                     f"({fit_s:.1f} s)")
@@ -198,6 +204,17 @@ def _compute_bench(out: Path, cfg: ChannelsBenchConfig, recordings, command: str
             "summary": summary, "host": host_info(), "seconds": time.perf_counter() - t_all}
     write_report(out, "channels", data, _markdown(data, cfg), {"channels": _figure(summary)})
     return data
+
+
+def _save_subset_example(out: Path, bundle, test_recs: list, channels: tuple[str, ...]) -> None:
+    """The first subject's first 6ch->acc model (``finetuned_6ch-acc``) and that user's test recordings on the
+    subset (``user_acc_test/*.npz``), for ``imutune export`` / ``imutune replay`` of a channel-subset model."""
+    from ..data.npz import save_npz
+    from ..train.bundle import save_bundle
+
+    save_bundle(bundle, out / "finetuned_6ch-acc")
+    for r in test_recs:
+        save_npz(r.select_channels(channels), out / "user_acc_test" / f"{r.name.replace(':', '_')}.npz")
 
 
 def _mean(v: list) -> float | None:
@@ -213,9 +230,9 @@ def _figure(summary: dict[str, Any]):
         vals = [summary[c][s] if summary[c][s] is not None else 0.0 for c in cases]
         ax.bar(np.arange(len(cases)) + (i - 1.5) * width, vals, width, label=s.replace("_", " "))
     ax.set_xticks(np.arange(len(cases)))
-    ax.set_xticklabels([c.replace("6ch", "6-channel model").replace("acc->", "acc-only model->")
-                        .replace("->acc", " -> acc only").replace("->6ch", " -> 6 channels") for c in cases],
-                       fontsize=8)
+    names = {"6ch->6ch": "6-channel model\n-> 6 channels", "6ch->acc": "6-channel model\n-> acc only (subset)",
+             "acc->acc": "acc-only model\n-> acc only"}
+    ax.set_xticklabels([names.get(c, c) for c in cases], fontsize=8)
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("test macro-F1 (mean over subjects and seeds)")
     ax.set_title("fine-tuning on a channel subset (held-out watch subjects, calibrate-then-use)", fontsize=9)

@@ -53,6 +53,8 @@ class FewShotBenchConfig:
     rehearsal_ratios: tuple[float, ...] = (0.0, 1.0, 5.0)
     rehearsal_windows: int = 1500                # watch windows rehearsed; the other watch windows are scored
     rehearsal_loss: str = "ce"
+    extra_min_steps: tuple[int, ...] = ()       # more schedules: FINETUNE with min_steps=n ("min_steps=n")
+    extra_losses: tuple[str, ...] = ("ce",)      # the losses the extra schedules run for
     device: str = "cpu"
     threads: int = 1
 
@@ -67,6 +69,8 @@ class FewShotBenchConfig:
             raise ValueError("seeds is empty; expected at least one seed")
         if any(not isinstance(r, (int, float)) or isinstance(r, bool) or r < 0 for r in self.rehearsal_ratios):
             raise ValueError(f"rehearsal_ratios must be numbers >= 0, got {list(self.rehearsal_ratios)}")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.extra_min_steps):
+            raise ValueError(f"extra_min_steps must be ints >= 1, got {list(self.extra_min_steps)}")
         for name in ("rehearsal_windows", "threads", "pretrain_epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -137,6 +141,8 @@ def _configs(cfg: FewShotBenchConfig, schedule: str, seed: int, loss: str, ratio
     if schedule == "old":
         tc = replace(tc, min_steps=0, balanced_batches=False)
         fc = replace(fc, oof_min_steps=0, new_head_oof_min_steps=0)
+    elif schedule.startswith("min_steps="):
+        tc = replace(tc, min_steps=int(schedule.split("=")[1]))
     return FinetuneConfig(train=tc, filter=fc, loss=loss, rehearsal_ratio=float(ratio))
 
 
@@ -163,7 +169,8 @@ def _compute_bench(out: Path, cfg: FewShotBenchConfig, target, source_recordings
         for k in cfg.ks:
             for seed in cfg.seeds:
                 cal = pool.subset(_draw(pool, k, seed))
-                for schedule in SCHEDULES:
+                extra = [f"min_steps={n}" for n in cfg.extra_min_steps] if loss in cfg.extra_losses else []
+                for schedule in (*SCHEDULES, *extra):
                     t = time.perf_counter()
                     per = finetune(src, cal, config=_configs(cfg, schedule, seed, loss), progress=False)
                     f1 = evaluate_bundle(per, test, device=cfg.device)["macro_f1"]
@@ -242,7 +249,20 @@ def _schedule_summary(rows: list[dict], cfg: FewShotBenchConfig) -> dict[str, An
                                  "per_seed": [float(x) for x in d], "wins": int(sum(x > 0 for x in d)),
                                  "steps": {s: sorted({r["steps"] for r in rows if r["loss"] == loss and r["k"] == k
                                                       and r["schedule"] == s}) for s in SCHEDULES}}
+            for n in cfg.extra_min_steps:
+                name = f"min_steps={n}"
+                e = {r["seed"]: r["macro_f1"] for r in rows if r["loss"] == loss and r["k"] == k
+                     and r["schedule"] == name}
+                if e:
+                    dn = [e[s] - f["new"][s] for s in cfg.seeds]
+                    out[loss][str(k)][name] = {"mean": float(np.mean(list(e.values()))),
+                                               "minus_new": float(np.mean(dn)), "per_seed": [float(x) for x in dn]}
     return out
+
+
+def _count(rows: list[dict], loss: str, k: int, seed: int, schedule: str) -> Any:
+    r = [r for r in rows if (r["loss"], r["k"], r["seed"], r["schedule"]) == (loss, k, seed, schedule)]
+    return r[0]["category_counts"].get("boundary", 0) if r else "n/a"
 
 
 def _figure(d: dict[str, Any], cfg: FewShotBenchConfig):
@@ -300,6 +320,21 @@ def _markdown(d: dict[str, Any], cfg: FewShotBenchConfig) -> str:
               "Per-seed paired differences new - old in brackets. Steps (old / new): " + "; ".join(
                   f"{loss} k={k}: {summ[loss][str(k)]['steps']['old']} / {summ[loss][str(k)]['steps']['new']}"
                   for loss in cfg.losses for k in cfg.ks) + ".", ""]
+    boundary = [r for r in d["schedule"]["results"] if r.get("category_counts")]
+    if boundary:
+        lines += ["FilterLoss windows in \"boundary\" (weights near uniform), per seed, old -> new: " + "; ".join(
+            f"{loss} k={k}: " + ", ".join(
+                f"{_count(boundary, loss, k, s, 'old')} -> {_count(boundary, loss, k, s, 'new')}" for s in cfg.seeds)
+            + f" of {k * len(d['class_names'])}"
+            for loss in cfg.losses for k in cfg.ks if any(r["loss"] == loss and r["k"] == k for r in boundary)) + ".",
+            ""]
+    extra = [(loss, f"min_steps={n}") for loss in cfg.losses for n in cfg.extra_min_steps
+             if f"min_steps={n}" in summ[loss][str(cfg.ks[0])]] if cfg.ks else []
+    if extra:
+        rows = [[f"{loss} {name}"] + [f"{summ[loss][str(k)][name]['mean']:.3f} ({summ[loss][str(k)][name]['minus_new']:+.3f} "
+                                      f"vs new)" for k in cfg.ks] for loss, name in extra]
+        lines += ["Longer minimums (FINETUNE with another `min_steps`; paired difference to `new`, mean over seeds):",
+                  "", markdown_table(["schedule"] + [f"k={k}" for k in cfg.ks], rows), ""]
     reh = d["rehearsal"]
     if reh:
         lines += ["## Multi-head rehearsal (new class set)", "",

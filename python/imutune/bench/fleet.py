@@ -20,7 +20,9 @@
    scaling entry adds the **CPU-budget ceiling**: the speed-up the cores allow if nothing but this run used
    them, ``min(hi / lo, cores * J / (lo * (J + O)))`` with ``J`` the user jobs' and ``O`` everything else of
    this run's CPU seconds per user in the ``hi``-worker rounds (CPU seconds, so it does not move with the
-   host's load) -- the reference against which a speed-up measured on a shared host can be read.
+   host's load) -- the reference against which a speed-up measured on a shared host can be read. Per round
+   the report lists both runs' wall time and the other processes' cores, and the speed-up over the *quiet*
+   rounds (other processes below ``QUIET_OTHER_CORES`` cores in both runs of the round), labelled as such.
 4. **Killed worker**: a 2-worker run in which one worker process (a ``ray::imutune_fleet_user`` process
    started by this benchmark) is SIGKILLed after ``kill_after_fraction`` of the users; Ray retries its
    task. Then a rerun: every user must be skipped (verified), and every user's patch hash and scores must
@@ -343,7 +345,8 @@ def run_fleet_bench(out_dir: str | os.PathLike, config: FleetBenchConfig = Fleet
             res["scaling"] = {"workers": [lo, hi], "users_per_hour": [a["users_per_hour"], b["users_per_hour"]],
                               "speedup": (b["users_per_hour"] / a["users_per_hour"]) if a["users_per_hour"] else None,
                               "identical_results": compare_runs(reports[f"run_{lo}w"], ref),
-                              **_ceiling(a, b, lo, hi, config.num_cpus)}
+                              **_ceiling(a, b, lo, hi, config.num_cpus),
+                              **_round_pairs(rounds[f"run_{lo}w"], rounds[f"run_{hi}w"])}
         threshold = max(1, int(config.kill_after_fraction * n_all))
         if config.kill_worker:
             name = "run_kill_worker"
@@ -397,6 +400,42 @@ def _ceiling(a: dict, b: dict, lo: int, hi: int, num_cpus: int) -> dict[str, Any
     return out
 
 
+#: a round counts as quiet when the host's other processes used less than this many cores during it
+QUIET_OTHER_CORES = 0.1
+
+
+def _round_pairs(lo_rounds: list[dict], hi_rounds: list[dict]) -> dict[str, Any]:
+    """Per interleaved round: both worker counts' users/hour and the other processes' cores, and the speed-up
+    over the rounds in which the host was otherwise quiet (both runs below :data:`QUIET_OTHER_CORES`)."""
+    def facts(r: dict) -> tuple[int, float, float | None]:
+        t = r["throughput"]
+        other = ((t.get("cpu_budget") or {}).get("cores") or {}).get("other processes (not this run)")
+        return t["computed"], float(t["wall_s"] or 0.0), other
+
+    def job_cpu(r: dict) -> float | None:
+        cpu = [u["cpu_s"] for u in r["users"] if u["status"] == "computed" and u["cpu_s"] is not None]
+        return sum(cpu) / len(cpu) if cpu else None
+
+    pairs, quiet = [], [[0, 0.0], [0, 0.0]]
+    for ra, rb in zip(lo_rounds, hi_rounds):
+        (na, wa, oa), (nb, wb, ob) = facts(ra), facts(rb)
+        if not (na and nb and wa > 0 and wb > 0):
+            continue
+        is_quiet = oa is not None and ob is not None and oa < QUIET_OTHER_CORES and ob < QUIET_OTHER_CORES
+        pairs.append({"users": [na, nb], "wall_s": [wa, wb], "other_processes_cores": [oa, ob],
+                      "job_cpu_s_per_user": [job_cpu(ra), job_cpu(rb)], "speedup": (nb / wb) / (na / wa),
+                      "quiet": is_quiet})
+        if is_quiet:
+            quiet[0][0] += na
+            quiet[0][1] += wa
+            quiet[1][0] += nb
+            quiet[1][1] += wb
+    out: dict[str, Any] = {"rounds": pairs, "quiet_rounds": sum(p["quiet"] for p in pairs)}
+    if quiet[0][1] > 0 and quiet[1][1] > 0:
+        out["speedup_quiet_rounds"] = (quiet[1][0] / quiet[1][1]) / (quiet[0][0] / quiet[0][1])
+    return out
+
+
 def _kill_driver_phase(out: Path, base: Path, users_dir: Path, fleet_cfg: FleetConfig, ref: dict, threshold: int,
                        config: FleetBenchConfig, command: str | None, progress: bool) -> dict[str, Any]:
     name = "run_kill_driver"
@@ -441,7 +480,9 @@ def _targets(res: dict, cfg: FleetBenchConfig) -> dict[str, Any]:
     if s and s["speedup"] is not None:
         t["scaling_2_vs_1_workers"] = {"target": ">= 1.8x", "measured": s["speedup"], "met": s["speedup"] >= 1.8,
                                        "cpu_budget_ceiling": s.get("cpu_budget_ceiling"),
-                                       "other_processes_cores": s.get("other_processes_cores")}
+                                       "other_processes_cores": s.get("other_processes_cores"),
+                                       "speedup_quiet_rounds": s.get("speedup_quiet_rounds"),
+                                       "quiet_rounds": f"{s.get('quiet_rounds', 0)}/{len(s.get('rounds', []))}"}
     for k in ("kill_worker", "kill_driver"):
         kw = res.get(k)
         if kw:
@@ -506,6 +547,17 @@ def _markdown(res: dict) -> str:
             lines += ["", f"CPU-budget ceiling of the speed-up (if nothing else used the cores): "
                           f"{s['cpu_budget_ceiling']:.2f}x. Other processes on the host used {oc[0]} cores during the "
                           f"{s['workers'][0]}-worker rounds and {oc[1]} during the {s['workers'][1]}-worker rounds."]
+        if s.get("rounds"):
+            q = s.get("speedup_quiet_rounds")
+            lines += ["", f"Rounds in which other processes used < {QUIET_OTHER_CORES} cores in both runs: "
+                          f"{s['quiet_rounds']}/{len(s['rounds'])}" + (f"; speed-up over them {q:.2f}x." if q else "."),
+                      "", markdown_table(["round", "users", "wall s", "speed-up", "other processes (cores)",
+                                          "job CPU s per user", "quiet"],
+                                         [[i + 1, "/".join(str(n) for n in p["users"]),
+                                           " / ".join(f"{w:.1f}" for w in p["wall_s"]), p["speedup"],
+                                           " / ".join("-" if o is None else f"{o:.2f}" for o in p["other_processes_cores"]),
+                                           " / ".join("-" if c is None else f"{c:.3f}" for c in p["job_cpu_s_per_user"]),
+                                           p["quiet"]] for i, p in enumerate(s["rounds"])], floatfmt=".2f")]
         lines += _budget_table(res["phases"])
     if res.get("warmup"):
         w = res["warmup"]

@@ -19,8 +19,10 @@ fewer segments than its header says is refused.
                   (:func:`imutune.codec.model.codec_hash`)
     20      2     H: uint16, length of the compressed header
     22      H     header: UTF-8 JSON, zstd-compressed with a raw-content dictionary
-                  (the codec's header template: its contract in canonical JSON), so the
-                  full contract costs a few bytes per stream
+                  (the codec's header template: its contract in canonical JSON and its
+                  header hints, the class names and units of its training data:
+                  ``LearnedCodec.header_hints``), so the full contract, and class names
+                  and units equal to the hints, cost a few bytes per stream
     22 + H  4 W   payload: W uint32 words of the range coder
 
 Header JSON fields: ``format`` (``"imutune.imz"``), ``version`` (1),
@@ -185,12 +187,17 @@ def _labels_rle(labels: np.ndarray) -> list[list[int]]:
 
 
 def _header_dictionary(codec: LearnedCodec) -> Any:
-    """zstd raw-content dictionary: a header template holding the codec's contract (hashed content only)."""
+    """zstd raw-content dictionary: a header template holding the codec's contract and header hints
+    (class names and units of its training data; hashed content only)."""
     import zstandard
 
+    rec: dict[str, Any] = {"user": "subject", "name": "", "class_names": [], "labels_rle": [[0, 0]]}
+    hints = codec.header_hints
+    if hints:   # the training data's class names and units, in the order close_stream writes them
+        rec = {"user": "subject", "name": "", "class_names": list(hints.get("class_names", [])),
+               "labels_rle": [[0, 0]], "units": hints.get("units")}
     template = {"format": _FORMAT, "version": _VERSION, "contract": codec_contract(codec), "n_segments": 0,
-                "n_samples": 0, "payload_words": 0, "payload_crc32": 0,
-                "recording": {"user": "subject", "name": "", "class_names": [], "labels_rle": [[0, 0]]}}
+                "n_samples": 0, "payload_words": 0, "payload_crc32": 0, "recording": rec}
     raw = json.dumps(template, separators=(",", ":")).encode("utf-8")
     return zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 

@@ -34,7 +34,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -309,6 +309,10 @@ class LearnedCodec:
     normalizer: Normalizer
     tables: EntropyTables
     info: dict = field(default_factory=dict)   # training mode, lambda, beta, loss history, provenance
+    #: Typical ``.imz`` header content, part of the codec's identity (hashed): ``class_names`` (list of str)
+    #: and ``units`` (channel -> unit) of the training data. The header dictionary holds them, so an upload
+    #: with the same class names and units stores them in a few bytes (empty: none, as before).
+    header_hints: dict = field(default_factory=dict)
 
     @property
     def config(self) -> CodecConfig:
@@ -329,7 +333,39 @@ class LearnedCodec:
     def with_tables(self) -> "LearnedCodec":
         """A copy whose tables are rebuilt from the current prior (after training)."""
         return LearnedCodec(self.model, self.channels, self.sample_rate_hz, self.normalizer,
-                            build_tables(self.model.prior, self.config), dict(self.info))
+                            build_tables(self.model.prior, self.config), dict(self.info), dict(self.header_hints))
+
+    def with_header_hints(self, class_names: Sequence[str] | None = None,
+                          units: dict | Sequence[str | None] | None = None) -> "LearnedCodec":
+        """A copy whose ``.imz`` header dictionary holds these class names and units (channel -> unit, or one
+        unit per channel); a new codec identity (:func:`codec_hash` covers the hints).
+
+        Raises
+        ------
+        ValueError
+            If ``units`` is a sequence whose length is not the number of channels, or names an unknown channel.
+        """
+        return LearnedCodec(self.model, self.channels, self.sample_rate_hz, self.normalizer, self.tables,
+                            dict(self.info), _hints(class_names, units, self.channels))
+
+
+def _hints(class_names, units, channels) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if class_names:
+        out["class_names"] = [str(c) for c in class_names]
+    if units is not None and not isinstance(units, dict):
+        units = list(units)
+        if len(units) != len(channels):
+            raise ValueError(f"header hint units has {len(units)} entries; expected {len(channels)} (one per "
+                             f"channel {list(channels)})")
+        units = dict(zip(channels, units))
+    if units:
+        unknown = sorted(set(units) - set(channels))
+        if unknown:
+            raise ValueError(f"header hint units name channels {unknown}; the codec has {list(channels)}")
+        if all(units.get(c) is not None for c in channels):
+            out["units"] = {str(c): str(units[c]) for c in channels}
+    return out
 
 
 def codec_contract(codec: LearnedCodec) -> dict[str, Any]:
@@ -360,8 +396,11 @@ def _state_bytes(codec: LearnedCodec) -> bytes:
 
 
 def _meta(codec: LearnedCodec) -> dict[str, Any]:
-    return {"format": _CODEC_FORMAT, "version": _CODEC_VERSION, "config": asdict(codec.config),
+    meta = {"format": _CODEC_FORMAT, "version": _CODEC_VERSION, "config": asdict(codec.config),
             "contract": codec_contract(codec)}
+    if codec.header_hints:                     # absent when empty: codecs saved before hints keep their hash
+        meta["header_hints"] = codec.header_hints
+    return meta
 
 
 def codec_hash(codec: LearnedCodec) -> str:
@@ -424,7 +463,11 @@ def load_codec(path: str | os.PathLike) -> LearnedCodec:
         raise ValueError(f"codec weights {str(weights_path)!r} do not match the config in {str(meta_path)!r} "
                          f"({type(e).__name__}: {e})") from e
     model.eval()
-    codec = LearnedCodec(model, channels, sr, norm, EntropyTables(offsets, freqs), meta.get("info", {}))
+    hints = meta.get("header_hints") or {}
+    if not isinstance(hints, dict):
+        raise ValueError(f"codec metadata {str(meta_path)!r}: header_hints is {type(hints).__name__}; expected an "
+                         "object with class_names and units")
+    codec = LearnedCodec(model, channels, sr, norm, EntropyTables(offsets, freqs), meta.get("info", {}), hints)
     h = codec_hash(codec)
     if meta.get("sha256") != h:
         raise ValueError(f"codec {str(folder)!r}: recorded sha256 {meta.get('sha256')!r} differs from the files' "
@@ -433,7 +476,7 @@ def load_codec(path: str | os.PathLike) -> LearnedCodec:
 
 
 def new_codec(config: CodecConfig, channels: tuple[str, ...], sample_rate_hz: float, normalizer: Normalizer, *,
-              seed: int = 0, info: dict | None = None) -> LearnedCodec:
+              seed: int = 0, info: dict | None = None, header_hints: dict | None = None) -> LearnedCodec:
     """An untrained codec (seeded init) with tables from its initial prior."""
     if len(channels) != config.in_channels:
         raise ValueError(f"channels has {len(channels)} names {list(channels)}; config.in_channels is "
@@ -442,4 +485,5 @@ def new_codec(config: CodecConfig, channels: tuple[str, ...], sample_rate_hz: fl
     torch.manual_seed(seed)
     model = SensorCodec(config).eval()
     return LearnedCodec(model, tuple(channels), float(sample_rate_hz), normalizer,
-                        build_tables(model.prior, config), dict(info or {}))
+                        build_tables(model.prior, config), dict(info or {}),
+                        _hints((header_hints or {}).get("class_names"), (header_hints or {}).get("units"), channels))
