@@ -31,7 +31,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--bench-out", default="runs/bench_codec2", help="benchmark folder whose caches are (re)used")
+    ap.add_argument("--bench-out", default="runs/codec_steps/cache", help="benchmark folder whose caches are (re)used")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[64.0, 512.0])
     ap.add_argument("--epochs", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--mode", default="codec")
