@@ -78,15 +78,23 @@ def test_method_lists():
             "cleanlab", "oracle"} == set(BASELINES)
 
 
+def _flipped() -> tuple[Windows, np.ndarray]:
+    """90 separable windows of which 10 (every 9th) carry the next class's label."""
+    w = _windows(counts=(30, 30, 30), seed=3)
+    flip = np.arange(0, 90, 9)
+    y = w.y.copy()
+    y[flip] = (y[flip] + 1) % 3
+    return Windows(w.x, y, w.recording, w.users, w.class_names, w.channels), flip
+
+
+FLIP_FILTER = FilterConfig(oof_epochs=15, n_folds=3, oof_lr=3e-3)
+
+
 def test_cleanlab_drops_flipped_labels_on_a_tiny_case(bundle):
     from imutune.personalize.baselines import cleanlab_issues
 
-    w = _windows(counts=(30, 30, 30), seed=3)
-    flip = np.arange(0, 90, 9)                                    # 10 windows get the next class
-    y = w.y.copy()
-    y[flip] = (y[flip] + 1) % 3
-    noisy = Windows(w.x, y, w.recording, w.users, w.class_names, w.channels)
-    fc = FilterConfig(oof_epochs=15, n_folds=3, oof_lr=3e-3)
+    noisy, flip = _flipped()
+    fc = FLIP_FILTER
     issues, probs = cleanlab_issues(bundle, noisy, BUDGET, filter_config=fc)
     assert probs.shape == (90, 3) and np.allclose(probs.sum(1), 1)
     assert np.isin(flip, np.flatnonzero(issues)).mean() >= 0.6    # most flipped windows are found ...
@@ -99,13 +107,8 @@ def test_cleanlab_drops_flipped_labels_on_a_tiny_case(bundle):
 def test_filterloss_soft_gives_noisy_windows_no_weight_and_boundary_windows_their_quality(bundle):
     from imutune.personalize.filter import BOUNDARY, HIGH_VALUE, NOISY
 
-    w = _windows(counts=(30, 30, 30), seed=3)
-    flip = np.arange(0, 90, 9)                                    # 10 windows get the next class
-    y = w.y.copy()
-    y[flip] = (y[flip] + 1) % 3
-    noisy = Windows(w.x, y, w.recording, w.users, w.class_names, w.channels)
-    fc = FilterConfig(oof_epochs=15, n_folds=3, oof_lr=3e-3)
-    out = run_method("filterloss_soft", bundle, noisy, BUDGET, filter_config=fc)
+    noisy, flip = _flipped()
+    out = run_method("filterloss_soft", bundle, noisy, BUDGET, filter_config=FLIP_FILTER)
     assert out.info["category_weights"] == {"high_value": 1.0, "boundary": 1.0, "noisy": 0.0}
     assert out.info["soft_weights"] is True and out.info["filter_mode"] == "fixed"
     cats = np.asarray(out.info["categories"])
