@@ -182,18 +182,31 @@ def stratified_folds(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> np.n
     ValueError
         If ``n_folds`` < 2 or there are fewer samples than folds.
     """
+    y = _fold_labels(labels, n_folds)
+    return _deal_runs(y, n_folds, seed, lambda idx: list(idx[:, None]))   # every window its own run
+
+
+def _fold_labels(labels: np.ndarray, n_folds: int) -> np.ndarray:
+    """``labels`` as (N,) int64, checked against ``n_folds`` (>= 2, at most N)."""
     V.check_int_at_least("n_folds", n_folds, 2)
     y = np.asarray(labels, dtype=np.int64).ravel()
     if y.shape[0] < n_folds:
         raise ValueError(f"got {y.shape[0]} target windows, fewer than n_folds={n_folds}; use fewer folds or "
                          "collect more windows")
+    return y
+
+
+def _deal_runs(y: np.ndarray, n_folds: int, seed: int, runs_of) -> np.ndarray:
+    """Fold per window: per class, the runs ``runs_of(class indices)`` are shuffled (seeded) and dealt
+    round-robin, each class starting where the previous one stopped."""
     rng = np.random.default_rng(seed)
     folds = np.empty(y.shape[0], dtype=np.int64)
     start = 0
     for k in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == k))
-        folds[idx] = (start + np.arange(idx.size)) % n_folds
-        start = (start + idx.size) % n_folds
+        runs = runs_of(np.flatnonzero(y == k))
+        for j, r in enumerate(rng.permutation(len(runs))):
+            folds[runs[r]] = (start + j) % n_folds
+        start = (start + len(runs)) % n_folds
     return folds
 
 
@@ -234,28 +247,19 @@ def blocked_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, *, block
         If ``n_folds`` < 2, ``block_windows`` < 1, fewer windows than folds, or ``groups`` and ``labels``
         differ in length.
     """
-    V.check_int_at_least("n_folds", n_folds, 2)
     V.check_int_at_least("block_windows", block_windows, 1)
-    y = np.asarray(labels, dtype=np.int64).ravel()
     g = np.asarray(groups).ravel()
-    if g.shape[0] != y.shape[0]:
-        raise ValueError(f"groups has {g.shape[0]} entries and labels {y.shape[0]}; expected one group per window")
-    if y.shape[0] < n_folds:
-        raise ValueError(f"got {y.shape[0]} target windows, fewer than n_folds={n_folds}; use fewer folds or "
-                         "collect more windows")
-    rng = np.random.default_rng(seed)
-    folds = np.empty(y.shape[0], dtype=np.int64)
-    start = 0
-    for k in np.unique(y):
-        idx = np.flatnonzero(y == k)
+    n = np.asarray(labels).ravel().shape[0]
+    if g.shape[0] != n:
+        raise ValueError(f"groups has {g.shape[0]} entries and labels {n}; expected one group per window")
+    y = _fold_labels(labels, n_folds)
+
+    def runs_of(idx: np.ndarray) -> list[np.ndarray]:
         b = int(np.clip(idx.size // (2 * n_folds), 1, block_windows))
-        runs: list[np.ndarray] = []
-        for part in np.split(idx, np.flatnonzero(np.diff(g[idx]) != 0) + 1):   # never across recordings
-            runs.extend(part[i:i + b] for i in range(0, part.size, b))
-        for j, r in enumerate(rng.permutation(len(runs))):
-            folds[runs[r]] = (start + j) % n_folds
-        start = (start + len(runs)) % n_folds
-    return folds
+        parts = np.split(idx, np.flatnonzero(np.diff(g[idx]) != 0) + 1)        # never across recordings
+        return [part[i:i + b] for part in parts for i in range(0, part.size, b)]
+
+    return _deal_runs(y, n_folds, seed, runs_of)
 
 
 def knn_agreement(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 10, chunk: int = 2048) -> np.ndarray:
