@@ -18,7 +18,8 @@ def _tiny(**kw) -> SelectiveBenchConfig:
     base = SelectiveBenchConfig(model_name="tinycnn1d", target_users=("subject10",), subjects=(9, 10),
                                 distortions=("bias", "rotation"), levels=(2,), shots=(2,), seeds=(0,),
                                 fractions=(0.1, 0.25), pretrain=TrainConfig(epochs=1, batch_size=64, lr=3e-3),
-                                finetune=TrainConfig(epochs=2, batch_size=8, lr=1e-3), eval_every=1)
+                                finetune=TrainConfig(epochs=2, batch_size=8, lr=1e-3),
+                                selective_train=TrainConfig(epochs=2, batch_size=8, lr=1e-2), eval_every=1)
     return SelectiveBenchConfig(**{**base.__dict__, **kw})
 
 
@@ -38,7 +39,11 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
     assert rep["n_runs"] == 2 and len(list((tmp_path / "runs").glob("*.json"))) == 2
     s = rep["summary"]
     deep = ["borda-deep 10%", "random-deep 10%", "shift-deep 10%", "combined-deep 10%"]
-    assert set(s) == {"none", "full", "layer", "random 10%", "borda 10%", "borda 25%", "borda-bn 10%", *deep}
+    assert set(s) == {"none", "full", "full (selective lr)", "layer", "random 10%", "borda 10%", "borda 25%",
+                      "borda-bn 10%", *deep}
+    # the control trains everything, at the selective budget; the other runs' curves follow their own budgets
+    assert s["full (selective lr)"]["trainable_parameters"] == s["full"]["trainable_parameters"]
+    assert rep["config"]["selective_train"]["lr"] == 1e-2 and rep["config"]["bn_statistics"] == "frozen"
     assert s["full"]["vs_full"] == pytest.approx(1.0) or s["full"]["vs_full"] is None
     assert s["borda 10%"]["trainable_parameters"] == s["random 10%"]["trainable_parameters"] \
         < s["borda 25%"]["trainable_parameters"] < s["full"]["trainable_parameters"]
@@ -83,6 +88,8 @@ def test_bench_config_errors():
         _tiny(deep_pool=0.5)
     with pytest.raises(ValueError, match="calibration_fraction must be in"):
         _tiny(calibration_fraction=1.0)
+    with pytest.raises(ValueError, match="bn_statistics must be one of"):
+        _tiny(bn_statistics="running")
     assert quick_config().seeds == (0,)
 
 
@@ -91,7 +98,11 @@ def test_bench_selective_command(tmp_path):
 
     rc = main(["bench", "selective", "--out", str(tmp_path), "--model", "tinycnn1d", "--targets", "subject10",
                "--subjects", "9", "10", "--distortions", "gain", "--levels", "0", "--shots", "2", "--seeds", "0",
-               "--fractions", "0.1", "--deep-fraction", "0.2", "--epochs", "1", "--pretrain-epochs", "1"])
+               "--fractions", "0.1", "--deep-fraction", "0.2", "--epochs", "1", "--pretrain-epochs", "1",
+               "--selective-lr", "0.02", "--bn-statistics", "batch", "--eval-every", "1"])
     assert rc == 0 and (tmp_path / "bench_selective.md").is_file()
-    assert "| borda-deep 20% |" in (tmp_path / "bench_selective.md").read_text()
+    md = (tmp_path / "bench_selective.md").read_text()
+    assert "| borda-deep 20% |" in md and "lr 0.02 (every other method" in md and "with batch statistics" in md
+    cfg = json.loads((tmp_path / "bench_selective_config.json").read_text())
+    assert cfg["selective_train"]["lr"] == 0.02 and cfg["finetune"]["lr"] == 1e-3 and cfg["bn_statistics"] == "batch"
     assert main(["bench", "selective", "--out", str(tmp_path / "x"), "--distortions", "blur"]) == 2

@@ -579,3 +579,63 @@ def test_combined_ranking_is_the_borda_count_of_both_rankings():
     assert dist["stem.0"][5] == 0.0                             # the distortion does not reach filter 5 ...
     assert shift["stem.0"].argmax() == 5                        # ... the user shift does
     assert comb["stem.0"][5] > dist["stem.0"][5]
+
+
+@pytest.mark.parametrize("make", ["borda", "deep"])
+def test_frozen_bn_statistics_keep_running_statistics_and_train_selected_scale_and_shift(model_and_data, make):
+    from imutune.personalize.selective import _PartialBN
+
+    m, x, xd, y = model_and_data
+    scores = rank_filters(m, xd, x)
+    sel = (select_filters(scores, 0.25) if make == "borda"
+           else select_filters(scores, 0.1, budget="deep", model=m, deep_pool=1.5))
+    masks = entry_masks(m, sel)
+    partial = [k[:-len(".weight")] for k, mk in masks.items()
+               if isinstance(mk, torch.Tensor) and k.endswith(".weight") and f"{k[:-7]}.running_mean" in masks]
+    assert partial                                              # the case has partly selected batch norms
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    seen_modes, calls = [], []
+    tuned = copy.deepcopy(m)
+    bns = {n: mod for n, mod in tuned.named_modules() if n in partial}
+    hooks = [mod.register_forward_pre_hook(lambda mod, inp: seen_modes.append(mod.training)) for mod in bns.values()]
+    orig_call = _PartialBN.__call__
+    _PartialBN.__call__ = lambda self, inp: calls.append(1) or orig_call(self, inp)
+    try:
+        res = finetune_selected(tuned, xd, y, sel, config=FAST, bn_statistics="frozen")
+    finally:
+        _PartialBN.__call__ = orig_call
+        for h in hooks:
+            h.remove()
+    after = tuned.state_dict()
+    assert res["frozen_drift"] == 0 and not calls               # no partial batch-norm pass
+    assert seen_modes and not any(seen_modes)                   # partly selected batch norms ran in eval mode
+    for name in partial:
+        for buf in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(before[f"{name}.{buf}"], after[f"{name}.{buf}"]), f"{name}.{buf} changed"
+        mk = masks[f"{name}.weight"].reshape(-1)
+        for par in ("weight", "bias"):
+            assert torch.equal(before[f"{name}.{par}"][~mk], after[f"{name}.{par}"][~mk])
+        assert not torch.equal(before[f"{name}.weight"][mk], after[f"{name}.weight"][mk])
+    # the batch-statistics mode moves the selected channels' running statistics instead
+    other = copy.deepcopy(m)
+    finetune_selected(other, xd, y, sel, config=FAST, bn_statistics="batch")
+    name = partial[0]
+    mk = masks[f"{name}.weight"].reshape(-1)
+    assert not torch.equal(before[f"{name}.running_mean"][mk], other.state_dict()[f"{name}.running_mean"][mk])
+
+
+def test_bn_statistics_errors(model_and_data):
+    m, x, xd, y = model_and_data
+    with pytest.raises(ValueError, match=r"bn_statistics must be one of \['batch', 'frozen'\], got 'running'"):
+        finetune_selected(copy.deepcopy(m), xd, y, full_selection(m), config=FAST, bn_statistics="running")
+    with pytest.raises(ValueError, match="bn_statistics must be one of"):
+        SelectiveConfig(bn_statistics="none")
+
+
+def test_selective_preset_is_finetune_at_ten_times_the_learning_rate():
+    from imutune.train.config import FINETUNE, SELECTIVE
+
+    assert SelectiveConfig().train == SELECTIVE and SelectiveConfig().bn_statistics == "frozen"
+    assert SELECTIVE.lr == pytest.approx(10 * FINETUNE.lr)
+    assert {k: v for k, v in SELECTIVE.__dict__.items() if k != "lr"} == \
+        {k: v for k, v in FINETUNE.__dict__.items() if k != "lr"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from imutune.models.resnet1d import ResNet1d, default_config
 from imutune.train.checkpoint import FORMAT, read_checkpoint_header, tensors_path
-from imutune.train.config import FINETUNE, PRETRAIN, TrainConfig
+from imutune.train.config import FINETUNE, PRETRAIN, SELECTIVE, TrainConfig
 from imutune.train.loop import (
     FrozenModules,
     GradientMask,
@@ -80,11 +80,12 @@ def test_presets_hold_the_numbers_the_cli_and_demo_use():
     assert (FINETUNE.epochs, FINETUNE.batch_size, FINETUNE.lr) == (30, 32, 1e-3)
     assert TrainConfig() == PRETRAIN                       # the Python API pretrains like `imutune pretrain`
     assert DemoConfig().pretrain == PRETRAIN
-    assert FinetuneConfig().train == FINETUNE and SelectiveConfig().train == FINETUNE
+    assert FinetuneConfig().train == FINETUNE and SelectiveConfig().train == SELECTIVE
+    assert (SELECTIVE.epochs, SELECTIVE.batch_size, SELECTIVE.lr) == (30, 32, 1e-2)
     ap = build_parser()
     for argv, preset in ((["pretrain", "--data", "d", "--out", "o"], PRETRAIN),
                          (["finetune", "--base", "b", "--data", "d", "--out", "o"], FINETUNE),
-                         (["personalize", "--base", "b", "--data", "d", "--out", "o"], FINETUNE)):
+                         (["personalize", "--base", "b", "--data", "d", "--out", "o"], SELECTIVE)):
         a = ap.parse_args(argv)
         assert (a.epochs, a.batch_size, a.lr, a.seed, a.device, a.threads) == (
             preset.epochs, preset.batch_size, preset.lr, preset.seed, preset.device, preset.threads), argv[0]

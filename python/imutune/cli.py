@@ -187,6 +187,11 @@ def _add_bench_filterloss(bench_sub) -> None:
     b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
     b.add_argument("--methods", nargs="+", default=None, help="methods (default: all baselines + FilterLoss)")
     b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
+    b.add_argument("--selective-lr", type=float, default=None,
+                   help="peak learning rate of the selected-filter methods (default: imutune.train.config.SELECTIVE's)")
+    b.add_argument("--bn-statistics", default=None, choices=("frozen", "batch"),
+                   help="partly selected batch norms: running or batch statistics (default frozen)")
+    b.add_argument("--eval-every", type=int, default=None, help="epochs between points of the accuracy curves")
     b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
     b.add_argument("--target-data", nargs="+", default=(),
                    help="cross-dataset target: generic recordings of one user (.npz/.csv files or folders)")
@@ -253,6 +258,11 @@ def _add_bench_selective(bench_sub) -> None:
     b.add_argument("--deep-fraction", type=float, default=None,
                    help="budget of the deep-budget modes (borda/random/shift/combined-deep; default 0.1)")
     b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
+    b.add_argument("--selective-lr", type=float, default=None,
+                   help="peak learning rate of the selected-filter methods (default: imutune.train.config.SELECTIVE's)")
+    b.add_argument("--bn-statistics", default=None, choices=("frozen", "batch"),
+                   help="partly selected batch norms: running or batch statistics (default frozen)")
+    b.add_argument("--eval-every", type=int, default=None, help="epochs between points of the accuracy curves")
     b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -263,7 +273,8 @@ def _bench_selective(args) -> int:
 
     cfg = quick_config() if args.quick else SelectiveBenchConfig()
     over: dict = {"threads": args.threads, "pretrain": replace(cfg.pretrain, device=args.device),
-                  "finetune": replace(cfg.finetune, device=args.device)}
+                  "finetune": replace(cfg.finetune, device=args.device),
+                  "selective_train": replace(cfg.selective_train, device=args.device)}
     for key, attr in (("model", "model_name"), ("targets", "target_users"), ("subjects", "subjects"),
                       ("distortions", "distortions"), ("levels", "levels"), ("shots", "shots"), ("seeds", "seeds"),
                       ("fractions", "fractions")):
@@ -274,6 +285,13 @@ def _bench_selective(args) -> int:
         over["deep_fraction"] = args.deep_fraction
     if args.epochs:
         over["finetune"] = replace(over["finetune"], epochs=args.epochs)
+        over["selective_train"] = replace(over["selective_train"], epochs=args.epochs)
+    if args.selective_lr is not None:
+        over["selective_train"] = replace(over["selective_train"], lr=args.selective_lr)
+    if args.bn_statistics:
+        over["bn_statistics"] = args.bn_statistics
+    if args.eval_every is not None:
+        over["eval_every"] = args.eval_every
     if args.pretrain_epochs:
         over["pretrain"] = replace(over["pretrain"], epochs=args.pretrain_epochs)
     res = run_selective_bench(args.out, replace(cfg, **over))
@@ -302,8 +320,12 @@ def _add_personalize(sub) -> None:
                    help="simulate a device: treat --data as clean and distort it, e.g. 'noise:10+rotation:30'")
     p.add_argument("--test-data", nargs="+", default=(), help="the user's held-out recordings (accuracy before/after)")
     p.add_argument("--loss", default="ce", choices=("ce", "filterloss"))
+    p.add_argument("--bn-statistics", default="frozen", choices=("frozen", "batch"),
+                   help="partly selected batch norms normalize with their running statistics (kept; the selected "
+                        "channels' scale and shift train) or with batch statistics for the selected channels "
+                        "(default frozen)")
     p.add_argument("--write-bundle", action="store_true", help="also write the patched model as a bundle in OUT/model")
-    _add_train_args(p, preset="FINETUNE")
+    _add_train_args(p, preset="SELECTIVE")
 
     a = sub.add_parser("apply-patch", help="apply a personalize patch to its base bundle; writes a full bundle")
     a.add_argument("--base", required=True, help="base bundle folder")
@@ -316,7 +338,7 @@ def _personalize(args) -> int:
     from .personalize.selective import SelectiveConfig
 
     cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, ranking=args.ranking, train=_train_config(args),
-                          loss=args.loss)
+                          loss=args.loss, bn_statistics=args.bn_statistics)
     res = run_personalize(args.base, args.data, args.out, config=cfg, clean_data=args.clean_data,
                           distortion=args.distortion, test_data=args.test_data, write_bundle=args.write_bundle,
                           progress=not args.no_progress)

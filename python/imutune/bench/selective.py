@@ -15,9 +15,15 @@ Protocol (embedded watch data, :func:`imutune.data.recordings.load_watch`):
    both the fine-tuning and the test windows (:func:`imutune.signal.distortions.distort_windows`;
    same device parameters, independent noise). ``shots`` windows per class are
    drawn from the pool (seeded; the same draw for every distortion).
-4. Methods, all trained by :func:`imutune.personalize.selective.finetune_selected` with
-   the same schedule (``finetune``) on the distorted few-shot windows:
-   ``none`` (the pretrained model), ``full`` (all parameters), ``layer`` (last
+4. Methods, all trained by :func:`imutune.personalize.selective.finetune_selected` on
+   the distorted few-shot windows, ``full`` with the fine-tuning budget
+   (``finetune``, :data:`~imutune.train.config.FINETUNE`), every other method
+   with the selective budget (``selective_train``,
+   :data:`~imutune.train.config.SELECTIVE`: the same epochs at a 10x learning
+   rate) and partly selected batch norms with ``bn_statistics`` statistics:
+   ``none`` (the pretrained model), ``full`` (all parameters), ``full (selective
+   lr)`` (all parameters at the selective budget: the control showing that the
+   larger rate does not help full fine-tuning), ``layer`` (last
    residual block + head), ``random 10%`` (random filters, the same number per
    layer as Borda at 10%, + head), ``borda X%`` (paired ranking of the clean and
    distorted versions of the few-shot windows, + head), ``borda-bn 10%``
@@ -83,6 +89,7 @@ from .._io import write_json_atomic
 from ..data.recordings import Recording, load_watch
 from ..metrics import accuracy
 from ..personalize.protocols import calibrate_then_use
+from ..personalize.selective import BN_STATISTICS
 from ..signal.distortions import (
     BENCH_SEVERITIES,
     DISTORTION_NAMES,
@@ -92,7 +99,7 @@ from ..signal.distortions import (
 )
 from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, save_bundle
-from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
+from ..train.loop import FINETUNE, PRETRAIN, SELECTIVE, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
 from .report import cached_bundle
 from .report import host_info, markdown_table, new_figure, write_report
@@ -125,8 +132,11 @@ class SelectiveBenchConfig:
     window: WindowConfig = WindowConfig()
     test_hop_s: float = 2.0                      # hop of the test windows (non-overlapping by default)
     pretrain: TrainConfig = PRETRAIN
-    finetune: TrainConfig = FINETUNE
-    eval_every: int = 2                          # epochs between points of the accuracy curves
+    finetune: TrainConfig = FINETUNE             # budget of "full" (the reference every target is relative to)
+    selective_train: TrainConfig = SELECTIVE     # budget of every other method (FINETUNE at a 10x learning rate)
+    bn_statistics: str = "frozen"                # partly selected batch norms in the selective methods (finetune_selected)
+    full_at_selective_lr: bool = True            # control: full fine-tuning with selective_train's budget too
+    eval_every: int = 1                          # epochs between points of the accuracy curves
     threads: int = 1                             # torch CPU threads (timings on a phone-class single core)
 
     def __post_init__(self) -> None:
@@ -148,6 +158,7 @@ class SelectiveBenchConfig:
         if not self.target_users or not self.seeds:
             raise ValueError("target_users and seeds must not be empty")
         V.check_int_at_least("eval_every", self.eval_every, 1)
+        V.check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS)
         V.check_int_at_least("threads", self.threads, 1)
         V.check_positive("test_hop_s", self.test_hop_s)
 
@@ -156,12 +167,13 @@ def quick_config(**overrides: Any) -> SelectiveBenchConfig:
     """A reduced run (one user, one seed, moderate severity, 5 shots, short training): a few minutes at most."""
     base = SelectiveBenchConfig(target_users=("subject10",), levels=(1,), shots=(5,), seeds=(0,),
                                 pretrain=replace(PRETRAIN, epochs=5), finetune=replace(FINETUNE, epochs=15),
-                                eval_every=3)
+                                selective_train=replace(SELECTIVE, epochs=15), eval_every=3)
     return replace(base, **overrides)
 
 
 def _method_names(cfg: SelectiveBenchConfig) -> list[str]:
-    names = ["full", "layer", f"random {_pct(cfg.random_fraction)}"]
+    names = ["full"] + ([FULL_AT_SELECTIVE_LR] if cfg.full_at_selective_lr else [])
+    names += ["layer", f"random {_pct(cfg.random_fraction)}"]
     names += [f"borda {_pct(f)}" for f in cfg.fractions]
     if cfg.pairfree_fraction:
         names.append(f"borda-bn {_pct(cfg.pairfree_fraction)}")
@@ -171,7 +183,8 @@ def _method_names(cfg: SelectiveBenchConfig) -> list[str]:
 
 
 DEEP_KINDS = ("borda", "random", "shift", "combined")
-METHODS = ("none", "full", "layer", "random 10%", "borda 5%", "borda 10%", "borda 25%", "borda-bn 10%",
+FULL_AT_SELECTIVE_LR = "full (selective lr)"
+METHODS = ("none", "full", FULL_AT_SELECTIVE_LR, "layer", "random 10%", "borda 5%", "borda 10%", "borda 25%", "borda-bn 10%",
            "borda-deep 10%", "random-deep 10%", "shift-deep 10%", "combined-deep 10%")
 
 
@@ -269,8 +282,10 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
 
     acc_none = acc_of(model0)
     ft = replace(cfg.finetune, seed=seed)
+    fts = replace(cfg.selective_train, seed=seed)
     plans: list[tuple[str, Callable[[], Any]]] = [
         ("full", lambda: full_selection(model0)),
+        *([(FULL_AT_SELECTIVE_LR, lambda: full_selection(model0))] if cfg.full_at_selective_lr else []),
         ("layer", lambda: last_block_selection(model0)),
         (f"random {_pct(cfg.random_fraction)}", lambda: random_selection(model0, cfg.random_fraction, seed=seed))]
     cache: dict[str, Any] = {}
@@ -325,15 +340,16 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
     for name, make_sel in plans:
         sel = make_sel()
         model = copy.deepcopy(model0)
-        ev_epochs = set(range(0, ft.epochs + 1, every)) | {ft.epochs}
+        tc = ft if name == "full" else fts
+        ev_epochs = set(range(0, tc.epochs + 1, every)) | {tc.epochs}
         counter = {"epoch": 0}
 
         def eval_fn(m, counter=counter, ev_epochs=ev_epochs):
             e = counter["epoch"]
             counter["epoch"] += 1
             return acc_of(m) if e in ev_epochs else float("nan")
-        r = finetune_selected(model, xd, y, sel, config=ft, eval_fn=eval_fn, cache_prefix=cfg.cache_prefix,
-                              rows_only=cfg.rows_only)
+        r = finetune_selected(model, xd, y, sel, config=tc, eval_fn=eval_fn, cache_prefix=cfg.cache_prefix,
+                              rows_only=cfg.rows_only, bn_statistics=cfg.bn_statistics)
         curve = [c for c in r["curve"] if not np.isnan(c[2])]
         kind = ("batchnorm" if name.startswith("borda-bn") else "shift" if name.startswith("shift")
                 else "combined" if name.startswith("combined") else "paired"
@@ -587,7 +603,9 @@ def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
              f"distortions {', '.join(cfg.distortions)} at severity levels {list(cfg.levels)}; "
              f"{' and '.join(map(str, cfg.shots))} windows per class; seeds {list(cfg.seeds)}; "
              f"{rep['n_runs']} runs; protocol {rep['protocol']}. Fine-tuning: {cfg.finetune.epochs} epochs, batch {cfg.finetune.batch_size}, "
-             f"lr {cfg.finetune.lr:g}, {cfg.threads} CPU thread(s) on {rep['host']['cpu']}"
+             f"lr {cfg.finetune.lr:g} (full); {cfg.selective_train.epochs} epochs, batch {cfg.selective_train.batch_size}, "
+             f"lr {cfg.selective_train.lr:g} (every other method, and {FULL_AT_SELECTIVE_LR!r}), partly selected batch "
+             f"norms with {cfg.bn_statistics} statistics; {cfg.threads} CPU thread(s) on {rep['host']['cpu']}"
              f"{' (CUDA)' if rep['host'].get('cuda') else ''}.", "",
              f"Mean accuracy on the distorted test windows: clean (no distortion, no fine-tuning) "
              f"{rep['accuracy']['clean']:.4f}, distorted without fine-tuning {rep['accuracy']['none']:.4f}. "

@@ -75,7 +75,7 @@ from torch.nn import functional as F
 from .. import _validation as V
 from ..train.bundle import ModelBundle
 from ..train.loop import (
-    FINETUNE,
+    SELECTIVE,
     FrozenModules,
     GradientMask,
     TrainConfig,
@@ -86,7 +86,7 @@ from ..train.loop import (
     train,
 )
 
-__all__ = ["ConvLayer", "conv_layers", "Selection", "activation_distances", "reference_distances", "borda_count",
+__all__ = ["ConvLayer", "conv_layers", "Selection", "BN_STATISTICS", "activation_distances", "reference_distances", "borda_count",
            "activation_statistics", "user_shift_distances", "RANKINGS", "BUDGETS", "backward_flops", "rank_filters",
            "select_filters", "random_selection", "last_block_selection", "full_selection",
            "entry_masks", "count_trainable", "selection_hooks", "frozen_prefix", "finetune_selected",
@@ -990,7 +990,11 @@ def backward_flops(model: nn.Module, selection: Selection, input_shape: tuple[in
     return {"backward": bwd, "forward": fwd, "full_backward": full_b, "full_forward": full_f}
 
 
-def selection_hooks(model: nn.Module, selection: Selection, *, rows_only: bool = True) -> list[TrainHooks]:
+BN_STATISTICS = ("batch", "frozen")
+
+
+def selection_hooks(model: nn.Module, selection: Selection, *, rows_only: bool = True,
+                    bn_statistics: str = "batch") -> list[TrainHooks]:
     """The :class:`~imutune.train.loop.TrainHooks` that make :func:`~imutune.train.loop.train`
     change only what ``selection`` allows (see :func:`finetune_selected`).
 
@@ -1001,8 +1005,18 @@ def selection_hooks(model: nn.Module, selection: Selection, *, rows_only: bool =
     With ``rows_only`` a partly selected ``Conv1d`` (groups 1, no bias) computes
     its weight gradient for the selected rows only (:class:`_RowsConvFn`)
     instead of the whole tensor masked afterwards; same gradients, bit for bit.
+    ``bn_statistics="frozen"`` keeps every batch norm that is not trained whole
+    in eval mode: it normalizes with its running statistics, which stay
+    bit-identical, and the selected channels' scale and shift still train (a
+    per-channel affine map, so they can absorb the shift of their filter's
+    output); no :class:`_PartialBN`. ``"batch"``: partly selected batch norms
+    use batch statistics for their selected channels (:class:`_PartialBN`).
     """
+    V.check_choice("bn_statistics", bn_statistics, BN_STATISTICS)
     masks = entry_masks(model, selection)
+    if bn_statistics == "frozen":      # running statistics of partly selected batch norms stay as they are
+        masks = {k: (False if k.rsplit(".", 1)[-1] in ("running_mean", "running_var") and isinstance(m, torch.Tensor)
+                     else m) for k, m in masks.items()}
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
     restore = _RestoreFrozen(model, masks, flags)
     part = []
@@ -1020,17 +1034,17 @@ def selection_hooks(model: nn.Module, selection: Selection, *, rows_only: bool =
             if isinstance(m, torch.Tensor) and _rows_only_ok(l.conv):
                 rows.append((l.conv, m))
     return [_RowsConvHook(rows), GradientMask(part),
-            FrozenModules([bn for bn, mk in bns.values() if mk is False]),
+            FrozenModules([bn for bn, mk in bns.values() if mk is False]),   # "frozen": partly selected ones too
             _PartialBNHook([(bn, mk.to(dev)) for bn, mk in bns.values() if isinstance(mk, torch.Tensor)]),
             restore]
 
 
 def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection: Selection, *,
-                      config: TrainConfig = FINETUNE,
+                      config: TrainConfig = SELECTIVE,
                       loss_fn: nn.Module | None = None, sample_weights: np.ndarray | None = None,
                       eval_fn: Callable[[nn.Module], float] | None = None, progress: bool = False,
                       desc: str = "selective", cache_prefix: bool = False,
-                      rows_only: bool = True) -> dict[str, Any]:
+                      rows_only: bool = True, bn_statistics: str = "batch") -> dict[str, Any]:
     """Fine-tune ``model`` in place, changing only what ``selection`` allows.
 
     Trained by the one loop, :func:`imutune.train.loop.train` (AdamW,
@@ -1062,7 +1076,7 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
         Array of shape (N,), int64.
     selection : Selection
     config : TrainConfig
-        Default :data:`~imutune.train.loop.FINETUNE`.
+        Default :data:`~imutune.train.config.SELECTIVE` (the fine-tuning budget at a 10x learning rate).
     loss_fn : nn.Module, optional
         ``loss_fn(logits, targets, weights)``; cross-entropy by default.
     sample_weights : np.ndarray, optional
@@ -1087,6 +1101,12 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
         selected rows only (:func:`selection_hooks`; an imutune optimisation):
         same weights as whole-tensor gradients masked afterwards (tested), less
         backward work.
+    bn_statistics : {"batch", "frozen"}
+        How a partly selected batch norm normalizes while training
+        (:func:`selection_hooks`): "batch" (batch statistics for its selected
+        channels, :class:`_PartialBN`) or "frozen" (its running statistics,
+        left bit-identical, with the selected channels' scale and shift
+        trained; fewer operations per step, issue 14).
 
     Returns
     -------
@@ -1128,7 +1148,7 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
             config = _replace(config, threads=thr if thr is not None else torch.get_num_threads())
         if eval_fn is not None:
             ev = lambda _suffix: eval_fn(model.eval())    # noqa: E731 (evaluate the whole model on raw windows)
-    hooks = selection_hooks(model, selection, rows_only=rows_only)
+    hooks = selection_hooks(model, selection, rows_only=rows_only, bn_statistics=bn_statistics)
     try:
         res = train(net, inputs, y, config=config,
                     loss_fn=loss_fn if loss_fn is not None else WeightedCrossEntropy(),
@@ -1151,10 +1171,11 @@ class SelectiveConfig:
     budget: str = "per_layer"        # "per_layer" (top fraction of each layer), "global" (parameter budget)
     #                                  or "deep" (global budget over the deepest units; select_filters)
     ranking: str = "distortion"      # "distortion" (the paper's), "user_shift" or "combined" (rank_filters)
-    train: TrainConfig = FINETUNE
+    train: TrainConfig = SELECTIVE   # FINETUNE's budget at a 10x learning rate (imutune.train.config.SELECTIVE)
     loss: str = "ce"                 # "ce" or "filterloss" (quality-weighted CE, imutune.personalize.quality)
     rank_batch_size: int = 256       # windows per forward pass while ranking
     cache_prefix: bool = True        # train from cached activations of a frozen prefix (exact; finetune_selected)
+    bn_statistics: str = "frozen"    # partly selected batch norms: "frozen" running statistics or "batch" statistics
 
     def __post_init__(self) -> None:
         _check_fraction(self.fraction)
@@ -1162,6 +1183,7 @@ class SelectiveConfig:
         V.check_choice("ranking", self.ranking, RANKINGS)
         V.check_choice("loss", self.loss, ("ce", "filterloss"))
         V.check_int_at_least("rank_batch_size", self.rank_batch_size, 1)
+        V.check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS)
 
 
 def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: SelectiveConfig = SelectiveConfig(),
@@ -1223,7 +1245,8 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
         weights, cats = _weights(c), category_counts(c)
         loss_fn = FilterLoss()
     res = finetune_selected(model, xn, y, sel, config=config.train, loss_fn=loss_fn, sample_weights=weights,
-                            eval_fn=eval_fn, progress=progress, desc="personalize", cache_prefix=config.cache_prefix)
+                            eval_fn=eval_fn, progress=progress, desc="personalize", cache_prefix=config.cache_prefix,
+                            bn_statistics=config.bn_statistics)
     info = {"stage": "personalize", "ranking": "paired" if xc is not None else "batchnorm",
             "ranking_method": config.ranking,
             "fraction": config.fraction, "budget": config.budget, "selection": sel.summary(),

@@ -10,7 +10,7 @@ adds (gradient masks for selected rows, frozen batch-norm statistics, ...).
 :func:`train` returns what it did (:class:`TrainResult`: steps taken, epochs,
 final loss, the epoch it resumed from).
 
-Presets (:data:`PRETRAIN`, :data:`FINETUNE`) and :class:`TrainConfig` live in
+Presets (:data:`PRETRAIN`, :data:`FINETUNE`, :data:`SELECTIVE`) and :class:`TrainConfig` live in
 :mod:`imutune.train.config` (torch-free) and are re-exported here.
 Uses CUDA when available (``device="auto"``), the CPU otherwise.
 """
@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from .. import _validation as V
-from .config import FINETUNE, PRETRAIN, SMALL_MODEL_PARAMETERS, TrainConfig
+from .config import FINETUNE, PRETRAIN, SELECTIVE, SMALL_MODEL_PARAMETERS, TrainConfig
 from .losses import FilterLoss, WeightedCrossEntropy
 
-__all__ = ['TrainConfig', 'PRETRAIN', 'FINETUNE', 'TrainResult', 'TrainHooks', 'GradientMask', 'FrozenModules',
+__all__ = ['TrainConfig', 'PRETRAIN', 'FINETUNE', 'SELECTIVE', 'TrainResult', 'TrainHooks', 'GradientMask', 'FrozenModules',
            'train', 'one_cycle_schedule', 'resolve_threads', 'predict_logits', 'predict_proba', 'resolve_device']
 
 
