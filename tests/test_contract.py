@@ -329,3 +329,17 @@ def test_finetune_test_data_missing_a_class_is_scored_by_name(finetune_files):
                     "partial")
     assert 0.0 <= res["after"]["accuracy"] <= 1.0 and "before" in res
     assert math.isfinite(res["after"]["macro_f1"])
+
+
+def test_finetune_data_with_the_model_classes_in_another_order_keeps_the_head(finetune_files):
+    """A CSV's class names come sorted: the model's classes in another order replaced the head before."""
+    from imutune.data.npz import save_npz
+
+    root = finetune_files
+    r = _rec(2)
+    flipped = Recording(r.values, 1 - r.labels, r.sample_rate_hz, r.channels, CLASSES[::-1], r.user, r.name, r.meta)
+    save_npz(flipped, root / "train.npz")
+    t = _rec(5)
+    res = _finetune(root, Recording(t.values, 1 - t.labels, 50.0, CH, CLASSES[::-1], "u9", "t"), "flipped")
+    assert res["head_replaced"] is False and "before" in res and 0.0 <= res["after"]["accuracy"] <= 1.0
+    assert load_bundle(root / "flipped").class_names == CLASSES

@@ -284,6 +284,32 @@ def test_finetune_same_classes_keeps_head():
     assert any(not torch.equal(v, before[k]) for k, v in ft.model.state_dict().items())
 
 
+def test_finetune_model_classes_in_another_order_keep_the_head():
+    """A CSV's class names come sorted: the model's own classes in another order are remapped, not a new head."""
+    b = _bundle(_windows())
+    target = _windows(seed=1)
+    flipped = Windows(target.x, 1 - target.y, target.recording, target.users, ("b", "a"), target.channels)
+    ref = finetune(b, target, config=FT, progress=False)
+    ft = finetune(b, flipped, config=FT, progress=False)
+    assert ft.info["head_replaced"] is False and ft.class_names == ("a", "b")
+    assert ft.info["class_counts"] == ref.info["class_counts"]
+    for k, v in ref.model.state_dict().items():      # the same labels in the model's order: the same training
+        assert torch.equal(v, ft.model.state_dict()[k]), k
+
+
+def test_selective_personalize_remaps_the_model_classes_in_another_order():
+    from imutune.personalize.selective import SelectiveConfig, personalize
+
+    b = _bundle(_windows())
+    target = _windows(seed=1)
+    cfg = SelectiveConfig(train=FAST)
+    ref, _ = personalize(b, target.x, target.y, config=cfg)
+    per, info = personalize(b, target.x, 1 - target.y, config=cfg, class_names=("b", "a"))
+    assert info["head_replaced"] is False and per.class_names == ("a", "b")
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, per.model.state_dict()[k]), k
+
+
 def test_finetune_new_class_set_replaces_head():
     b = _bundle(_windows())
     target = _windows(class_names=("p", "q", "r"), seed=2)

@@ -121,6 +121,8 @@ def run_finetune(base: str | os.PathLike, data: Sequence[str | os.PathLike], out
     src = make_windows(load_many(source_data), bundle.preprocessing, channels=chans) if source_data else None
     per = finetune(bundle, w, config=config, source_windows=src, checkpoint_path=out / "checkpoints" / "finetune.ckpt",
                    progress=progress)
+    if wt is not None:   # the model's classes in another order were mapped to the model's order
+        wt = wt.relabel(per.class_names, what=f"--test-data {[str(p) for p in test_data]}")
     save_bundle(per, out)
     result: dict[str, Any] = {"n_train": len(w), "class_counts": w.class_counts().tolist(),
                               "category_counts": per.info.get("category_counts"),
@@ -389,9 +391,10 @@ def run_personalize(base: str | os.PathLike, data: Sequence[str | os.PathLike], 
             wt = Windows(distort_windows(wt.x, dist, channels=wt.channels, sample_rate_hz=fs, seed=config.train.seed,
                                          noise_seed=config.train.seed + 1), wt.y, wt.recording, wt.users,
                          wt.class_names, wt.channels)
-        if wt.class_names == bundle.class_names:
-            report["before"] = evaluate_bundle(bundle, wt, device=config.train.device)
-        report["after"] = evaluate_bundle(per, wt, device=config.train.device)
+        if set(wt.class_names) <= set(bundle.class_names):
+            report["before"] = evaluate_bundle(bundle, wt.relabel(bundle.class_names), device=config.train.device)
+        report["after"] = evaluate_bundle(per, wt.relabel(per.class_names, what=f"--test-data {list(test_data)}"),
+                                          device=config.train.device)
     if write_bundle:
         save_bundle(apply_patch_bundle(bundle, patch), out / "model")
         report["bundle"] = str(out / "model")

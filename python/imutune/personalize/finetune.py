@@ -64,6 +64,8 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
 
     If the target's class list differs from the bundle's, the classifier head
     is replaced (FilterLoss paper, Sec. III: transfer to a new class set);
+    the bundle's classes in another order (a CSV's class names come sorted)
+    keep the head, with the labels mapped to the bundle's order;
     windows must already be cut at the bundle's sample rate
     (:func:`imutune.signal.windows.make_windows` with ``bundle.preprocessing``
     resamples) and hold the bundle's channels or a subset of them.
@@ -139,6 +141,8 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     if windows.preprocessing is not None:   # rate, window and units must be the model's (hop may differ)
         windows.preprocessing.check_matches(bundle.preprocessing, where="finetune", this_name="the target windows",
                                             other_name="the model", input_only=True)
+    if set(windows.class_names) == set(bundle.class_names):   # the model's classes in another order (a CSV's
+        windows = windows.relabel(bundle.class_names)         # are sorted): same head, labels in the model's order
     head_replaced = tuple(windows.class_names) != tuple(bundle.class_names)
     if head_replaced:
         from ..models.resnet1d import replace_head

@@ -1208,7 +1208,8 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
         the pair-free ranking against the base model's batch-norm statistics
         is used.
     class_names : sequence of str, optional
-        The user's classes; a different class list replaces the head.
+        The user's classes; a different class list replaces the head (the
+        model's own classes in another order do not: labels are remapped).
 
     Returns
     -------
@@ -1231,6 +1232,12 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
     rank_s = time.perf_counter() - t0
     sel = select_filters(scores, config.fraction, budget=config.budget, model=model)
     names = tuple(class_names) if class_names is not None else tuple(bundle.class_names)
+    yy = np.asarray(y)
+    if (names != tuple(bundle.class_names) and sorted(names) == sorted(bundle.class_names)
+            and len(set(names)) == len(names) and yy.dtype.kind in "iu" and yy.size and 0 <= yy.min()
+            and yy.max() < len(names)):   # the model's classes in another order: same head, labels remapped
+        y = np.array([list(bundle.class_names).index(c) for c in names], dtype=np.int64)[yy]
+        names = tuple(bundle.class_names)
     head_replaced = names != tuple(bundle.class_names)
     if head_replaced:
         torch.manual_seed(config.train.seed)
