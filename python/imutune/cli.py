@@ -187,11 +187,6 @@ def _add_bench_filterloss(bench_sub) -> None:
     b.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
     b.add_argument("--methods", nargs="+", default=None, help="methods (default: all baselines + FilterLoss)")
     b.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of every method")
-    b.add_argument("--selective-lr", type=float, default=None,
-                   help="peak learning rate of the selected-filter methods (default: imutune.train.config.SELECTIVE's)")
-    b.add_argument("--bn-statistics", default=None, choices=("frozen", "batch"),
-                   help="partly selected batch norms: running or batch statistics (default frozen)")
-    b.add_argument("--eval-every", type=int, default=None, help="epochs between points of the accuracy curves")
     b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
     b.add_argument("--target-data", nargs="+", default=(),
                    help="cross-dataset target: generic recordings of one user (.npz/.csv files or folders)")
