@@ -180,3 +180,33 @@ def test_cli_gravity_flags(tmp_path, capsys):
                  "--loss", "ce", "--remove-gravity", *common]) == 0
     report = json.loads((tmp_path / "o2" / "finetune_report.json").read_text())
     assert any("gravity removed from acc_x, acc_y, acc_z" in line for line in report["unit_conversions"])
+
+
+# ---------------------------------------------------------------------------------------------- the runtime
+
+
+class _Zeros:
+    def run(self, x):
+        return np.zeros((x.shape[0], len(CLASSES)), np.float32)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_replay_refuses_a_recording_of_the_other_gravity_convention(tmp_path, stream):
+    from imutune.data.npz import save_npz
+    from imutune.deploy.manifest import Manifest
+    from imutune.runtime.replay import replay, replay_stream
+
+    man = Manifest("fake", {}, _spec(gravity=False))
+    for rec, ok in ((_rec(1, gravity=True, name="with_g"), False), (_rec(2, gravity=False), True), (_rec(3), True)):
+        src = rec
+        if stream:
+            save_npz(rec, tmp_path / f"{rec.name}.npz")
+            src = tmp_path / f"{rec.name}.npz"
+        run = (lambda s=src: replay_stream(s, _Zeros(), man)) if stream else (lambda s=src: replay(s, _Zeros(), man))
+        if ok:
+            assert run().n_windows > 0
+        else:
+            with pytest.raises(ValueError, match=r"recording 'with_g' declares its accelerometer with gravity "
+                                                 r"included; the manifest's model expects gravity removed"):
+                run()
+    assert replay(_rec(4, gravity=True), _Zeros(), Manifest("fake", {}, _spec())).n_windows > 0  # model: unknown

@@ -28,6 +28,7 @@ def _prepare(recording: Recording, manifest: Manifest) -> tuple[Recording, bool]
         raise ValueError(f"recording must be an imutune Recording, got {type(recording).__name__}")
     rid = _rec_id(recording)
     _channel_index(recording.channels, manifest, rid)
+    _check_gravity(recording, manifest, rid)
     idx = [recording.channels.index(c) for c in manifest.channels]
     values = recording.values[:, idx]                                   # (S, C_rec) -> (S, C) manifest order
     labels = recording.labels
@@ -61,6 +62,23 @@ def _class_mapping(class_names: Sequence[str], manifest: Manifest) -> np.ndarray
     """``mapping[label + 1]`` -> manifest class index; -1 stays -1, classes the manifest lacks -> -2."""
     lookup = {c: i for i, c in enumerate(manifest.class_names)}
     return np.array([-1] + [lookup.get(c, -2) for c in class_names], dtype=np.int64)
+
+
+def _check_gravity(source: Any, manifest: Manifest, rid: str) -> None:
+    """A recording or stream that declares the other gravity convention than the manifest's model is an error."""
+    from ..data.recording import parse_gravity
+
+    want = manifest.preprocessing.gravity
+    meta = getattr(source, "meta", None)
+    if want is None or not isinstance(meta, dict):
+        return
+    got = parse_gravity(meta.get("gravity"), where=f"recording {rid!r}")
+    if got is not None and got != want:
+        say = {True: "included", False: "removed"}
+        raise ValueError(f"recording {rid!r} declares its accelerometer with gravity {say[got]}; the manifest's "
+                         f"model expects gravity {say[want]}; expected a recording of the model's convention "
+                         "(imutune.signal.windows.remove_gravity subtracts a gravity estimate; gravity cannot be "
+                         "added back)")
 
 
 def _check_manifest(manifest: Manifest) -> None:
@@ -101,6 +119,7 @@ def _condition(stream: Any, manifest: Manifest, config: ReplayConfig, clock: _Cl
 
     rid = stream.name or stream.user
     idx = _channel_index(stream.channels, manifest, rid)
+    _check_gravity(stream, manifest, rid)
     identity_channels = idx == list(range(len(stream.channels)))
     mapping = None if tuple(stream.class_names) == tuple(manifest.class_names) else \
         _class_mapping(stream.class_names, manifest)

@@ -165,7 +165,8 @@ def replay(recording: Recording, backend: Any, manifest: Manifest, *,
     ValueError
         If the recording lacks a manifest channel (the message names the
         recording, its channels and the expected ones), carries labels of a
-        class the manifest does not list, is shorter than one window, the
+        class the manifest does not list, declares the other gravity
+        convention than the manifest's, is shorter than one window, the
         backend's thread count differs from the profile's, or the backend
         returns logits of the wrong shape or non-finite logits.
     """
