@@ -358,3 +358,21 @@ def test_load_recordings_errors(tmp_path):
         load_recordings(tmp_path / "r.npz", user="u")
     with pytest.raises(ValueError, match=r"options \['user'\] apply to \.csv files"):
         load_recordings(tmp_path, user="u")
+
+
+def test_pretrain_command_on_a_folder_of_one_activity_csv_files(tmp_path):
+    """Each CSV infers its own class list (one activity); the windows match classes by name."""
+    from imutune.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "user"
+    folder.mkdir()
+    for k, act in enumerate(("walk", "run", "sit")):
+        rows = [f"{i * 0.02:.2f},{rng.normal() + k:.4f},{rng.normal() - k:.4f},{act}" for i in range(400)]
+        _write_csv(folder / f"{act}.csv", rows)
+    rc = main(["pretrain", "--data", str(folder), "--out", str(tmp_path / "base"), "--model", "tinycnn1d",
+               "--epochs", "1", "--window-s", "1.0", "--hop-s", "0.5", "--no-progress"])
+    assert rc == 0
+    from imutune.train.bundle import load_bundle
+
+    assert sorted(load_bundle(tmp_path / "base").class_names) == ["run", "sit", "walk"]

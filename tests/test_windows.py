@@ -158,11 +158,12 @@ def test_make_windows_missing_channel_raises():
         make_windows([rec], CFG10, channels=["a", "z"])
 
 
-def test_make_windows_class_list_mismatch_raises():
+def test_make_windows_class_list_subset_is_merged_by_name():
+    """Was an error ('expected [a, b, c] like the first recording'); classes are now matched by name."""
     r0 = _rec(np.zeros(10, np.int64))
-    r1 = _rec(np.zeros(10, np.int64), class_names=("a", "b"), name="other")
-    with pytest.raises(ValueError, match=r"recording 'other' has classes \['a', 'b'\]; expected \['a', 'b', 'c'\]"):
-        make_windows([r0, r1], CFG10)
+    r1 = _rec(np.ones(10, np.int64), class_names=("c", "b"), name="other")
+    w = make_windows([r0, r1], CFG10)
+    assert w.class_names == CLASSES and w.y.tolist() == [0] * (len(w) // 2) + [1] * (len(w) // 2)
 
 
 def test_make_windows_empty_raises():
@@ -330,3 +331,28 @@ def test_windows_never_span_a_gap_in_the_timestamps():
     # the same samples without the gap give windows across sample 32 (e.g. the one starting at 25)
     plain = make_windows([base], cfg)
     assert 25 in plain.x[:, 0, 0].tolist()
+
+
+def test_recordings_with_other_class_lists_are_matched_by_name():
+    """A folder of one-activity CSV files: each file's class list holds only its own activity."""
+    walk = _rec([0] * 30, class_names=("walk",), name="walk")
+    run = _rec([0] * 30, class_names=("run",), name="run")
+    both = _rec([1] * 15 + [0] * 15 + [-1] * 10, class_names=("run", "walk"), name="both")
+    w = make_windows([walk, run, both], CFG10)
+    assert w.class_names == ("walk", "run")
+    names = np.array(w.class_names)[w.y]
+    rec = np.asarray(w.recording)
+    assert set(names[rec == 0]) == {"walk"} and set(names[rec == 1]) == {"run"}
+    assert set(names[rec == 2]) == {"walk", "run"}
+    first = names[rec == 2][0]
+    assert first == "walk"                            # 'both' starts with label 1 = its 'walk'
+    assert make_windows([both], CFG10).class_names == ("run", "walk")   # one recording: its own order
+
+
+def test_recording_with_classes_maps_labels_by_name_and_names_the_missing_class():
+    r = _rec([0, 1, -1, 1], class_names=("x", "y"), name="r7")
+    m = r.with_classes(("y", "z", "x"))
+    assert m.class_names == ("y", "z", "x") and m.labels.tolist() == [2, 0, -1, 0]
+    assert r.with_classes(("x", "y")) is r
+    with pytest.raises(ValueError, match=r"recording 'r7' has classes \['x'\] that are not among \['y', 'z'\]"):
+        r.with_classes(("y", "z"))

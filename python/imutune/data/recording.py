@@ -384,6 +384,25 @@ class Recording:
         """Length in seconds (samples present; gaps not counted)."""
         return self.n_samples / self.sample_rate_hz
 
+    def with_classes(self, class_names: Sequence[str]) -> "Recording":
+        """Return a copy whose labels index ``class_names`` (matched by name; unlabeled -1 kept).
+
+        Raises
+        ------
+        ValueError
+            If a class of this recording is not in ``class_names``.
+        """
+        target = tuple(class_names)
+        if target == self.class_names:
+            return self
+        missing = [c for c in self.class_names if c not in target]
+        if missing:
+            raise ValueError(f"recording {self.name or self.user!r} has classes {missing} that are not among "
+                             f"{list(target)}")
+        lookup = np.array([-1] + [target.index(c) for c in self.class_names], dtype=np.int64)
+        return Recording(self.values, lookup[self.labels + 1], self.sample_rate_hz, self.channels, target,
+                         self.user, self.name, dict(self.meta), gaps=self.gaps)
+
     def select_channels(self, names: Sequence[str]) -> "Recording":
         """Return a copy with only ``names``, in that order (gaps kept).
 

@@ -439,7 +439,10 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
     Parameters
     ----------
     recordings : sequence of Recording
-        All must share ``class_names``; channels are selected by name.
+        Channels are selected by name. Classes are matched by name: the
+        windows' class list is the first recording's, then the classes of
+        later recordings it lacks, in order of appearance (e.g. a folder of
+        one-activity CSV files).
     config : WindowConfig or Preprocessing
         Window length, hop, model sample rate and minimum label purity. A
         model's contract (``bundle.preprocessing``) also gives the default
@@ -501,7 +504,7 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
         raise ValueError("recordings is empty; expected at least one Recording")
     if not isinstance(config, (WindowConfig, Preprocessing)):
         raise ValueError(f"config must be a WindowConfig or a Preprocessing, got {type(config).__name__}")
-    class_names = recordings[0].class_names
+    class_names = tuple(dict.fromkeys(c for r in recordings for c in r.class_names))   # by name, first seen first
     if channels is not None:
         channels = tuple(channels)
     elif isinstance(config, Preprocessing):
@@ -525,10 +528,7 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig | Preproc
     xs, ys, recs, users = [], [], [], []
     log: list[str] = []
     for i, rec in enumerate(recordings):
-        if rec.class_names != class_names:
-            raise ValueError(f"recording {rec.name!r} has classes {list(rec.class_names)}; expected "
-                             f"{list(class_names)} like the first recording")
-        rec = rec.select_channels(channels)
+        rec = rec.with_classes(class_names).select_channels(channels)
         what = f"recording {rec.name or rec.user!r}"
         values, lines = _convert_units(rec.values, sources[i], target, channels, what)
         g = own_g[i]
