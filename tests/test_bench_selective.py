@@ -90,6 +90,8 @@ def test_bench_config_errors():
         _tiny(calibration_fraction=1.0)
     with pytest.raises(ValueError, match="bn_statistics must be one of"):
         _tiny(bn_statistics="running")
+    with pytest.raises(ValueError, match=r"shard must be \(i, n\) with integers 0 <= i < n, got \(2, 2\)"):
+        _tiny(shard=(2, 2))
     assert quick_config().seeds == (0,)
 
 
@@ -106,3 +108,18 @@ def test_bench_selective_command(tmp_path):
     cfg = json.loads((tmp_path / "bench_selective_config.json").read_text())
     assert cfg["selective_train"]["lr"] == 0.02 and cfg["finetune"]["lr"] == 1e-3 and cfg["bn_statistics"] == "batch"
     assert main(["bench", "selective", "--out", str(tmp_path / "x"), "--distortions", "blur"]) == 2
+
+
+def test_shards_split_the_runs_and_the_last_one_writes_the_report(tmp_path):
+    logs: list[str] = []
+    part = run_selective_bench(tmp_path, _tiny(shard=(1, 2)), log=logs.append)
+    assert part == {"n_runs": 1, "n_expected": 2, "complete": False}
+    assert not (tmp_path / "bench_selective.json").exists()
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.json")) == ["rotation_L2_k2_subject10_s0.json"]
+    logs.clear()
+    rep = run_selective_bench(tmp_path, _tiny(shard=(0, 2)), log=logs.append)
+    assert rep["n_runs"] == 2 and (tmp_path / "bench_selective.json").is_file()
+    assert sum(line.startswith("[") and "shots" in line for line in logs) == 1     # only its own run trained
+    assert rep["config"]["shard"] == [0, 2] or rep["config"]["shard"] == (0, 2)
+    again = run_selective_bench(tmp_path, _tiny(), log=logs.append)                  # unsharded: all cached
+    assert again["summary"]["borda 10%"]["accuracy"] == rep["summary"]["borda 10%"]["accuracy"]

@@ -258,6 +258,9 @@ def _add_bench_selective(bench_sub) -> None:
     b.add_argument("--bn-statistics", default=None, choices=("frozen", "batch"),
                    help="partly selected batch norms: running or batch statistics (default frozen)")
     b.add_argument("--eval-every", type=int, default=None, help="epochs between points of the accuracy curves")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only runs I, I+N, ... (N processes on one --out; the report is written once all runs "
+                        "are there)")
     b.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -287,10 +290,16 @@ def _bench_selective(args) -> int:
         over["bn_statistics"] = args.bn_statistics
     if args.eval_every is not None:
         over["eval_every"] = args.eval_every
+    if args.shard is not None:
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must be I/N with integers, e.g. 0/2, got {args.shard!r}") from None
+        over["shard"] = (i, n)
     if args.pretrain_epochs:
         over["pretrain"] = replace(over["pretrain"], epochs=args.pretrain_epochs)
     res = run_selective_bench(args.out, replace(cfg, **over))
-    print(json.dumps(res["targets"], indent=2))
+    print(json.dumps(res.get("targets", res), indent=2))
     return 0
 
 

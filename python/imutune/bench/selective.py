@@ -138,6 +138,7 @@ class SelectiveBenchConfig:
     full_at_selective_lr: bool = True            # control: full fine-tuning with selective_train's budget too
     eval_every: int = 1                          # epochs between points of the accuracy curves
     threads: int = 1                             # torch CPU threads (timings on a phone-class single core)
+    shard: tuple[int, int] = (0, 1)              # (i, n): this process runs runs i, i+n, ... (not in the run id)
 
     def __post_init__(self) -> None:
         for d in self.distortions:
@@ -160,6 +161,10 @@ class SelectiveBenchConfig:
         V.check_int_at_least("eval_every", self.eval_every, 1)
         V.check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS)
         V.check_int_at_least("threads", self.threads, 1)
+        if not (isinstance(self.shard, (tuple, list)) and len(self.shard) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in self.shard)
+                and self.shard[1] >= 1 and 0 <= self.shard[0] < self.shard[1]):
+            raise ValueError(f"shard must be (i, n) with integers 0 <= i < n, got {self.shard!r}")
         V.check_positive("test_hop_s", self.test_hop_s)
 
 
@@ -385,7 +390,10 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
     dict
         The report (also the JSON file): ``summary`` per method, ``targets``
         (each target of the issue: measured value, threshold, met), per-run
-        results under ``runs``, ``config``, ``host``.
+        results under ``runs``, ``config``, ``host``. With ``config.shard``
+        (i, n), n > 1, this process runs only runs i, i + n, ...; while other
+        shards' runs are missing it writes no report and returns
+        ``{"n_runs", "n_expected", "complete": False}``.
     """
     import torch
 
@@ -424,7 +432,7 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                 "(once per base model; not charged to the runs)")
         acc_clean = {u: accuracy(te.y, predict_logits(base.model, base.normalizer(te.x), device=cfg.finetune.device)
                                  .argmax(1)) for u, (_, te) in data.items()}
-        run_fp = _fingerprint({k: v for k, v in asdict(cfg).items() if k not in ("threads",)})
+        run_fp = _fingerprint({k: v for k, v in asdict(cfg).items() if k not in ("threads", "shard")})
         runs_dir = out / "runs"
         runs: list[dict] = []
         keys = [(d, lvl, k, ui, u, s) for d in cfg.distortions for lvl in cfg.levels for k in cfg.shots
@@ -439,6 +447,8 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                         continue
                 except (OSError, json.JSONDecodeError):
                     pass
+            if i % cfg.shard[1] != cfg.shard[0]:
+                continue                                   # another shard's run
             t = time.perf_counter()
             pool, test = data[u]
             res = _run_one(base, pool, test, cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui,
@@ -451,6 +461,10 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                 f"seed {s}: clean {acc_clean[u]:.3f} none {res['acc_none']:.3f} full {m['full']['accuracy']:.3f} "
                 + " ".join(f"{n} {v['accuracy']:.3f}" for n, v in m.items() if n != "full")
                 + f" ({res['wall_seconds']:.1f} s)")
+        if len(runs) < len(keys):                          # sharded: the last shard to finish reports
+            log(f"[shard {cfg.shard[0]}/{cfg.shard[1]}] done; {len(runs)} of {len(keys)} runs present, the report "
+                "is written when all are (rerun any shard, or the whole benchmark, to write it)")
+            return {"n_runs": len(runs), "n_expected": len(keys), "complete": False}
         report = _summarize(runs, cfg, base)
         report["wall_seconds"] = time.perf_counter() - t_start
         report["host"] = host_info()
