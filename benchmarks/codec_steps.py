@@ -5,8 +5,10 @@ windows; macro-F1 personalized on the decoded upload, tested on raw).
 
     nice -n 10 python benchmarks/codec_steps.py --out runs/codec_steps --lambdas 64 512 --epochs 10 50
 
-Writes ``<out>/codec_steps.json`` (one row per lambda x epochs) and reuses the benchmark's caches
-(classifier and codecs) under ``--bench-out``.
+Writes ``<out>/codec_steps.json`` (one row per lambda x epochs, updated as rows finish),
+``codec_steps.md`` and ``codec_steps.png`` (PRDN and personalized macro-F1 against optimizer steps),
+and reuses the benchmark's caches (classifier and codecs) under ``--bench-out``.
+``--report-only`` re-renders the Markdown and PNG from an existing ``codec_steps.json``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,43 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+
+
+NAME = "codec_steps"
+
+
+def _report(data: dict) -> tuple[str, dict]:
+    """Markdown table and figure of the rows of ``codec_steps.json``."""
+    from imutune.bench.report import markdown_table, new_figure
+
+    rows = data["rows"]
+    ref = data.get("reference_mean")
+    table = markdown_table(
+        ["mode", "lambda", "epochs", "optimizer steps", "bits/sample (file)", "PRDN %", "F1 decoded (classifier)",
+         "F1 personalized decoded -> raw"],
+        [[r["mode"], f"{r['lambda']:g}", r["epochs"], r["steps"], r["bits_per_sample"], r["prdn"],
+          r["classifier_macro_f1_decoded"], "n/a" if r["personalized_macro_f1"] is None else r["personalized_macro_f1"]]
+         for r in rows], floatfmt=".3f")
+    md = "\n".join(["# Codec training budget (codec_steps)", "",
+                     "Codec-only training at each lambda with more epochs, evaluated as `imutune bench codec` "
+                     "(held-out users, calibrate-then-use, real .imz sizes).", "", table, "",
+                     f"Reference: personalized on raw uploads, macro-F1 {ref:.3f}." if ref is not None else ""])
+    fig, (a1, a2) = new_figure(1, 2, figsize=(10, 4))
+    for lm in sorted({r["lambda"] for r in rows}):
+        rr = sorted((r for r in rows if r["lambda"] == lm), key=lambda r: r["steps"])
+        a1.plot([r["steps"] for r in rr], [r["prdn"] for r in rr], marker="o", label=f"lambda {lm:g}")
+        f1 = [(r["steps"], r["personalized_macro_f1"]) for r in rr if r["personalized_macro_f1"] is not None]
+        if f1:
+            a2.plot(*zip(*f1), marker="o", label=f"lambda {lm:g}")
+    if ref is not None:
+        a2.axhline(ref, color="k", lw=0.8, ls="--", label="raw uploads")
+    a1.set_xlabel("codec optimizer steps")
+    a1.set_ylabel("PRDN %")
+    a2.set_xlabel("codec optimizer steps")
+    a2.set_ylabel("macro-F1, personalized on decoded upload")
+    for ax in (a1, a2):
+        ax.legend(fontsize=7)
+    return md, {NAME: fig}
 
 
 def main() -> int:
@@ -36,7 +75,14 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--mode", default="codec")
     ap.add_argument("--no-personalize", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="re-render codec_steps.md/.png from the JSON in --out")
     a = ap.parse_args()
+    from imutune.bench.report import write_report
+
+    if a.report_only:
+        data = json.loads((Path(a.out) / f"{NAME}.json").read_text())
+        write_report(a.out, NAME, data, *_report(data))
+        return 0
     torch.set_num_threads(1)
     cfg = B.CodecBenchConfig()
     out, bout = Path(a.out), Path(a.bench_out)
@@ -60,7 +106,8 @@ def main() -> int:
                                                hop_s=cfg.codec_hop_s, sample_rate_hz=cfg.window.sample_rate_hz,
                                                min_purity=0.5), channels=base.channels)
     rows = []
-    path = out / "codec_steps.json"
+    path = out / f"{NAME}.json"
+    data: dict = {"rows": rows}
     for ep in a.epochs:
         for lm in a.lambdas:
             c2 = replace(cfg, codec_epochs=ep)
@@ -85,9 +132,11 @@ def main() -> int:
                 row["personalized_macro_f1"] = None
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_user"}), flush=True)
-            write_json_atomic(path, {"reference_personalized_macro_f1_raw": raw_ref,
-                                     "reference_mean": float(np.mean(list(raw_ref.values()))) if raw_ref else None,
-                                     "config": json.loads(json.dumps(asdict(cfg), default=str)), "rows": rows})
+            data = {"reference_personalized_macro_f1_raw": raw_ref,
+                    "reference_mean": float(np.mean(list(raw_ref.values()))) if raw_ref else None,
+                    "config": json.loads(json.dumps(asdict(cfg), default=str)), "rows": rows}
+            write_json_atomic(path, data)
+    write_report(out, NAME, data, *_report(data))
     return 0
 
 
