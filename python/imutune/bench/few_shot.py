@@ -31,8 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..signal.windows import Windows, make_windows
+from ..signal.windows import make_windows
 from .report import host_info, jsonable, markdown_table, new_figure, write_report
+from .transfer import TransferBenchConfig, draw_shots, source_bundle
 
 __all__ = ["FewShotBenchConfig", "run_few_shot_bench", "SCHEDULES"]
 
@@ -117,18 +118,9 @@ def run_few_shot_bench(out_dir: str | Path, config: FewShotBenchConfig = FewShot
 
 
 def _source(out: Path, cfg: FewShotBenchConfig, log):
-    from .transfer import TransferBenchConfig, _source_bundle
-
-    return _source_bundle(out, TransferBenchConfig(source_model=cfg.source_model, model_name=cfg.model_name,
+    return source_bundle(out, TransferBenchConfig(source_model=cfg.source_model, model_name=cfg.model_name,
                                                    pretrain_epochs=cfg.pretrain_epochs, device=cfg.device,
                                                    threads=cfg.threads), log)
-
-
-def _draw(w: Windows, k: int, seed: int) -> np.ndarray:
-    """k windows per class (all of a class with fewer), seeded by (seed, k), as ``imutune bench transfer``."""
-    from .transfer import _draw as draw
-
-    return draw(w, k, seed)
 
 
 def _configs(cfg: FewShotBenchConfig, schedule: str, seed: int, loss: str, ratio: float = 0.0):
@@ -168,7 +160,7 @@ def _compute_bench(out: Path, cfg: FewShotBenchConfig, target, source_recordings
     for loss in cfg.losses:
         for k in cfg.ks:
             for seed in cfg.seeds:
-                cal = pool.subset(_draw(pool, k, seed))
+                cal = pool.subset(draw_shots(pool, k, seed))
                 extra = [f"min_steps={n}" for n in cfg.extra_min_steps] if loss in cfg.extra_losses else []
                 for schedule in (*SCHEDULES, *extra):
                     t = time.perf_counter()
@@ -210,7 +202,7 @@ def _rehearsal(cfg, src, pool, test, source_recordings, finetune, source_head_bu
     rows = []
     for k in cfg.rehearsal_ks:
         for seed in cfg.seeds:
-            cal = pool.subset(_draw(pool, k, seed))
+            cal = pool.subset(draw_shots(pool, k, seed))
             for ratio in cfg.rehearsal_ratios:
                 t = time.perf_counter()
                 per = finetune(src, cal, config=_configs(cfg, "new", seed, cfg.rehearsal_loss, ratio),

@@ -39,7 +39,8 @@ from ..signal.windows import WindowConfig, Windows, make_windows
 from .report import jsonable as _jsonable
 from .report import host_info, markdown_table, new_figure, write_report
 
-__all__ = ["TransferBenchConfig", "quick_config", "run_transfer_bench", "METHODS", "load_target"]
+__all__ = ["TransferBenchConfig", "quick_config", "run_transfer_bench", "METHODS", "load_target", "draw_shots",
+           "source_bundle"]
 
 METHODS = ("transfer_ce", "transfer_filterloss", "selfsup_ft", "probe", "scratch", "random_forest",
            "logistic_regression")
@@ -119,8 +120,9 @@ def load_target(cfg: TransferBenchConfig, window) -> tuple[list, list, str]:
     return pool, test, f"{list(cfg.target_data)} split by recording (even: calibration pool, odd: test)"
 
 
-def _draw(w: Windows, k: int, seed: int) -> np.ndarray:
-    """k windows per class of ``w`` (all of a class when it has fewer), seeded by (seed, k)."""
+def draw_shots(w: Windows, k: int, seed: int) -> np.ndarray:
+    """Sorted indices of k windows per class of ``w`` (all of a class when it has fewer), seeded by
+    (seed, k): the draw of ``imutune bench transfer`` and ``bench few-shot``. Array (<= k K,), int64."""
     rng = np.random.default_rng([seed, k])
     idx = [rng.choice(np.flatnonzero(w.y == c), size=min(k, int((w.y == c).sum())), replace=False)
            for c in range(w.num_classes) if (w.y == c).any()]
@@ -177,7 +179,7 @@ def run_transfer_bench(out_dir: str | Path, config: TransferBenchConfig = Transf
         torch.set_num_threads(threads_before)
 
 
-def _source_bundle(out: Path, cfg: TransferBenchConfig, log):
+def source_bundle(out: Path, cfg: TransferBenchConfig, log):
     from ..data.recordings import load_watch
     from ..train.bundle import load_bundle, save_bundle
     from ..train.config import PRETRAIN
@@ -208,7 +210,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
     from ..train.selfsup import SelfSupConfig, pretrain_self_supervised
 
     t_all = time.perf_counter()
-    src, src_how = _source_bundle(out, cfg, log)
+    src, src_how = source_bundle(out, cfg, log)
     pool_recs, test_recs, target_desc = load_target(cfg, src.window)
     pool = make_windows(pool_recs, src.preprocessing, channels=src.channels, units=cfg.units)
     test = make_windows(test_recs, src.preprocessing, channels=src.channels, units=cfg.units).relabel(
@@ -231,7 +233,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
     results: list[dict[str, Any]] = []
     for k in cfg.ks:
         for seed in cfg.seeds:
-            cal = pool.subset(_draw(pool, k, seed))
+            cal = pool.subset(draw_shots(pool, k, seed))
             tc = _schedule(cfg, len(cal), seed)
             row_base = {"k": k, "seed": seed, "n_train": len(cal)}
             for m in cfg.methods:
