@@ -74,3 +74,28 @@ def watch_recordings():
     from imutune.data.recordings import load_watch
 
     return load_watch()
+
+
+def crashing_loss(fail_at: int | None = None, *, perturb_global_rngs: bool = False):
+    """Weighted cross-entropy that raises ``KeyboardInterrupt`` on call ``fail_at`` (a simulated kill) and
+    counts its calls in ``.calls``. With ``perturb_global_rngs`` each call also scales the loss by draws from
+    numpy's and Python's global RNGs, which a resume must restore to give the same run."""
+    import random
+
+    from imutune.train.losses import WeightedCrossEntropy
+
+    class CrashingLoss(WeightedCrossEntropy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fail_at, self.calls = fail_at, 0
+
+        def forward(self, logits, targets, weights=None):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise KeyboardInterrupt("simulated kill")
+            loss = super().forward(logits, targets, weights)
+            if perturb_global_rngs:
+                loss = loss * (1.0 + 1e-2 * (np.random.rand() + random.random()))
+            return loss
+
+    return CrashingLoss()

@@ -15,6 +15,8 @@ from imutune.train.config import FINETUNE, PRETRAIN, TrainConfig
 from imutune.train.loop import TrainHooks, one_cycle_schedule, train
 from imutune.train.losses import WeightedCrossEntropy
 
+from conftest import crashing_loss
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 C, T = 3, 32
@@ -206,20 +208,6 @@ def test_schedule_spans_the_real_total():
 
 # --------------------------------------------------------------------------- resume
 
-class _Crash(WeightedCrossEntropy):
-    """Cross-entropy that raises on call ``fail_at`` (a simulated kill)."""
-
-    def __init__(self, fail_at: int | None = None) -> None:
-        super().__init__()
-        self.fail_at, self.calls = fail_at, 0
-
-    def forward(self, logits, targets, weights=None):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise KeyboardInterrupt("simulated kill")
-        return super().forward(logits, targets, weights)
-
-
 def test_min_steps_run_resumes_to_the_same_result(tmp_path):
     x, y = _data(20, counts=[10, 6, 4])
     cfg = replace(FT, epochs=4, min_steps=40)               # few-shot: 10 balanced steps per epoch
@@ -227,12 +215,12 @@ def test_min_steps_run_resumes_to_the_same_result(tmp_path):
     r_full = train(full, x, y, config=cfg, progress=False)
     ckpt = tmp_path / "ft.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        train(_model(), x, y, config=cfg, loss_fn=_Crash(fail_at=25), checkpoint_path=ckpt, progress=False)
+        train(_model(), x, y, config=cfg, loss_fn=crashing_loss(25), checkpoint_path=ckpt, progress=False)
     head = read_checkpoint_header(ckpt)
     assert head["epoch"] == 2 and head["steps"] == 20
     assert head["identity"]["train"]["min_steps"] == 40 and head["identity"]["train"]["balanced_batches"] is True
     resumed = _model(seed=123)                              # other initial weights: the checkpoint wins
-    loss = _Crash()
+    loss = crashing_loss()
     r = train(resumed, x, y, config=cfg, loss_fn=loss, checkpoint_path=ckpt, progress=False)
     assert r["resumed_from_epoch"] == 2 and r["steps_run"] == loss.calls == 20 and r["steps"] == 40
     assert r["loss"] == r_full["loss"]

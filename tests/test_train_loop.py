@@ -22,7 +22,8 @@ from imutune.train.loop import (
     resolve_threads,
     train,
 )
-from imutune.train.losses import WeightedCrossEntropy
+
+from conftest import crashing_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,22 +44,6 @@ def _model(seed=0, dropout=0.3):
     """tinycnn1d with dropout before the head, so a resume must restore the torch RNG too."""
     torch.manual_seed(seed)
     return ResNet1d(C, 2, replace(default_config("tinycnn1d"), dropout=dropout))
-
-
-class _NoisyLoss(WeightedCrossEntropy):
-    """Cross-entropy scaled by draws from numpy's and Python's global RNGs (which a resume must restore)
-    that fails on call ``fail_at`` (a simulated crash) and counts its calls."""
-
-    def __init__(self, fail_at: int | None = None) -> None:
-        super().__init__()
-        self.fail_at, self.calls = fail_at, 0
-
-    def forward(self, logits, targets, weights=None):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise KeyboardInterrupt("simulated kill")
-        scale = 1.0 + 1e-2 * (np.random.rand() + random.random())
-        return super().forward(logits, targets, weights) * scale
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -228,18 +213,18 @@ def test_resume_is_bit_exact_and_really_resumes(tmp_path):
     np.random.seed(1)
     random.seed(1)
     ref_model = _model()
-    ref = train(ref_model, x, y, config=cfg, loss_fn=_NoisyLoss(), progress=False)
+    ref = train(ref_model, x, y, config=cfg, loss_fn=crashing_loss(perturb_global_rngs=True), progress=False)
 
     ckpt = tmp_path / "checkpoints" / "train.ckpt"
     np.random.seed(1)
     random.seed(1)
     with pytest.raises(KeyboardInterrupt):                  # killed in the 2nd step of epoch 3
-        train(_model(), x, y, config=cfg, loss_fn=_NoisyLoss(fail_at=10), checkpoint_path=ckpt, progress=False)
+        train(_model(), x, y, config=cfg, loss_fn=crashing_loss(10, perturb_global_rngs=True), checkpoint_path=ckpt, progress=False)
     head = read_checkpoint_header(ckpt)
     assert head["epoch"] == 2 and head["steps"] == 8 and len(head["history"]) == 2
     np.random.seed(99)                                      # whatever the global RNGs hold now: the checkpoint wins
     random.seed(99)
-    loss = _NoisyLoss()
+    loss = crashing_loss(perturb_global_rngs=True)
     resumed_model = _model(seed=123)                        # other initial weights: the checkpoint wins
     res = train(resumed_model, x, y, config=cfg, loss_fn=loss, checkpoint_path=ckpt, progress=False)
     assert res["resumed_from_epoch"] == 2 and res["epochs_run"] == 2
@@ -251,7 +236,7 @@ def test_resume_is_bit_exact_and_really_resumes(tmp_path):
 
     # a finished checkpoint of the same run: nothing left to do, the saved weights come back
     again_model = _model(seed=7)
-    again = train(again_model, x, y, config=cfg, loss_fn=_NoisyLoss(), checkpoint_path=ckpt, progress=False)
+    again = train(again_model, x, y, config=cfg, loss_fn=crashing_loss(perturb_global_rngs=True), checkpoint_path=ckpt, progress=False)
     assert again["resumed_from_epoch"] == 4 and again["steps_run"] == 0 and again["loss"] == ref["loss"]
     _same_weights(ref_model, again_model)
 
