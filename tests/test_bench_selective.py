@@ -40,7 +40,9 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
     s = rep["summary"]
     deep = ["borda-deep 10%", "random-deep 10%", "shift-deep 10%", "combined-deep 10%"]
     assert set(s) == {"none", "full", "full (selective lr)", "layer", "random 10%", "borda 10%", "borda 25%",
-                      "borda-bn 10%", *deep}
+                      "borda-bn 10%", "grad 10%", *deep}
+    assert s["grad 10%"]["trainable_parameters"] == s["borda 10%"]["trainable_parameters"]
+    assert s["grad 10%"]["rank_seconds"] > 0
     # the control trains everything, at the selective budget; the other runs' curves follow their own budgets
     assert s["full (selective lr)"]["trainable_parameters"] == s["full"]["trainable_parameters"]
     assert rep["config"]["selective_train"]["lr"] == 1e-2 and rep["config"]["bn_statistics"] == "frozen"
@@ -59,7 +61,8 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
     assert "borda 10%: vs_full >= 0.9" in rep["targets"] and "combined-deep 10%: patch <= 10% of model (fp16)" \
         in rep["targets"]
     assert "borda-deep 10% vs random-deep 10%: paired 95% interval above 0" in rep["targets"]
-    assert set(rep["comparisons"]) == {"borda 10% vs random 10%", "borda-deep 10% vs random-deep 10%",
+    assert set(rep["comparisons"]) == {"borda 10% vs random 10%", "grad 10% vs random 10%",
+                                       "borda-deep 10% vs random-deep 10%",
                                        "shift-deep 10% vs random-deep 10%", "combined-deep 10% vs random-deep 10%"}
     assert rep["protocol"].startswith("calibrate-then-use")
     assert (tmp_path / "selective_cost.png").is_file()

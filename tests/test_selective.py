@@ -639,3 +639,35 @@ def test_selective_preset_is_finetune_at_ten_times_the_learning_rate():
     assert SELECTIVE.lr == pytest.approx(10 * FINETUNE.lr)
     assert {k: v for k, v in SELECTIVE.__dict__.items() if k != "lr"} == \
         {k: v for k, v in FINETUNE.__dict__.items() if k != "lr"}
+
+
+def test_gradient_ranking_scores_each_filter_by_its_squared_loss_gradient_per_class():
+    from imutune.personalize.selective import gradient_magnitudes
+
+    torch.manual_seed(0)
+    m = create_model("tinycnn1d", in_channels=6, num_classes=4).eval()
+    with torch.no_grad():
+        m.stem[1].weight[3] = 0.0                  # stem filter 3's output is a constant: no gradient reaches it
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 6, 32)).astype(np.float32)
+    y = np.arange(24) % 3                          # classes 0, 1, 2 present (of 4)
+    g = gradient_magnitudes(m, x, y)
+    assert g["stem.0"].shape == (3, 8) and all(v.min() >= 0 for v in g.values())
+    assert np.all(g["stem.0"][:, 3] == 0) and np.all(np.delete(g["stem.0"], 3, axis=1) > 0)
+    ref = copy.deepcopy(m)                         # voter of class 1, by hand
+    torch.nn.functional.cross_entropy(ref(torch.from_numpy(x[y == 1])), torch.ones(8, dtype=torch.long)).backward()
+    np.testing.assert_allclose(g["stem.0"][1], (ref.stem[0].weight.grad.double() ** 2).sum(dim=(1, 2)).numpy(),
+                               rtol=1e-5)
+    scores = rank_filters(m, x, ranking="gradient", y=y)
+    assert scores["stem.0"][3] == 0.0              # last for every voter
+    assert select_filters(scores, 0.5).filters["stem.0"][3] == False    # noqa: E712
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+    with pytest.raises(ValueError, match="ranking='gradient' needs the calibration labels y"):
+        rank_filters(m, x, ranking="gradient")
+    with pytest.raises(ValueError, match="y has 23 labels and x 24 windows; expected one label per window"):
+        gradient_magnitudes(m, x, y[:-1])
+    with pytest.raises(ValueError, match=r"y has values \[10, 11, 12\] outside the class list; expected integers in "
+                                         r"\[0, 3\] for 4 classes"):
+        gradient_magnitudes(m, x, y + 10)

@@ -314,9 +314,10 @@ def _add_personalize(sub) -> None:
     p.add_argument("--budget", default="per_layer", choices=("per_layer", "global", "deep"),
                    help="top fraction of every layer, a global parameter budget, or the global budget over the "
                         "deepest blocks (long frozen prefix, cheapest training; default per_layer)")
-    p.add_argument("--ranking", default="distortion", choices=("distortion", "user_shift", "combined"),
+    p.add_argument("--ranking", default="distortion", choices=("distortion", "user_shift", "combined", "gradient"),
                    help="rank filters by the distortion (paper), by the user shift against the base model's "
-                        "batch-norm statistics (imutune extension), or the Borda count of both (default distortion)")
+                        "batch-norm statistics (imutune extension), the Borda count of both, or by the squared "
+                        "gradient of the user's calibration loss per class (imutune extension; default distortion)")
     p.add_argument("--clean-data", nargs="+", default=None,
                    help="the same recordings without the device's distortion (paired ranking of the paper); "
                         "default: pair-free ranking against the base model's batch-norm statistics")

@@ -28,7 +28,10 @@ Protocol (embedded watch data, :func:`imutune.data.recordings.load_watch`):
    layer as Borda at 10%, + head), ``borda X%`` (paired ranking of the clean and
    distorted versions of the few-shot windows, + head), ``borda-bn 10%``
    (pair-free ranking against the base model's batch-norm statistics: what
-   ``imutune personalize`` does without clean data) and the "pay only for what
+   ``imutune personalize`` does without clean data), ``grad 10%`` (per-layer
+   top 10% by the squared gradient of the calibration loss, one voter per
+   class: :func:`imutune.personalize.selective.gradient_magnitudes`, an imutune
+   extension) and the "pay only for what
    is trained" modes of issue 14, all with the deep budget
    (:func:`imutune.personalize.selective.select_filters` ``budget="deep"``: a
    global parameter budget over the deepest blocks, so the frozen prefix is
@@ -124,6 +127,7 @@ class SelectiveBenchConfig:
     random_fraction: float = 0.1                 # budget of the random-filter baseline
     pairfree_fraction: float | None = 0.1        # budget of the pair-free Borda ranking (None: left out)
     deep_fraction: float | None = 0.1            # budget of the deep-budget modes (issue 14; None: left out)
+    gradient_fraction: float | None = 0.1        # budget of the per-layer gradient ranking (None: left out)
     deep_pool: float = 3.0                       # candidate pool of the deep budget, x the parameter budget
     source_windows: int = 1024                   # source windows (class-balanced draw) for the user-shift statistics
     calibration_fraction: float = 0.5            # calibrate-then-use: share of each recording for calibration
@@ -149,7 +153,8 @@ class SelectiveBenchConfig:
         for k in self.shots:
             V.check_int_at_least("shots", k, 1)
         for f in (*self.fractions, self.random_fraction) + ((self.pairfree_fraction,) if self.pairfree_fraction else ()) \
-                + ((self.deep_fraction,) if self.deep_fraction else ()):
+                + ((self.deep_fraction,) if self.deep_fraction else ()) \
+                + ((self.gradient_fraction,) if self.gradient_fraction else ()):
             V.check_fraction("fraction", f)
         if not (isinstance(self.deep_pool, (int, float)) and self.deep_pool >= 1):
             raise ValueError(f"deep_pool must be a number >= 1, got {self.deep_pool!r}")
@@ -182,6 +187,8 @@ def _method_names(cfg: SelectiveBenchConfig) -> list[str]:
     names += [f"borda {_pct(f)}" for f in cfg.fractions]
     if cfg.pairfree_fraction:
         names.append(f"borda-bn {_pct(cfg.pairfree_fraction)}")
+    if cfg.gradient_fraction:
+        names.append(f"grad {_pct(cfg.gradient_fraction)}")
     if cfg.deep_fraction:
         names += [f"{k}-deep {_pct(cfg.deep_fraction)}" for k in DEEP_KINDS]
     return names
@@ -190,6 +197,7 @@ def _method_names(cfg: SelectiveBenchConfig) -> list[str]:
 DEEP_KINDS = ("borda", "random", "shift", "combined")
 FULL_AT_SELECTIVE_LR = "full (selective lr)"
 METHODS = ("none", "full", FULL_AT_SELECTIVE_LR, "layer", "random 10%", "borda 5%", "borda 10%", "borda 25%", "borda-bn 10%",
+           "grad 10%",
            "borda-deep 10%", "random-deep 10%", "shift-deep 10%", "combined-deep 10%")
 
 
@@ -308,6 +316,8 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
                 cache[kind] = rank_filters(model0, xd, device=dev)
             elif kind == "shift":
                 cache[kind] = rank_filters(model0, xd, ranking="user_shift", y=y, source=source_stats, device=dev)
+            elif kind == "gradient":
+                cache[kind] = rank_filters(model0, xd, ranking="gradient", y=y, device=dev)
             else:   # combined: the Borda count of the two rankings above (re-using their distances' scores)
                 from ..personalize.selective import borda_count
 
@@ -325,6 +335,9 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
     if cfg.pairfree_fraction:
         plans.append((f"borda-bn {_pct(cfg.pairfree_fraction)}",
                       lambda: select_filters(scores_of("batchnorm"), cfg.pairfree_fraction)))
+    if cfg.gradient_fraction:
+        plans.append((f"grad {_pct(cfg.gradient_fraction)}",
+                      lambda: select_filters(scores_of("gradient"), cfg.gradient_fraction)))
     deep_sel: dict[str, Any] = {}
     if cfg.deep_fraction:
         def deep(kind: str):
@@ -356,7 +369,8 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
         r = finetune_selected(model, xd, y, sel, config=tc, eval_fn=eval_fn, cache_prefix=cfg.cache_prefix,
                               rows_only=cfg.rows_only, bn_statistics=cfg.bn_statistics)
         curve = [c for c in r["curve"] if not np.isnan(c[2])]
-        kind = ("batchnorm" if name.startswith("borda-bn") else "shift" if name.startswith("shift")
+        kind = ("batchnorm" if name.startswith("borda-bn") else "gradient" if name.startswith("grad ")
+                else "shift" if name.startswith("shift")
                 else "combined" if name.startswith("combined") else "paired"
                 if name.startswith(("borda", "random-deep")) else "")
         rs = rank_time(kind) if kind else 0.0
@@ -573,6 +587,9 @@ def _summarize(runs: list[dict], cfg: SelectiveBenchConfig, base: ModelBundle) -
     # paired comparisons with random filters at the same budget
     rf = _pct(cfg.random_fraction)
     comps = {f"borda {rf} vs random {rf}": _paired(runs, f"borda {rf}", f"random {rf}")}
+    if cfg.gradient_fraction:
+        gf = _pct(cfg.gradient_fraction)
+        comps[f"grad {gf} vs random {rf}"] = _paired(runs, f"grad {gf}", f"random {rf}")
     if cfg.deep_fraction:
         df = _pct(cfg.deep_fraction)
         for kind in ("borda", "shift", "combined"):

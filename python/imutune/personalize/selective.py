@@ -86,7 +86,7 @@ from ..train.loop import (
     train,
 )
 
-__all__ = ["ConvLayer", "conv_layers", "Selection", "BN_STATISTICS", "activation_distances", "reference_distances", "borda_count",
+__all__ = ["ConvLayer", "conv_layers", "Selection", "BN_STATISTICS", "gradient_magnitudes", "activation_distances", "reference_distances", "borda_count",
            "activation_statistics", "user_shift_distances", "RANKINGS", "BUDGETS", "backward_flops", "rank_filters",
            "select_filters", "random_selection", "last_block_selection", "full_selection",
            "entry_masks", "count_trainable", "selection_hooks", "frozen_prefix", "finetune_selected",
@@ -348,7 +348,7 @@ def borda_count(distances: np.ndarray) -> np.ndarray:
     return (rankdata(d, axis=1, method="average") - 1.0).sum(axis=0)
 
 
-RANKINGS = ("distortion", "user_shift", "combined")
+RANKINGS = ("distortion", "user_shift", "combined", "gradient")
 
 
 @torch.no_grad()
@@ -486,6 +486,63 @@ def user_shift_distances(model: nn.Module, x_target: np.ndarray, y_target: np.nd
     return out
 
 
+def gradient_magnitudes(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256,
+                        device: str = "auto") -> dict[str, np.ndarray]:
+    """Per-filter squared gradient of the calibration loss, one voter per class.
+
+    An imutune extension (issue 14), not in Bianchi et al. (arXiv 1904.03949):
+    where :func:`activation_distances` ranks the filters a distortion moves,
+    this ranks the filters whose weights the user's own labelled windows pull
+    on hardest, a diagonal-Fisher saliency (the squared gradient, summed over a
+    filter's weights) of the pretrained model in eval mode. For each class
+    ``c`` present, the gradient of the mean cross-entropy of its windows is
+    computed once; filter ``f``'s score from that voter is ``sum(g_f ** 2)``.
+    Classes vote separately so that a frequent class does not decide alone.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Not modified (a copy is differentiated).
+    x : np.ndarray
+        The calibration windows, shape (N, C, T), float32, normalized.
+    y : np.ndarray
+        Array of shape (N,), int labels in ``[0, num_classes)``.
+
+    Returns
+    -------
+    dict
+        Conv layer name -> array of shape (classes present, F), float64, >= 0.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not (N, C, T) with the model's channels, or ``y`` has the wrong
+        shape or labels outside the model's classes.
+    """
+    x = _check_x("x", x, model)
+    K = int(getattr(model, "num_classes", int(np.max(y)) + 1 if np.size(y) else 1))
+    yy = V.check_labels("y", y, K, allow_unlabeled=False)
+    if yy.shape[0] != x.shape[0]:
+        raise ValueError(f"y has {yy.shape[0]} labels and x {x.shape[0]} windows; expected one label per window")
+    dev = resolve_device(device)
+    m = copy.deepcopy(model).to(dev).eval()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    layers = conv_layers(m)
+    out: dict[str, list[np.ndarray]] = {l.name: [] for l in layers}
+    for c in np.unique(yy):
+        xc = x[yy == c]
+        m.zero_grad(set_to_none=True)
+        for _s, xb in _batches(xc, batch_size, dev):
+            target = torch.full((xb.shape[0],), int(c), dtype=torch.long, device=dev)
+            (F.cross_entropy(m(xb), target, reduction="sum") / xc.shape[0]).backward()
+        for l in layers:
+            g = l.conv.weight.grad
+            sq = torch.zeros(l.n_filters) if g is None else (g.double() ** 2).reshape(l.n_filters, -1).sum(1)
+            out[l.name].append(sq.cpu().numpy())      # (F, C_in, k) -> (F,)
+    return {k: np.stack(v) for k, v in out.items()}   # (classes, F) per layer
+
+
 def _normalized_borda(dist: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: borda_count(d) / (d.shape[0] * max(d.shape[1] - 1, 1)) for k, d in dist.items()}
 
@@ -504,7 +561,9 @@ def rank_filters(model: nn.Module, x_distorted: np.ndarray, x_clean: np.ndarray 
     * ``"user_shift"`` (imutune extension): :func:`user_shift_distances` of the
       calibration windows ``x_distorted`` (labels ``y``) against ``source``;
     * ``"combined"``: the Borda count of the two rankings above (each layer's
-      two normalized score vectors are the voters), normalized the same way.
+      two normalized score vectors are the voters), normalized the same way;
+    * ``"gradient"`` (imutune extension): :func:`gradient_magnitudes` of the
+      calibration windows ``x_distorted`` with labels ``y``; voters are classes.
 
     Returns
     -------
@@ -512,6 +571,10 @@ def rank_filters(model: nn.Module, x_distorted: np.ndarray, x_clean: np.ndarray 
         Conv layer name -> array of shape (F,), float64.
     """
     V.check_choice("ranking", ranking, RANKINGS)
+    if ranking == "gradient":
+        if y is None:
+            raise ValueError("ranking='gradient' needs the calibration labels y")
+        return _normalized_borda(gradient_magnitudes(model, x_distorted, y, batch_size=batch_size, device=device))
     out = {}
     if ranking in ("distortion", "combined"):
         if x_clean is not None:
