@@ -386,6 +386,12 @@ def test_personalize_command_writes_a_small_patch(cli_setup, tmp_path):
     assert rc == 0
     rep = json.loads((tmp_path / "deep" / "personalize_report.json").read_text())
     assert rep["ranking_method"] == "combined" and rep["cached_units"] >= 1
+    # gradient ranking from the user's labels
+    rc = main(["personalize", "--base", str(root / "base"), "--data", str(root / "train"), "--out",
+               str(tmp_path / "grad"), "--epochs", "2", "--no-progress", "--device", "cpu", "--ranking", "gradient"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "grad" / "personalize_report.json").read_text())
+    assert rep["ranking_method"] == "gradient" and rep["selected_filters"] > 0
 
 
 def test_personalize_command_errors(cli_setup, tmp_path, capsys):
