@@ -126,3 +126,18 @@ def test_shards_split_the_runs_and_the_last_one_writes_the_report(tmp_path):
     assert rep["config"]["shard"] == [0, 2] or rep["config"]["shard"] == (0, 2)
     again = run_selective_bench(tmp_path, _tiny(), log=logs.append)                  # unsharded: all cached
     assert again["summary"]["borda 10%"]["accuracy"] == rep["summary"]["borda 10%"]["accuracy"]
+
+
+def test_a_shard_reports_when_the_other_shard_finishes_after_it_passed_those_runs(tmp_path):
+    """Shards run at the same time: shard 1 passes run 0 (shard 0's, not there yet), then shard 0 finishes
+    while shard 1 trains run 1; shard 1 must still see run 0 at its end and write the report."""
+    started = []
+
+    def log(line: str) -> None:          # shard 1 logs after it trained run 1: shard 0 runs "meanwhile"
+        if line.startswith("[2/2]") and not started:
+            started.append(1)
+            run_selective_bench(tmp_path, _tiny(shard=(0, 2)), log=lambda _line: None)
+
+    rep = run_selective_bench(tmp_path, _tiny(shard=(1, 2)), log=log)
+    assert started and rep.get("n_runs") == 2 and "summary" in rep
+    assert (tmp_path / "bench_selective.json").is_file()

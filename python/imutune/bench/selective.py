@@ -448,19 +448,24 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                                  .argmax(1)) for u, (_, te) in data.items()}
         run_fp = _fingerprint({k: v for k, v in asdict(cfg).items() if k not in ("threads", "shard")})
         runs_dir = out / "runs"
-        runs: list[dict] = []
         keys = [(d, lvl, k, ui, u, s) for d in cfg.distortions for lvl in cfg.levels for k in cfg.shots
                 for ui, u in enumerate(cfg.target_users) for s in cfg.seeds]
+        paths = [runs_dir / f"{d}_L{lvl}_k{k}_{u}_s{s}.json" for d, lvl, k, _ui, u, s in keys]
+
+        def finished(i: int) -> dict | None:
+            """Run ``i`` from its file when it holds this config's result (resume, other shards)."""
+            try:
+                prev = json.loads(paths[i].read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+            return prev if prev.get("fingerprint") == run_fp else None
+
+        got: dict[int, dict] = {}
         for i, (d, lvl, k, ui, u, s) in enumerate(keys):
-            path = runs_dir / f"{d}_L{lvl}_k{k}_{u}_s{s}.json"
-            if path.exists():
-                try:
-                    prev = json.loads(path.read_text())
-                    if prev.get("fingerprint") == run_fp:
-                        runs.append(prev)
-                        continue
-                except (OSError, json.JSONDecodeError):
-                    pass
+            prev = finished(i)
+            if prev is not None:
+                got[i] = prev
+                continue
             if i % cfg.shard[1] != cfg.shard[0]:
                 continue                                   # another shard's run
             t = time.perf_counter()
@@ -468,13 +473,17 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
             res = _run_one(base, pool, test, cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui,
                            source_stats=source_stats)
             res.update(acc_clean=acc_clean[u], fingerprint=run_fp, wall_seconds=time.perf_counter() - t)
-            write_json_atomic(path, res)
-            runs.append(res)
+            write_json_atomic(paths[i], res)
+            got[i] = res
             m = res["methods"]
             log(f"[{i + 1}/{len(keys)}] {d} {BENCH_SEVERITIES[d][lvl]:g} ({SEVERITY_UNITS[d]}), {k} shots, {u}, "
                 f"seed {s}: clean {acc_clean[u]:.3f} none {res['acc_none']:.3f} full {m['full']['accuracy']:.3f} "
                 + " ".join(f"{n} {v['accuracy']:.3f}" for n, v in m.items() if n != "full")
                 + f" ({res['wall_seconds']:.1f} s)")
+        for i in range(len(keys)):                         # other shards' runs that finished after they were passed
+            if i not in got and (prev := finished(i)) is not None:
+                got[i] = prev
+        runs = [got[i] for i in sorted(got)]
         if len(runs) < len(keys):                          # sharded: the last shard to finish reports
             log(f"[shard {cfg.shard[0]}/{cfg.shard[1]}] done; {len(runs)} of {len(keys)} runs present, the report "
                 "is written when all are (rerun any shard, or the whole benchmark, to write it)")
