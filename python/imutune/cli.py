@@ -325,7 +325,7 @@ def _add_personalize(sub) -> None:
                    help="simulate a device: treat --data as clean and distort it, e.g. 'noise:10+rotation:30'")
     p.add_argument("--test-data", nargs="+", default=(), help="the user's held-out recordings (accuracy before/after)")
     p.add_argument("--loss", default="ce", choices=("ce", "filterloss"))
-    p.add_argument("--bn-statistics", default="frozen", choices=("frozen", "batch"),
+    p.add_argument("--bn-statistics", default=None, choices=("frozen", "batch"),
                    help="partly selected batch norms normalize with their running statistics (kept; the selected "
                         "channels' scale and shift train) or with batch statistics for the selected channels "
                         "(default frozen)")
@@ -342,8 +342,9 @@ def _personalize(args) -> int:
     from .jobs import run_personalize
     from .personalize.selective import SelectiveConfig
 
+    given = {} if args.bn_statistics is None else {"bn_statistics": args.bn_statistics}   # default: SelectiveConfig's
     cfg = SelectiveConfig(fraction=args.filters, budget=args.budget, ranking=args.ranking, train=_train_config(args),
-                          loss=args.loss, bn_statistics=args.bn_statistics)
+                          loss=args.loss, **given)
     res = run_personalize(args.base, args.data, args.out, config=cfg, clean_data=args.clean_data,
                           distortion=args.distortion, test_data=args.test_data, write_bundle=args.write_bundle,
                           progress=not args.no_progress)

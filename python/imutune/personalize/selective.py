@@ -1295,11 +1295,10 @@ def personalize(bundle: ModelBundle, x: np.ndarray, y: np.ndarray, *, config: Se
     rank_s = time.perf_counter() - t0
     sel = select_filters(scores, config.fraction, budget=config.budget, model=model)
     names = tuple(class_names) if class_names is not None else tuple(bundle.class_names)
-    yy = np.asarray(y)
-    if (names != tuple(bundle.class_names) and sorted(names) == sorted(bundle.class_names)
-            and len(set(names)) == len(names) and yy.dtype.kind in "iu" and yy.size and 0 <= yy.min()
-            and yy.max() < len(names)):   # the model's classes in another order: same head, labels remapped
-        y = np.array([list(bundle.class_names).index(c) for c in names], dtype=np.int64)[yy]
+    if names != tuple(bundle.class_names) and sorted(names) == sorted(bundle.class_names):
+        # the model's classes in another order: same head, labels remapped to the model's order
+        lookup = np.array([list(bundle.class_names).index(c) for c in names], dtype=np.int64)
+        y = lookup[V.check_labels("y", y, len(names), allow_unlabeled=False)]
         names = tuple(bundle.class_names)
     head_replaced = names != tuple(bundle.class_names)
     if head_replaced:
