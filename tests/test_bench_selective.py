@@ -98,7 +98,7 @@ def test_bench_config_errors():
     assert quick_config().seeds == (0,)
 
 
-def test_bench_selective_command(tmp_path):
+def test_bench_selective_command(tmp_path, capsys):
     from imutune.cli import main
 
     rc = main(["bench", "selective", "--out", str(tmp_path), "--model", "tinycnn1d", "--targets", "subject10",
@@ -111,6 +111,12 @@ def test_bench_selective_command(tmp_path):
     cfg = json.loads((tmp_path / "bench_selective_config.json").read_text())
     assert cfg["selective_train"]["lr"] == 0.02 and cfg["finetune"]["lr"] == 1e-3 and cfg["bn_statistics"] == "batch"
     assert main(["bench", "selective", "--out", str(tmp_path / "x"), "--distortions", "blur"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "selective", "--out", str(tmp_path / "y"), "--shard", "2/2"]) == 2
+    assert "--shard must be (i, n) with integers 0 <= i < n, got (2, 2)" in capsys.readouterr().err
+    assert main(["bench", "selective", "--out", str(tmp_path / "y"), "--shard", "two"]) == 2
+    assert "--shard must be I/N with integers, e.g. 0/2, got 'two'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()                       # refused before anything is written
 
 
 def test_shards_split_the_runs_and_the_last_one_writes_the_report(tmp_path):

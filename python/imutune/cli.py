@@ -298,7 +298,7 @@ def _bench_selective(args) -> int:
         over["shard"] = (i, n)
     if args.pretrain_epochs:
         over["pretrain"] = replace(over["pretrain"], epochs=args.pretrain_epochs)
-    res = run_selective_bench(args.out, replace(cfg, **over))
+    res = run_selective_bench(args.out, _from_flags(partial(replace, cfg), **over))   # errors name the flag
     print(json.dumps(res.get("targets", res), indent=2))
     return 0
 
