@@ -122,3 +122,26 @@ def test_models_lists_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "mobilecnn1d" in out and "resnet1d34" in out
+
+
+def _choices(parser, argv_prefix, dest):
+    """The ``choices`` of option ``dest`` of the sub-command reached by ``argv_prefix``."""
+    import argparse
+
+    p = parser
+    for name in argv_prefix:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[name]
+    return tuple(next(a for a in p._actions if a.dest == dest).choices)
+
+
+def test_selective_option_choices_match_the_library_constants():
+    # the parser spells these as literals (it stays free of torch imports); they must not drift
+    from imutune.cli import build_parser
+    from imutune.personalize.selective import BN_STATISTICS, BUDGETS, RANKINGS
+
+    ap = build_parser()
+    assert set(_choices(ap, ["personalize"], "ranking")) == set(RANKINGS)
+    assert set(_choices(ap, ["personalize"], "budget")) == set(BUDGETS)
+    assert set(_choices(ap, ["personalize"], "bn_statistics")) == set(BN_STATISTICS)
+    assert set(_choices(ap, ["bench", "selective"], "bn_statistics")) == set(BN_STATISTICS)
