@@ -174,3 +174,20 @@ def test_cli_bench_filterloss(tmp_path, capsys):
     assert (tmp_path / "filterloss.md").is_file()
     rc = main(["bench", "filterloss", "--out", str(tmp_path), "--methods", "smote", "--no-progress"])
     assert rc == 2 and "unknown methods" in capsys.readouterr().err
+
+
+def test_a_method_revision_reruns_only_that_methods_cached_cells(tmp_path, monkeypatch):
+    # the cache is keyed by settings; a method whose computation changed (baselines.METHOD_REVISIONS) must not
+    # reuse its old cells, and every other method's cells stay reused
+    import imutune.bench.filterloss as B
+
+    cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2, 3), noises=("none",),
+                                methods=("ce", "filterloss_soft"), **FAST)
+    res = run_filterloss_bench(tmp_path, cfg, progress=False, log=lambda *_: None, threads=1)
+    assert res["cells_run"] == 2
+    again = run_filterloss_bench(tmp_path, cfg, progress=False, log=lambda *_: None, threads=1)
+    assert again["cells_run"] == 0 and again["cells_cached"] == 2
+    monkeypatch.setitem(B.METHOD_REVISIONS, "filterloss_soft", B.METHOD_REVISIONS.get("filterloss_soft", 1) + 1)
+    bumped = run_filterloss_bench(tmp_path, cfg, progress=False, log=lambda *_: None, threads=1)
+    assert bumped["cells_run"] == 1 and bumped["cells_cached"] == 1
+    assert {c["method"] for c in bumped["cells"]} == {"ce", "filterloss_soft"}

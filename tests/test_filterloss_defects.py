@@ -109,3 +109,32 @@ def test_cv_criterion_counts_windows_marked_noisy():
     keep_noisy = [r["macro_f1"] for r in table if r["weights"]["noisy"] > 0.0]
     assert max(keep_noisy) > max(zero_noisy)
     assert next(r for r in table if r["chosen"])["weights"]["noisy"] > 0.0
+
+
+@pytest.mark.parametrize("loss", ["filterloss-soft", "filterloss-cv"])
+def test_source_view_is_filterloss_softs_and_off_for_a_new_class_set(bundle, monkeypatch, loss):
+    # filterloss-soft runs the filter with the source view (SOFT_SOURCE_VETO, source soft factor); the other
+    # variants do not; a replaced head is random, so the pretrained model has no view of the new classes
+    import imutune.personalize.weights as W
+
+    seen = []
+    orig = W.filter_weights
+
+    def spy(*a, **kw):
+        seen.append(kw["config"])
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(W, "filter_weights", spy)
+    fc = FilterConfig(oof="head", probe_steps=20, meta_iterations=2)
+    finetune(bundle, _windows(), config=FinetuneConfig(train=FAST, loss=loss, filter=fc), progress=False)
+    finetune(bundle, _windows(class_names=("x", "y", "z")), config=FinetuneConfig(train=FAST, loss=loss, filter=fc),
+             progress=False)
+    same, new = seen
+    soft = loss == "filterloss-soft"
+    assert same.quality.source_veto == (W.SOFT_SOURCE_VETO if soft else None) and same.source_soft is soft
+    assert new.quality.source_veto is None and new.source_soft is False
+    # a source_veto the user sets is kept
+    seen.clear()
+    finetune(bundle, _windows(), config=FinetuneConfig(train=FAST, loss=loss, quality=QualityConfig(source_veto=0.9),
+                                                       filter=fc), progress=False)
+    assert seen[0].quality.source_veto == 0.9

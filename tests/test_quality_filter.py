@@ -404,3 +404,70 @@ def test_label_issue_rules():
     assert off.tolist() == [BOUNDARY, BOUNDARY, BOUNDARY]
     with pytest.raises(ValueError, match="label_issues"):
         QualityConfig(label_issues="maybe")
+
+
+# --------------------------------------------------------------------------- the source view
+
+def test_categorize_source_veto_protects_windows_the_pretrained_model_backs():
+    # all four would be noisy (confidently wrong fold model, low agreement); the pretrained model backs the
+    # label of windows 0 and 1 (p >= 0.5: protected -> boundary) but not of 2 and 3
+    probs = np.array([[0.1, 0.9]] * 4)
+    y = np.zeros(4, dtype=np.int64)
+    a = np.zeros(4)
+    src = np.array([[0.95, 0.05], [0.5, 0.5], [0.49, 0.51], [0.02, 0.98]])
+    cfg = QualityConfig(min_class_windows=1, source_veto=0.5)
+    assert categorize(probs, y, agreement=a, config=cfg, source_probs=src).tolist() == \
+        [BOUNDARY, BOUNDARY, NOISY, NOISY]
+    # off (the default), or without source probabilities: the rule is unchanged
+    off = QualityConfig(min_class_windows=1)
+    assert categorize(probs, y, agreement=a, config=off, source_probs=src).tolist() == [NOISY] * 4
+    assert categorize(probs, y, agreement=a, config=cfg).tolist() == [NOISY] * 4
+    # the veto only protects: it never makes a window noisy or high-value
+    right = np.array([[0.9, 0.1]] * 4)
+    assert categorize(right, y, agreement=np.ones(4), config=cfg, source_probs=src[::-1]).tolist() == \
+        [HIGH_VALUE] * 4
+
+
+def test_categorize_source_probs_errors():
+    p = np.full((4, 2), 0.5)
+    y = np.array([0, 1, 0, 1])
+    a = np.ones(4)
+    cfg = QualityConfig(source_veto=0.5)
+    with pytest.raises(ValueError, match=r"source_probs must have shape \(4, 2\) like probs, got \(3, 2\)"):
+        categorize(p, y, agreement=a, config=cfg, source_probs=np.full((3, 2), 0.5))
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        categorize(p, y, agreement=a, config=cfg, source_probs=np.full((4, 2), 2.0))
+    with pytest.raises(ValueError, match=r"source_veto must be in \[0.0, 1.0\], got 1.5"):
+        QualityConfig(source_veto=1.5)
+
+
+def test_filter_weights_source_view_uses_the_pretrained_head():
+    x, y, flip = _windows()
+    torch.manual_seed(0)
+    model = _MeanModel(3, 3)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([8.0, 0.0, 0.0]))   # the "pretrained" model says class 0, always
+    base = FilterConfig(mode="fixed", oof="head", fixed_soft=True, fixed_weights=CategoryWeights(1.0, 1.0, 0.0))
+    off = filter_weights(model, x, y, config=base)
+    on = filter_weights(model, x, y, config=replace(base, quality=replace(base.quality, source_veto=0.5),
+                                                    source_soft=True))
+    # windows labelled 0 are backed by the source (p(0) = e^8 / (e^8 + 2)): never noisy, soft factor at least that
+    lab0 = y == 0
+    p0 = np.exp(8.0) / (np.exp(8.0) + 2.0)
+    assert np.any(off.categories[lab0] == NOISY)
+    assert not np.any(on.categories[lab0] == NOISY)
+    p_label = np.where(lab0, p0, (1 - p0) / 2)                  # the source's probability of each window's label
+    np.testing.assert_allclose(on.quality_factors, np.maximum(off.quality_factors, p_label), rtol=1e-6)
+    # the other windows: the source gives their label ~0, so categories and soft factors are the filter's own
+    np.testing.assert_array_equal(on.categories[~lab0], off.categories[~lab0])
+    np.testing.assert_allclose(on.quality_factors[~lab0], off.quality_factors[~lab0])
+    # the source probabilities are the model's own softmax outputs
+    from imutune.personalize.weights import _source_probs
+    z = Q.embed_windows(model, x, device="cpu")
+    sp = _source_probs(z, Q._head_of(model, 3), replace(base, source_soft=True))
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(sp, ref, rtol=1e-5, atol=1e-6)
+    assert _source_probs(z, None, replace(base, source_soft=True)) is None   # no head for these classes: off
+    assert _source_probs(z, Q._head_of(model, 3), base) is None             # off unless asked for

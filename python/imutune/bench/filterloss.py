@@ -46,7 +46,7 @@ import numpy as np
 
 from .. import _validation as V
 from .._io import write_json_atomic
-from ..personalize.baselines import FILTERLOSS_METHODS, METHODS, run_method
+from ..personalize.baselines import FILTERLOSS_METHODS, METHOD_REVISIONS, METHODS, run_method
 from ..personalize.filter import NOISY
 from ..personalize.weights import FilterConfig
 from ..signal.label_noise import (
@@ -600,7 +600,10 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
     # a cell's identity: the config minus the grid axes, and minus the filter settings for methods that
     # never run the filter (so a filter change reruns only the filter-based cells)
     base_fp = {k: v for k, v in cfg_json.items() if k not in ("subjects", "ratios", "seeds", "methods", "noises")}
-    cell_fps = {m: _fingerprint(base_fp if _uses_filter(m) else {k: v for k, v in base_fp.items() if k != "filter"})
+    # and the method's revision (baselines.METHOD_REVISIONS), so a changed computation does not reuse old cells
+    cell_fps = {m: _fingerprint({**(base_fp if _uses_filter(m) else {k: v for k, v in base_fp.items()
+                                                                     if k != "filter"}),
+                                 **({"method_revision": METHOD_REVISIONS[m]} if m in METHOD_REVISIONS else {})})
                 for m in config.methods}
     bar = None
     if progress:

@@ -67,7 +67,7 @@ from ..train.losses import (
 from .finetune import FinetuneConfig, finetune
 from .weights import FilterConfig
 
-__all__ = ["METHODS", "BASELINES", "FILTERLOSS_METHODS", "run_method", "no_finetune", "finetune_ce",
+__all__ = ["METHODS", "BASELINES", "FILTERLOSS_METHODS", "METHOD_REVISIONS", "run_method", "no_finetune", "finetune_ce",
            "finetune_oversample", "finetune_undersample", "finetune_class_weighted", "finetune_class_balanced",
            "finetune_focal", "finetune_filterloss", "finetune_filterloss_cv", "finetune_filterloss_learned", "finetune_filterloss_soft",
            "resample_windows", "finetune_gce", "finetune_sce", "finetune_cleanlab", "finetune_oracle",
@@ -242,7 +242,9 @@ def finetune_filterloss_learned(bundle: ModelBundle, windows: Windows, train_con
 def finetune_filterloss_soft(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
                             filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
     """FilterLoss, full filter, fixed weights :data:`imutune.personalize.weights.SOFT_WEIGHTS` (noisy 0,
-    boundary scaled per window by its label quality, high-value 1; nothing searched)."""
+    boundary scaled per window by its label quality, high-value 1; nothing searched) and the source view
+    (:data:`imutune.personalize.weights.SOFT_SOURCE_VETO`: a window the pretrained model backs is never noisy,
+    and its soft factor is the larger of the out-of-fold and the pretrained model's label quality)."""
     return finetune_filterloss(bundle, windows, train_config, mode="soft", filter_config=filter_config,
                                progress=progress)
 
@@ -356,6 +358,10 @@ BASELINES: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_
                               "gce", "sce", "cleanlab", "oracle")
 #: FilterLoss variants.
 FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft")
+#: Revision of a method's computation (1 when absent), bumped whenever what a method computes changes for the
+#: same settings, so benchmark caches keyed by settings rerun its cells. filterloss_soft 2: the source view
+#: (:data:`imutune.personalize.weights.SOFT_SOURCE_VETO`).
+METHOD_REVISIONS: dict[str, int] = {"filterloss_soft": 2}
 
 
 def run_method(name: str, bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,

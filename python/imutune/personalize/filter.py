@@ -43,6 +43,9 @@ class QualityConfig:
     agreement_noisy: float = 0.5      # kNN agreement below this needed for noisy
     min_class_windows: int = 3        # classes with fewer windows are never marked noisy
     label_issues: str = "agree"       # confident-learning issues in the noisy rule: "off", "agree", "union"
+    # full filter: a window whose label the pretrained (source) model gives at least this probability is never
+    # noisy (that model never saw the user's labels: an independent view that only protects); None: off
+    source_veto: float | None = None
 
     def __post_init__(self) -> None:
         V.check_in_range("boundary_margin", self.boundary_margin, 0.0, 1.0)
@@ -52,6 +55,8 @@ class QualityConfig:
         V.check_in_range("agreement_noisy", self.agreement_noisy, 0.0, 1.0)
         V.check_int_at_least("min_class_windows", self.min_class_windows, 1)
         V.check_choice("label_issues", self.label_issues, ("off", "agree", "union"))
+        if self.source_veto is not None:
+            V.check_in_range("source_veto", self.source_veto, 0.0, 1.0)
 
 
 def _check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +73,8 @@ def _check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig = QualityConfig(),
-               agreement: np.ndarray | None = None, issues: np.ndarray | None = None) -> np.ndarray:
+               agreement: np.ndarray | None = None, issues: np.ndarray | None = None,
+               source_probs: np.ndarray | None = None) -> np.ndarray:
     """Assign each sample a quality category.
 
     Without ``agreement`` this is the first-version rule on probabilities
@@ -78,7 +84,9 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     agreement, or (with ``issues`` and ``config.label_issues``) a
     confident-learning label issue on which the fold model disagrees with the
     label; high-value a confident right prediction and high agreement; classes
-    with fewer than ``config.min_class_windows`` windows are never noisy.
+    with fewer than ``config.min_class_windows`` windows are never noisy; with
+    ``source_probs`` and ``config.source_veto``, neither is a window whose label
+    the pretrained model gives probability >= ``source_veto``.
 
     Parameters
     ----------
@@ -94,6 +102,10 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     issues : np.ndarray, optional
         Array of shape (N,), bool: confident-learning label issues
         (:func:`label_issues`); used only with ``agreement``.
+    source_probs : np.ndarray, optional
+        Array of shape (N, K): the pretrained (source) model's class
+        probabilities, rows sum to 1; used only with ``agreement`` and
+        ``config.source_veto``.
 
     Returns
     -------
@@ -103,8 +115,9 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     Raises
     ------
     ValueError
-        If ``probs`` is not a finite probability matrix, labels are out of
-        range, or ``agreement`` has the wrong shape, NaN or values outside [0, 1].
+        If ``probs`` (or ``source_probs``) is not a finite probability matrix of
+        the same shape, labels are out of range, or ``agreement`` has the wrong
+        shape, NaN or values outside [0, 1].
     """
     p, y = _check_probs(probs, labels)
     if agreement is None:
@@ -120,7 +133,12 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
         iss = np.asarray(issues, dtype=bool).ravel()
         if iss.shape != y.shape:
             raise ValueError(f"issues must have shape {y.shape}, got {iss.shape}")
-    return _compute_categories_full(p, y, a, config, iss)
+    src = None
+    if source_probs is not None and config.source_veto is not None:
+        if np.shape(source_probs) != p.shape:
+            raise ValueError(f"source_probs must have shape {p.shape} like probs, got {np.shape(source_probs)}")
+        src, _ = _check_probs(source_probs, y)
+    return _compute_categories_full(p, y, a, config, iss, src)
 
 
 def _margins(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,7 +159,7 @@ def _compute_categories(p: np.ndarray, y: np.ndarray, config: QualityConfig) -> 
 
 
 def _compute_categories_full(p: np.ndarray, y: np.ndarray, a: np.ndarray, config: QualityConfig,
-                             issues: np.ndarray | None = None) -> np.ndarray:
+                             issues: np.ndarray | None = None, source_p: np.ndarray | None = None) -> np.ndarray:
     p_label, best_other, pred = _margins(p, y)
     cat = np.full(y.shape[0], BOUNDARY, dtype=np.int64)
     cat[(pred == y) & (p_label - best_other >= config.boundary_margin) & (a >= config.agreement_high)] = HIGH_VALUE
@@ -152,6 +170,8 @@ def _compute_categories_full(p: np.ndarray, y: np.ndarray, a: np.ndarray, config
         noisy |= issues & (pred != y)
     counts = np.bincount(y, minlength=p.shape[1])
     noisy &= counts[y] >= config.min_class_windows
+    if source_p is not None:   # the pretrained model backs the label: protected
+        noisy &= source_p[np.arange(y.shape[0]), y] < config.source_veto
     cat[noisy] = NOISY
     return cat
 
