@@ -132,7 +132,8 @@ def test_source_view_is_filterloss_softs_and_off_for_a_new_class_set(bundle, mon
     same, new = seen
     soft = loss == "filterloss-soft"
     assert same.quality.source_veto == (W.SOFT_SOURCE_VETO if soft else None) and same.source_soft is soft
-    assert new.quality.source_veto is None and new.source_soft is False
+    assert same.quality.source_flag == (W.SOFT_SOURCE_FLAG if soft else None)
+    assert new.quality.source_veto is None and new.quality.source_flag is None and new.source_soft is False
     # a source_veto the user sets is kept
     seen.clear()
     finetune(bundle, _windows(), config=FinetuneConfig(train=FAST, loss=loss, quality=QualityConfig(source_veto=0.9),

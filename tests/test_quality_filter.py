@@ -471,3 +471,26 @@ def test_filter_weights_source_view_uses_the_pretrained_head():
     np.testing.assert_allclose(sp, ref, rtol=1e-5, atol=1e-6)
     assert _source_probs(z, None, replace(base, source_soft=True)) is None   # no head for these classes: off
     assert _source_probs(z, Q._head_of(model, 3), base) is None             # off unless asked for
+
+
+def test_categorize_source_flag_needs_all_three_views_against_the_label():
+    # fold model predicts class 1 without confidence (0.45 < noisy_confidence): not noisy by the fold rule
+    probs = np.array([[0.4, 0.45, 0.15]] * 5)
+    y = np.zeros(5, dtype=np.int64)
+    a = np.array([0.1, 0.1, 0.1, 0.9, 0.1])
+    src = np.array([[0.05, 0.9, 0.05],    # source confidently another class, low agreement   -> noisy
+                    [0.05, 0.05, 0.9],    # source another class (not the fold model's): still all against
+                    [0.35, 0.55, 0.1],    # source another class, but below source_flag          -> boundary
+                    [0.05, 0.9, 0.05],    # neighbours agree with the label                       -> boundary
+                    [0.9, 0.05, 0.05]])   # source backs the label                                -> boundary
+    cfg = QualityConfig(min_class_windows=1, source_flag=0.6)
+    assert categorize(probs, y, agreement=a, config=cfg, source_probs=src).tolist() == \
+        [NOISY, NOISY, BOUNDARY, BOUNDARY, BOUNDARY]
+    # the fold model must disagree with the label too
+    right = np.array([[0.5, 0.45, 0.05]] * 5)
+    assert NOISY not in categorize(right, y, agreement=a, config=cfg, source_probs=src).tolist()
+    # off by default
+    assert NOISY not in categorize(probs, y, agreement=a, config=QualityConfig(min_class_windows=1),
+                                   source_probs=src).tolist()
+    with pytest.raises(ValueError, match=r"source_flag must be in \[0.0, 1.0\], got -0.1"):
+        QualityConfig(source_flag=-0.1)

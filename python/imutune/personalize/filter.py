@@ -46,6 +46,9 @@ class QualityConfig:
     # full filter: a window whose label the pretrained (source) model gives at least this probability is never
     # noisy (that model never saw the user's labels: an independent view that only protects); None: off
     source_veto: float | None = None
+    # full filter: a window is also noisy when the pretrained model predicts another class with at least this
+    # probability, the fold model predicts another class too and the kNN agreement is low; None: off
+    source_flag: float | None = None
 
     def __post_init__(self) -> None:
         V.check_in_range("boundary_margin", self.boundary_margin, 0.0, 1.0)
@@ -55,8 +58,9 @@ class QualityConfig:
         V.check_in_range("agreement_noisy", self.agreement_noisy, 0.0, 1.0)
         V.check_int_at_least("min_class_windows", self.min_class_windows, 1)
         V.check_choice("label_issues", self.label_issues, ("off", "agree", "union"))
-        if self.source_veto is not None:
-            V.check_in_range("source_veto", self.source_veto, 0.0, 1.0)
+        for name in ("source_veto", "source_flag"):
+            if getattr(self, name) is not None:
+                V.check_in_range(name, getattr(self, name), 0.0, 1.0)
 
 
 def _check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +90,10 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     label; high-value a confident right prediction and high agreement; classes
     with fewer than ``config.min_class_windows`` windows are never noisy; with
     ``source_probs`` and ``config.source_veto``, neither is a window whose label
-    the pretrained model gives probability >= ``source_veto``.
+    the pretrained model gives probability >= ``source_veto``; with
+    ``config.source_flag``, a window is also noisy when the pretrained model
+    predicts another class with probability >= ``source_flag``, the fold model
+    predicts another class and the agreement is below ``agreement_noisy``.
 
     Parameters
     ----------
@@ -105,7 +112,7 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     source_probs : np.ndarray, optional
         Array of shape (N, K): the pretrained (source) model's class
         probabilities, rows sum to 1; used only with ``agreement`` and
-        ``config.source_veto``.
+        ``config.source_veto`` or ``config.source_flag``.
 
     Returns
     -------
@@ -134,7 +141,7 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
         if iss.shape != y.shape:
             raise ValueError(f"issues must have shape {y.shape}, got {iss.shape}")
     src = None
-    if source_probs is not None and config.source_veto is not None:
+    if source_probs is not None and (config.source_veto is not None or config.source_flag is not None):
         if np.shape(source_probs) != p.shape:
             raise ValueError(f"source_probs must have shape {p.shape} like probs, got {np.shape(source_probs)}")
         src, _ = _check_probs(source_probs, y)
@@ -168,9 +175,13 @@ def _compute_categories_full(p: np.ndarray, y: np.ndarray, a: np.ndarray, config
         noisy |= issues & (pred != y) & (a < config.agreement_noisy)
     elif issues is not None and config.label_issues == "union":  # either view alone
         noisy |= issues & (pred != y)
+    if source_p is not None and config.source_flag is not None:   # the pretrained model and the fold model disagree
+        src_label = source_p[np.arange(y.shape[0]), y]              # with the label, and so do the neighbours
+        src_other = np.where(np.eye(p.shape[1], dtype=bool)[y], -np.inf, source_p).max(axis=1)
+        noisy |= (pred != y) & (src_other >= config.source_flag) & (src_other > src_label) & (a < config.agreement_noisy)
     counts = np.bincount(y, minlength=p.shape[1])
     noisy &= counts[y] >= config.min_class_windows
-    if source_p is not None:   # the pretrained model backs the label: protected
+    if source_p is not None and config.source_veto is not None:   # the pretrained model backs the label: protected
         noisy &= source_p[np.arange(y.shape[0]), y] < config.source_veto
     cat[noisy] = NOISY
     return cat

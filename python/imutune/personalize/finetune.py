@@ -38,8 +38,9 @@ class FinetuneConfig:
     # "filterloss" (categories from out-of-fold probabilities alone, fixed weights), "filterloss-cv"
     # (full filter, weights chosen by cross-validation), "filterloss-learned" (full filter, meta-learned
     # weights), "filterloss-soft" (full filter, fixed weights: noisy 0, boundary scaled per window by its label
-    # quality; weights.SOFT_WEIGHTS; with the source view, weights.SOFT_SOURCE_VETO, unless quality sets
-    # source_veto) -- see imutune.personalize.weights -- "ce" (plain cross-entropy), or any other method of
+    # quality; weights.SOFT_WEIGHTS; with the source view, weights.SOFT_SOURCE_VETO / SOFT_SOURCE_FLAG, unless
+    # quality sets source_veto / source_flag) -- see imutune.personalize.weights -- "ce" (plain cross-entropy), or
+    # any other method of
     # imutune.personalize.baselines.METHODS ("gce", "cleanlab", "oracle", ...; dashes or underscores)
     loss: str = "filterloss"
     quality: QualityConfig | None = None      # filter thresholds; None: filter.quality (given: used by every variant)
@@ -172,20 +173,22 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
     if config.loss in ("filterloss-cv", "filterloss-learned", "filterloss-soft") and sample_weights is None:
         from dataclasses import replace as _replace
 
-        from .weights import SOFT_SOURCE_VETO, SOFT_WEIGHTS, filter_weights
+        from .weights import SOFT_SOURCE_FLAG, SOFT_SOURCE_VETO, SOFT_WEIGHTS, filter_weights
 
         fcfg = _replace(config.filter, quality=quality, seed=config.train.seed, device=config.train.device)
         if config.loss == "filterloss-soft":   # fixed weights, soft factors and the source view (weights docstring)
             fcfg = _replace(fcfg, mode="fixed", fixed_soft=True, source_soft=True,
                             fixed_weights=config.weights if config.weights is not None else SOFT_WEIGHTS,
-                            quality=quality if quality.source_veto is not None else
-                            _replace(quality, source_veto=SOFT_SOURCE_VETO))
+                            quality=_replace(quality, source_veto=SOFT_SOURCE_VETO if quality.source_veto is None
+                                             else quality.source_veto,
+                                             source_flag=SOFT_SOURCE_FLAG if quality.source_flag is None
+                                             else quality.source_flag))
         else:
             fcfg = _replace(fcfg, mode=config.loss.split("-", 1)[1])
         if head_replaced:   # the fold models grow a random head: a longer minimum (FilterConfig.new_head_oof_min_steps);
             # the new head is random, so the pretrained model has no opinion on the new classes: no source veto
             fcfg = _replace(fcfg, oof_min_steps=max(fcfg.oof_min_steps, fcfg.new_head_oof_min_steps),
-                            quality=_replace(fcfg.quality, source_veto=None), source_soft=False)
+                            quality=_replace(fcfg.quality, source_veto=None, source_flag=None), source_soft=False)
         res = filter_weights(model, xn, windows.y, num_classes=windows.num_classes, config=fcfg,
                              groups=windows.recording)
         sample_weights = res.sample_weights

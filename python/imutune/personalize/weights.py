@@ -58,8 +58,13 @@ Scoring (steps 1-4) is in :mod:`imutune.personalize.filter`, the weights (step 5
      bend: where corrupted windows outnumber a rare class's clean ones, the fold
      models and the kNN vote learn the corrupted majority and flag the clean
      minority, and the pretrained model still recognizes them. It only protects
-     (a user shift that makes it wrong cannot mark a window noisy), and it is
-     off when the head was replaced for a new class set. An imutune extension
+     (a user shift that makes it wrong cannot mark a window noisy on its own);
+     with ``QualityConfig.source_flag`` (:data:`SOFT_SOURCE_FLAG` = 0.6 for
+     ``"filterloss-soft"``) a window is also noisy when the pretrained model
+     predicts another class with probability >= ``source_flag``, the fold model
+     predicts another class too and the kNN agreement is below
+     ``agreement_noisy`` (all three views against the label). Both are off
+     when the head was replaced for a new class set. An imutune extension
      (cf. the agreement of two networks in Co-teaching, Han et al., NeurIPS
      2018), not in the FilterLoss paper.
 
@@ -151,7 +156,8 @@ from .filter import (
 
 __all__ = ["CategoryWeights", "sample_weights", "class_balance_factors", "FilterConfig", "FilterResult",
            "quality_factors",
-           "DEFAULT_WEIGHT_GRID", "SOFT_WEIGHTS", "SOFT_SOURCE_VETO", "select_weights", "learn_weights", "filter_weights", "score_embeddings",
+           "DEFAULT_WEIGHT_GRID", "SOFT_WEIGHTS", "SOFT_SOURCE_VETO", "SOFT_SOURCE_FLAG",
+           "select_weights", "learn_weights", "filter_weights", "score_embeddings",
            "HIGH_VALUE", "BOUNDARY", "NOISY", "CATEGORY_NAMES"]
 
 @dataclass(frozen=True)
@@ -224,6 +230,11 @@ SOFT_WEIGHTS = CategoryWeights(high_value=1.0, boundary=1.0, noisy=0.0)
 #: never noisy, and its soft factor is at least that probability. 0.5 was fixed before the development runs
 #: (seeds the benchmark does not use; README, "The source view") and not searched.
 SOFT_SOURCE_VETO = 0.5
+#: Source flag of ``loss="filterloss-soft"`` (:attr:`imutune.personalize.filter.QualityConfig.source_flag`): a
+#: window is also noisy when the pretrained model predicts another class with at least this probability, the fold
+#: model predicts another class and the kNN agreement is low (the same 0.6 as ``QualityConfig.noisy_confidence``;
+#: fixed before its development run, not searched).
+SOFT_SOURCE_FLAG = 0.6
 
 #: (high_value, boundary, noisy) weights searched by ``mode="cv"``, from "no filtering" to strong filtering.
 DEFAULT_WEIGHT_GRID: tuple[tuple[float, float, float], ...] = (
@@ -568,7 +579,8 @@ def _source_probs(z: np.ndarray, head: tuple[np.ndarray, np.ndarray] | None, con
     """The pretrained model's class probabilities (N, K) from its head on the embeddings, when the source
     view is on (``config.quality.source_veto`` or ``config.source_soft``) and the head has the target's
     classes; else None."""
-    if head is None or (config.quality.source_veto is None and not config.source_soft):
+    q = config.quality
+    if head is None or (q.source_veto is None and q.source_flag is None and not config.source_soft):
         return None
     logits = z.astype(np.float64) @ head[0].T.astype(np.float64) + head[1].astype(np.float64)   # (N, D) -> (N, K)
     logits -= logits.max(axis=1, keepdims=True)
