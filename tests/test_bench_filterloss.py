@@ -191,3 +191,27 @@ def test_a_method_revision_reruns_only_that_methods_cached_cells(tmp_path, monke
     bumped = run_filterloss_bench(tmp_path, cfg, progress=False, log=lambda *_: None, threads=1)
     assert bumped["cells_run"] == 1 and bumped["cells_cached"] == 1
     assert {c["method"] for c in bumped["cells"]} == {"ce", "filterloss_soft"}
+
+
+def test_random_forest_reference_runs_on_the_same_calibration_windows(tmp_path):
+    # issue 15: every report shows the classical reference; here it is a method of the benchmark grid, fitted
+    # on the same (noisy) calibration windows as the deep methods and paired against the best FilterLoss variant
+    from imutune.personalize.reference import ReferenceConfig, fit_reference
+
+    cfg = FilterLossBenchConfig(subjects=(10,), source_subjects=(1, 2, 3), noises=("symmetric:0.3",),
+                                methods=("ce", "filterloss", "random_forest"), **FAST)
+    res = run_filterloss_bench(tmp_path, cfg, progress=False, log=lambda *_: None, threads=1)
+    cells = {c["method"]: c for c in res["cells"]}
+    rf, ce = cells["random_forest"], cells["ce"]
+    assert rf["n_train"] == ce["n_train"] and rf["n_corrupted"] == ce["n_corrupted"] and rf["steps"] == 0
+    # the same figure as fitting the reference by hand on the benchmark's calibration windows
+    import imutune.bench.filterloss as B
+
+    unit = next(B._units(tmp_path, cfg, False, lambda *_: None))
+    nw = B._calibration(unit, "symmetric:0.3", 10.0, 0, cfg)
+    ref = fit_reference(nw.windows, config=ReferenceConfig(methods=("random_forest",), seed=0))
+    assert rf["macro_f1"] == pytest.approx(ref.evaluate(unit.test)["random_forest"]["macro_f1"])
+    assert "filterloss vs random_forest" in res["paired"]["symmetric:0.3 | ratio 10"]
+    assert "random_forest" in (tmp_path / "filterloss.md").read_text()
+    with pytest.raises(ValueError, match=r"unknown methods \['forest'\]; expected some of .*'random_forest'"):
+        FilterLossBenchConfig(methods=("forest",))

@@ -70,12 +70,21 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
     assert "| borda 10% |" in md and "## Targets" in md and "| shift-deep 10% |" in md
     data = json.loads((tmp_path / "bench_selective.json").read_text())
     assert data["runs"][0]["methods"]["borda 10%"]["curve"][0][0] == 0
+    # the classical reference, fitted on each run's distorted calibration windows (issue 15)
+    ref = rep["classical_reference"]
+    assert ref["n"] == 2 and 0 <= ref["random_forest_accuracy_mean"] <= 1 and "## Classical reference" in md
+    assert ref["full_minus_random_forest_mean"] == pytest.approx(ref["full_accuracy_mean"]
+                                                                 - ref["random_forest_accuracy_mean"])
+    assert len(list((tmp_path / "reference").glob("*.json"))) == 2
+    reference_mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "reference").glob("*.json")}
     # resume: finished runs are reused, nothing is retrained
     logs.clear()
     rep2 = run_selective_bench(tmp_path, _tiny(), log=logs.append)
     assert not any(line.startswith("[1/") for line in logs)
     assert any("reusing" in line for line in logs)
     assert rep2["summary"]["borda 10%"]["accuracy"] == s["borda 10%"]["accuracy"]
+    assert rep2["classical_reference"] == ref                          # reused, not refitted
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "reference").glob("*.json")} == reference_mtimes
 
 
 def test_bench_config_errors():

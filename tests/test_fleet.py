@@ -173,6 +173,15 @@ def test_personalize_user_results_and_failure_reasons(fleet_data):
     capped = personalize_user(base, spec.user_id, files, config=_tiny_config(max_calibration_windows=12))
     assert capped["result"]["n_calibration"] == 12
 
+    # the classical reference: a RandomForest on the same calibration windows, scored on the same test windows
+    rf = r["random_forest"]
+    assert set(rf) == {"accuracy", "macro_f1"} and 0 <= rf["macro_f1"] <= 1
+    assert r["model_minus_random_forest"] == pytest.approx(r["after"]["macro_f1"] - rf["macro_f1"])
+    assert a["timing"]["reference_s"] >= 0
+    off = personalize_user(base, spec.user_id, files, config=_tiny_config("filterloss-cv", classical_reference=False))
+    assert off["result"]["random_forest"] is None and off["result"]["model_minus_random_forest"] is None
+    assert off["result"]["patched_sha256"] == r["patched_sha256"]      # the model does not depend on it
+
     bad = [("recording", "broken.npz", b"PK\x03\x04 not a zip")]
     res = personalize_user(base, "u", bad, config=cfg)
     assert res["status"] == "failed" and res["reason"] == "bad_input" and "broken.npz" in res["error"]
@@ -189,7 +198,8 @@ def test_personalize_user_results_and_failure_reasons(fleet_data):
 def test_report_counts_failures_and_writes_files(tmp_path):
     rows = [{"user_id": "a", "status": "computed", "timing": {"total_s": 2.0, "cpu_s": 1.5},
              "result": {"before": {"macro_f1": 0.5, "accuracy": 0.6}, "after": {"macro_f1": 0.7, "accuracy": 0.8},
-                        "gain_macro_f1": 0.2, "n_calibration": 150, "n_test": 100}},
+                        "gain_macro_f1": 0.2, "n_calibration": 150, "n_test": 100,
+                        "random_forest": {"macro_f1": 0.75, "accuracy": 0.8}, "model_minus_random_forest": -0.05}},
             {"user_id": "b", "status": "failed", "reason": "bad_input", "error": "file x.npz is truncated",
              "timing": {}, "result": None},
             {"user_id": "c", "status": "skipped", "timing": {},
@@ -200,7 +210,11 @@ def test_report_counts_failures_and_writes_files(tmp_path):
     assert rep["failures_by_reason"] == {"bad_input": 1}
     assert rep["throughput"]["users_per_hour"] == pytest.approx(1000.0)
     assert rep["quality"]["improved"] == 1 and rep["quality"]["worse"] == 1
+    assert rep["quality"]["random_forest_macro_f1"]["n"] == 1 and rep["quality"]["random_forest_macro_f1"]["mean"] == 0.75
+    assert rep["quality"]["model_minus_random_forest"]["mean"] == pytest.approx(-0.05)
     paths = write_fleet_report(tmp_path, rep)
+    md = paths["md"].read_text()
+    assert "model_minus_random_forest" in md and "ahead for 0 of 1 users, behind for 1" in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "bad_input" in paths["md"].read_text() and json.loads(paths["json"].read_text())["counts"]["users"] == 3
     with pytest.raises(ValueError, match="has status"):

@@ -440,6 +440,8 @@ def _add_fleet(sub, bench_sub) -> None:
     f.add_argument("--export", nargs="+", default=(), choices=EXPORT_KINDS,
                    help="also write per user: the patched bundle ('bundle') and/or an ONNX export ('onnx')")
     f.add_argument("--limit", type=int, default=None, help="compute at most this many users in this run")
+    f.add_argument("--no-classical-reference", action="store_true",
+                   help="skip the per-user RandomForest reference on the same calibration windows (default: fit it)")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     b = bench_sub.add_parser("fleet", help="simulated fleet on Ray: users/core-hour, 1 vs 2 workers, killed "
@@ -468,6 +470,8 @@ def _fleet_config(args):
         over["seed"] = args.seed
     if args.calibration_fraction is not None:
         over["calibration_fraction"] = args.calibration_fraction
+    if args.no_classical_reference:
+        over["classical_reference"] = False
     if args.max_calibration_windows is not None:
         over["max_calibration_windows"] = args.max_calibration_windows
     if args.export:

@@ -18,14 +18,16 @@ Per (target, noise, seed): the calibration session's labels get the label noise
 (:mod:`imutune.signal.label_noise`; truth kept), the windows are long-tail subsampled at the imbalance
 ratio by their true class (calibration part only; the test data keep their natural distribution and
 clean labels), then every method of :mod:`imutune.personalize.baselines` fine-tunes with the same
-:class:`~imutune.train.loop.TrainConfig`. Macro-F1 and accuracy on the target's test windows;
+:class:`~imutune.train.loop.TrainConfig`, and the classical reference (``random_forest``, optionally
+``logistic_regression``: :mod:`imutune.personalize.reference`, 13 statistics per channel) is fitted on the
+same calibration windows and labels. Macro-F1 and accuracy on the target's test windows;
 ``personalization_gain`` = macro-F1 minus that of no fine-tuning. Every filter (FilterLoss variants,
 cleanlab) gets its noisy-window precision and recall against the injected truth, and FilterLoss the
 share of its total loss weight that sits on corrupted windows.
 
 Paired comparisons per target subject (mean over seeds): each FilterLoss variant against ``ce`` and
-against ``cleanlab`` (mean difference with a 95% t-interval, ``scipy.stats.t``), and the oracle against
-the best FilterLoss variant.
+against ``cleanlab`` (mean difference with a 95% t-interval, ``scipy.stats.t``), the best FilterLoss
+variant against the random forest, and the oracle against the best FilterLoss variant.
 
 Outputs in ``out_dir``: ``filterloss.json``, ``filterloss.md``, ``macro_f1.png``, ``filter_pr.png``;
 caches ``pretrained/<target>/`` bundles and ``cells/<target>/*.json`` (one per finished cell, written
@@ -48,6 +50,7 @@ from .. import _validation as V
 from .._io import write_json_atomic
 from ..personalize.baselines import FILTERLOSS_METHODS, METHOD_REVISIONS, METHODS, run_method
 from ..personalize.filter import NOISY
+from ..personalize.reference import REFERENCE_METHODS, ReferenceConfig, fit_reference
 from ..personalize.weights import FilterConfig
 from ..signal.label_noise import (
     NoisyWindows,
@@ -62,10 +65,15 @@ from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
 from ..train.pretrain import pretrain
 from .report import host_info, markdown_table, new_figure, write_report
 
-__all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS", "DEFAULT_NOISES", "precision_recall"]
+__all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS",
+           "CLASSICAL_METHODS", "DEFAULT_NOISES", "precision_recall"]
 
 DEFAULT_METHODS: tuple[str, ...] = ("none", "ce", "undersample", "class_balanced", "focal", "gce", "cleanlab",
-                                    "oracle", "filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft")
+                                    "oracle", "filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft",
+                                    "random_forest")
+#: The classical references (:mod:`imutune.personalize.reference`) the benchmark can run beside the deep methods:
+#: fitted on the same calibration windows and (noisy) labels, scored on the same test windows.
+CLASSICAL_METHODS: tuple[str, ...] = REFERENCE_METHODS
 DEFAULT_NOISES: tuple[str, ...] = ("none", "boundary:0.2", "shift:1-3", "symmetric:0.3")
 PROTOCOL_NAMES = ("calibrate-then-use", "new-placement")
 
@@ -98,9 +106,9 @@ class FilterLossBenchConfig:
     def __post_init__(self) -> None:
         if not self.subjects or not self.seeds or not self.ratios or not self.methods or not self.noises:
             raise ValueError("subjects, seeds, ratios, noises and methods must not be empty")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in METHODS and m not in CLASSICAL_METHODS]
         if bad:
-            raise ValueError(f"unknown methods {bad}; expected some of {list(METHODS)}")
+            raise ValueError(f"unknown methods {bad}; expected some of {list(METHODS) + list(CLASSICAL_METHODS)}")
         for r in self.ratios:
             if r is not None and not float(r) >= 1:
                 raise ValueError(f"ratios must be >= 1 or None (natural), got {r!r}")
@@ -247,6 +255,17 @@ def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, se
     from ..train.bundle import evaluate_bundle
 
     w = nw.windows
+    if method in CLASSICAL_METHODS:   # the classical reference on the same calibration windows and labels
+        t = time.perf_counter()
+        ref = fit_reference(w, config=ReferenceConfig(methods=(method,), seed=seed))
+        wall = time.perf_counter() - t
+        ev = ref.evaluate(unit.test)[method]
+        src = unit.bundle.info["source_accuracy"]
+        return {"target": unit.name, "noise": noise, "ratio": _ratio_key(ratio), "seed": seed, "method": method,
+                "accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "restore_ratio": restore_ratio(ev["accuracy"], src),
+                "source_accuracy": src, "n_train": len(w), "class_counts": w.class_counts().tolist(),
+                "noise_rate": nw.noise_rate, "n_corrupted": int(nw.noisy.sum()), "n_train_effective": len(w),
+                "steps": 0, "train_seconds": wall, "wall_seconds": wall}
     tc = replace(cfg.finetune, seed=seed, device=cfg.device)
     opts: dict[str, Any] = {}
     if _uses_filter(method):
@@ -375,6 +394,13 @@ def _summaries(cells: list[dict], cfg: FilterLossBenchConfig) -> dict[str, Any]:
                 if units:
                     paired[k][f"{m} vs {ref}"] = {"unit": "subject" if many else "seed",
                                                   **paired_comparison([a[u] for u in units], [b[u] for u in units])}
+        if fls and "random_forest" in summary[k]:   # the best FilterLoss variant against the classical reference
+            best = max(fls, key=lambda m: summary[k][m]["macro_f1_mean"])
+            a, b = _per_unit(cells, k, best, many), _per_unit(cells, k, "random_forest", many)
+            units = sorted(set(a) & set(b))
+            if units:
+                paired[k][f"{best} vs random_forest"] = {"unit": "subject" if many else "seed",
+                                                         **paired_comparison([a[u] for u in units], [b[u] for u in units])}
         if fls and "oracle" in summary[k]:
             best = max(fls, key=lambda m: summary[k][m]["macro_f1_mean"])
             a, b = _per_unit(cells, k, "oracle", many), _per_unit(cells, k, best, many)

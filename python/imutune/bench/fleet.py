@@ -70,7 +70,9 @@ class FleetBenchConfig:
     model_name: str = "mobilecnn1d"                      # base model
     source_subjects: tuple[int, ...] = (1, 2, 3, 4, 5)   # watch subjects the base model is pretrained on
     pretrain: TrainConfig = replace(PRETRAIN, epochs=15)
-    fleet: FleetConfig = FleetConfig(method="filterloss-cv", max_calibration_windows=150)
+    # the personalization job's throughput and recovery; the classical reference is off here (it is on by
+    # default in imutune fleet, where it adds one RandomForest fit per user)
+    fleet: FleetConfig = FleetConfig(method="filterloss-cv", max_calibration_windows=150, classical_reference=False)
     simulation: SimulationConfig = SimulationConfig()
     workers: tuple[int, ...] = (1, 2)                    # scaling runs, in this order
     num_cpus: int = 2                                    # CPUs of the local Ray instance

@@ -260,6 +260,69 @@ def _random_like(sel, seed: int):
     return Selection(out, sel.modules)
 
 
+def _classical_reference(runs: list[dict], keys: list, paths: list[Path], data: dict, cfg: SelectiveBenchConfig,
+                         run_fp: str) -> dict[str, Any]:
+    """The RandomForest reference of every run (cached as ``reference/<run>.json`` beside ``runs/``), its mean
+    accuracy overall and by shots, and full fine-tuning minus it, paired over the runs."""
+    acc = []
+    for (d, lvl, k, ui, u, s), path in zip(keys, paths):
+        rp = path.parent.parent / "reference" / path.name
+        prev = None
+        try:
+            prev = json.loads(rp.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+        if prev is None or prev.get("fingerprint") != run_fp:
+            pool, test = data[u]
+            prev = {"random_forest_accuracy": _reference_accuracy(pool, test, cfg=cfg, distortion=d, level=lvl,
+                                                                  shots=k, seed=s, user_index=ui),
+                    "fingerprint": run_fp}
+            write_json_atomic(rp, prev)
+        acc.append(prev["random_forest_accuracy"])
+    full = [r["methods"]["full"]["accuracy"] for r in runs]
+    by_shots = {}
+    for k in cfg.shots:
+        i = [j for j, key in enumerate(keys) if key[2] == k]
+        by_shots[str(k)] = {"random_forest": float(np.mean([acc[j] for j in i])),
+                            "full": float(np.mean([full[j] for j in i]))}
+    diff = np.asarray(full) - np.asarray(acc)
+    return {"method": "random_forest (13 statistics per channel, fitted on each run's distorted calibration windows)",
+            "random_forest_accuracy_mean": float(np.mean(acc)), "full_accuracy_mean": float(np.mean(full)),
+            "full_minus_random_forest_mean": float(diff.mean()), "full_ahead_runs": int((diff > 0).sum()),
+            "n": len(acc), "by_shots": by_shots}
+
+
+def _run_windows(pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str, level: int, shots: int,
+                 seed: int, user_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One run's windows in physical units: clean and distorted calibration windows (k, C, T) with their labels
+    (k,), and the distorted test windows (N, C, T); seeded by the run, so every method sees the same."""
+    severity = BENCH_SEVERITIES[distortion][level]
+    dist = make_distortion(distortion, severity)
+    dev_seed = int(_fingerprint([distortion, level, seed, user_index]), 16) % (2 ** 31)
+    kw = dict(channels=pool.channels, sample_rate_hz=cfg.window.sample_rate_hz, seed=dev_seed)
+    x_test = distort_windows(test.x, dist, noise_seed=dev_seed + 1, **kw)
+    rng = np.random.default_rng([seed, shots, user_index])
+    idx = _sample_shots(pool.y, shots, pool.num_classes, rng)
+    x_clean = pool.x[idx]
+    x_dist = distort_windows(x_clean, dist, noise_seed=dev_seed + 2, **kw)
+    return x_clean, x_dist, pool.y[idx], x_test
+
+
+def _reference_accuracy(pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str, level: int,
+                        shots: int, seed: int, user_index: int) -> float:
+    """Test accuracy of the classical reference (RandomForest on 13 statistics per channel) fitted on the run's
+    distorted calibration windows: the same windows and labels every fine-tuning method gets."""
+    from ..personalize.reference import ReferenceConfig, fit_reference
+
+    _xc, x_dist, y, x_test = _run_windows(pool, test, cfg=cfg, distortion=distortion, level=level, shots=shots,
+                                          seed=seed, user_index=user_index)
+    cal = Windows(x_dist, y, np.zeros(len(y), np.int64), np.array(["user"] * len(y)), pool.class_names, pool.channels)
+    te = Windows(x_test, test.y, np.zeros(len(test.y), np.int64), np.array(["user"] * len(test.y)), test.class_names,
+                 test.channels)
+    ref = fit_reference(cal, config=ReferenceConfig(methods=("random_forest",), seed=seed))
+    return float(ref.evaluate(te)["random_forest"]["accuracy"])
+
+
 def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str,
              level: int, shots: int, seed: int, user_index: int, source_stats: dict | None = None) -> dict[str, Any]:
     from ..personalize.patch import apply_patch, make_patch, model_bytes, patch_bytes
@@ -273,18 +336,10 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
         select_filters,
     )
 
-    severity = BENCH_SEVERITIES[distortion][level]
-    dist = make_distortion(distortion, severity)
-    dev_seed = int(_fingerprint([distortion, level, seed, user_index]), 16) % (2 ** 31)
-    fs = cfg.window.sample_rate_hz
-    kw = dict(channels=pool.channels, sample_rate_hz=fs, seed=dev_seed)
+    x_clean, x_dist, y, x_test = _run_windows(pool, test, cfg=cfg, distortion=distortion, level=level, shots=shots,
+                                              seed=seed, user_index=user_index)
     norm = base.normalizer
-    xte = norm(distort_windows(test.x, dist, noise_seed=dev_seed + 1, **kw))
-    rng = np.random.default_rng([seed, shots, user_index])
-    idx = _sample_shots(pool.y, shots, pool.num_classes, rng)
-    x_clean = pool.x[idx]
-    y = pool.y[idx]
-    x_dist = distort_windows(x_clean, dist, noise_seed=dev_seed + 2, **kw)
+    xte = norm(x_test)
     xc, xd = norm(x_clean), norm(x_dist)
     model0 = base.model.cpu().eval()
     full_size = model_bytes(model0)
@@ -388,8 +443,8 @@ def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveB
                          "full_backward_flops": fl["full_backward"], "full_forward_flops": fl["full_forward"],
                          "frozen_drift": r["frozen_drift"], "curve": curve}
     results = {name: results[name] for name in sorted(results, key=_method_names(cfg).index)}
-    return {"distortion": distortion, "level": level, "severity": severity, "shots": shots, "seed": seed,
-            "user": test.users[0] if len(test) else "", "n_train": int(len(idx)), "n_test": int(len(test)),
+    return {"distortion": distortion, "level": level, "severity": BENCH_SEVERITIES[distortion][level], "shots": shots,
+            "seed": seed, "user": test.users[0] if len(test) else "", "n_train": int(len(y)), "n_test": int(len(test)),
             "acc_none": acc_none, "model_bytes": full_size, "methods": results,
             "total_parameters": int(sum(p.numel() for p in model0.parameters()))}
 
@@ -489,6 +544,7 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                 "is written when all are (rerun any shard, or the whole benchmark, to write it)")
             return {"n_runs": len(runs), "n_expected": len(keys), "complete": False}
         report = _summarize(runs, cfg, base)
+        report["classical_reference"] = _classical_reference(runs, keys, paths, data, cfg, run_fp)
         report["wall_seconds"] = time.perf_counter() - t_start
         report["host"] = host_info()
         report["config"] = asdict(cfg)
@@ -695,6 +751,14 @@ def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
               markdown_table(["shots per class", "acc none", "acc full"] + methods[1:], [
                   [k, _f(v["accuracy"]["none"]), _f(v["accuracy"]["full"])] + [_f(v["vs_full"][m]) for m in methods[1:]]
                   for k, v in rep["by_shots"].items()]), ""]
+    ref = rep.get("classical_reference")
+    if ref:
+        lines += ["## Classical reference", "",
+                  f"A {ref['method']}: mean accuracy {ref['random_forest_accuracy_mean']:.3f}; full fine-tuning "
+                  f"{ref['full_accuracy_mean']:.3f}, ahead by {ref['full_minus_random_forest_mean']:+.3f} on average "
+                  f"and in {ref['full_ahead_runs']} of {ref['n']} runs.", "",
+                  markdown_table(["shots per class", "random forest", "full fine-tuning"], [
+                      [k, _f(v["random_forest"]), _f(v["full"])] for k, v in ref["by_shots"].items()]), ""]
     lines += [f"Wall time {rep['wall_seconds']:.0f} s. Figures: selective_recovery.png, selective_curves.png, "
               "selective_severity.png, selective_cost.png.", ""]
     return "\n".join(lines)

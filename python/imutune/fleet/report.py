@@ -46,7 +46,10 @@ def _user_row(r: dict) -> dict[str, Any]:
             "after_macro_f1": _f(after["macro_f1"]) if after else None,
             "before_accuracy": _f(before["accuracy"]) if before else None,
             "after_accuracy": _f(after["accuracy"]) if after else None,
-            "gain_macro_f1": _f(res.get("gain_macro_f1")), "n_calibration": res.get("n_calibration"),
+            "gain_macro_f1": _f(res.get("gain_macro_f1")),
+            "random_forest_macro_f1": _f((res.get("random_forest") or {}).get("macro_f1")),
+            "model_minus_random_forest": _f(res.get("model_minus_random_forest")),
+            "n_calibration": res.get("n_calibration"),
             "n_test": res.get("n_test"), "patch_bytes": res.get("patch_bytes"),
             "patched_sha256": res.get("patched_sha256"), "seconds": _f(t.get("total_s")), "cpu_s": _f(t.get("cpu_s")),
             "pid": t.get("pid"), "node": t.get("node")}
@@ -112,6 +115,8 @@ def build_report(rows: Sequence[dict], run: dict[str, Any]) -> dict[str, Any]:
     quality = {"before_macro_f1": _dist([u["before_macro_f1"] for u in with_res]),
                "after_macro_f1": _dist([u["after_macro_f1"] for u in with_res]),
                "gain_macro_f1": _dist(gains),
+               "random_forest_macro_f1": _dist([u["random_forest_macro_f1"] for u in with_res]),
+               "model_minus_random_forest": _dist([u["model_minus_random_forest"] for u in with_res]),
                "improved": int(sum(g > 0 for g in gains)), "worse": int(sum(g < 0 for g in gains)),
                "unchanged": int(sum(g == 0 for g in gains))}
     failed = [u for u in users if u["status"] == "failed"]
@@ -205,12 +210,19 @@ def report_markdown(report: dict[str, Any]) -> str:
                       f"{b['worker_processes']} worker processes.", ""]
     lines += ["## Quality (users with results, test windows)", "",
               "| | n | mean | median | p5 | p95 |", "|---|---|---|---|---|---|"]
-    for k in ("before_macro_f1", "after_macro_f1", "gain_macro_f1"):
+    for k in ("before_macro_f1", "after_macro_f1", "gain_macro_f1", "random_forest_macro_f1",
+              "model_minus_random_forest"):
         d = q.get(k)
         if d:
             lines.append(f"| {k} | {d['n']} | {d['mean']:.4f} | {d['median']:.4f} | {d['p5']:.4f} | {d['p95']:.4f} |")
+    ahead = [u["model_minus_random_forest"] for u in report["users"] if u.get("model_minus_random_forest") is not None]
     lines += ["", f"Improved {q['improved']}, worse {q['worse']}, unchanged {q['unchanged']}. "
-                  "Histogram: `gain_hist.png`.", "", "## Failures by reason", ""]
+                  "Histogram: `gain_hist.png`."]
+    if ahead:
+        lines += ["", f"Classical reference (RandomForest on 13 statistics per channel, the same calibration "
+                      f"windows): the personalized model is ahead for {sum(a > 0 for a in ahead)} of {len(ahead)} "
+                      f"users, behind for {sum(a < 0 for a in ahead)}."]
+    lines += ["", "## Failures by reason", ""]
     if report["failures_by_reason"]:
         lines += ["| reason | users |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in report["failures_by_reason"].items()]
@@ -219,12 +231,12 @@ def report_markdown(report: dict[str, Any]) -> str:
                   for f in report["failures"][:_MD_USER_ROWS]]
     else:
         lines.append("None.")
-    lines += ["", "## Users", "", "| user | status | before macro-F1 | after macro-F1 | gain | calibration windows | "
-              "test windows | job s |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Users", "", "| user | status | before macro-F1 | after macro-F1 | gain | RandomForest macro-F1 | "
+              "calibration windows | test windows | job s |", "|---|---|---|---|---|---|---|---|---|"]
     for u in report["users"][:_MD_USER_ROWS]:
         lines.append(f"| {u['user_id']} | {u['status']} | {_fmt(u['before_macro_f1'])} | {_fmt(u['after_macro_f1'])} "
-                     f"| {_fmt(u['gain_macro_f1'], '+.4f')} | {_fmt(u['n_calibration'])} | {_fmt(u['n_test'])} | "
-                     f"{_fmt(u['seconds'], '.2f')} |")
+                     f"| {_fmt(u['gain_macro_f1'], '+.4f')} | {_fmt(u.get('random_forest_macro_f1'))} "
+                     f"| {_fmt(u['n_calibration'])} | {_fmt(u['n_test'])} | {_fmt(u['seconds'], '.2f')} |")
     if len(report["users"]) > _MD_USER_ROWS:
         lines.append(f"\n({len(report['users']) - _MD_USER_ROWS} more users in fleet_report.json.)")
     return "\n".join(lines) + "\n"

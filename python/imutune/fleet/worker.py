@@ -68,6 +68,9 @@ class FleetConfig:
     seed: int = 0                       # fleet seed; each user's seed is user_seed(user_id, seed)
     torch_threads: int = 1              # torch CPU threads per user job
     exports: tuple[str, ...] = ()       # per-user extras: "bundle" (patched bundle), "onnx" (model.onnx + manifest)
+    # also fit the classical reference (RandomForest, 200 trees, on 13 statistics per channel:
+    # imutune.personalize.reference) on each user's calibration windows and score it on their test windows
+    classical_reference: bool = True
 
     def __post_init__(self) -> None:
         V.check_choice("method", self.method, FLEET_METHODS)
@@ -310,6 +313,16 @@ def _run_stages(base: ModelBundle, user_id: str, files: list, config: FleetConfi
     t = _stage(timing, "personalize", t)
     after = evaluate_bundle(tuned, wt, device="cpu")
     t = _stage(timing, "after", t)
+    reference = None
+    if config.classical_reference:   # the honest classical peer on the same calibration windows and labels
+        from ..personalize.reference import ReferenceConfig, fit_reference
+
+        try:
+            reference = fit_reference(wc, config=ReferenceConfig(methods=("random_forest",), seed=seed)
+                                      ).evaluate(wt)["random_forest"]
+        except ValueError as e:
+            raise UserFailure("training_error", f"user {user_id!r}: classical reference: {e}") from None
+        t = _stage(timing, "reference", t)
     base_hash = base_sha256 or state_hash(base.model)
     patch = make_patch(base.model, tuned.model, class_names=None if same_classes else tuned.class_names,
                        info={"user_id": user_id, "method": config.method, "user_seed": seed})
@@ -332,6 +345,8 @@ def _run_stages(base: ModelBundle, user_id: str, files: list, config: FleetConfi
         "class_names": list(wc.class_names), "head_replaced": not same_classes,
         "before": before, "after": after,
         "gain_macro_f1": None if before is None else after["macro_f1"] - before["macro_f1"],
+        "random_forest": reference,
+        "model_minus_random_forest": None if reference is None else after["macro_f1"] - reference["macro_f1"],
         "base_sha256": patch.base_sha256, "patched_sha256": patch.patched_sha256,
         "patch_bytes": len(pbytes), "patch_values": patch.n_values(), "patch_entries": len(patch.tensors),
         "skipped_recordings": skipped, "info": info}
