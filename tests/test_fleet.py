@@ -181,6 +181,7 @@ def test_personalize_user_results_and_failure_reasons(fleet_data):
     off = personalize_user(base, spec.user_id, files, config=_tiny_config("filterloss-cv", classical_reference=False))
     assert off["result"]["random_forest"] is None and off["result"]["model_minus_random_forest"] is None
     assert off["result"]["patched_sha256"] == r["patched_sha256"]      # the model does not depend on it
+    assert r["random_forest_error"] is None
 
     bad = [("recording", "broken.npz", b"PK\x03\x04 not a zip")]
     res = personalize_user(base, "u", bad, config=cfg)
@@ -422,3 +423,20 @@ def test_bench_round_pairs_speedup_over_quiet_rounds_only():
     assert r["rounds"][0]["job_cpu_s_per_user"] == [3.0, 3.0]              # computed users only
     assert r["speedup_quiet_rounds"] == pytest.approx((12 / 20.3) / (12 / 38.4))   # the noisy round left out
     assert "speedup_quiet_rounds" not in _round_pairs(lo[1:2], hi[1:2])
+
+
+def test_a_failing_classical_reference_does_not_fail_the_user(fleet_data, monkeypatch):
+    import imutune.personalize.reference as R
+    from imutune.train.bundle import load_bundle
+
+    def boom(*a, **k):
+        raise ValueError("train has 12 windows of 1 classes; the classical reference needs at least 2 classes present")
+
+    monkeypatch.setattr(R, "fit_reference", boom)
+    base = load_bundle(fleet_data["base"])
+    spec = discover_users(fleet_data["users"])[0]
+    files, _ = read_user_files(spec)
+    res = personalize_user(base, spec.user_id, files, config=_tiny_config("ce"))
+    assert res["status"] == "ok"
+    assert res["result"]["random_forest"] is None and res["result"]["model_minus_random_forest"] is None
+    assert "at least 2 classes" in res["result"]["random_forest_error"]

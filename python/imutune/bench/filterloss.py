@@ -255,29 +255,24 @@ def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, se
     from ..train.bundle import evaluate_bundle
 
     w = nw.windows
+    t = time.perf_counter()
     if method in CLASSICAL_METHODS:   # the classical reference on the same calibration windows and labels
-        t = time.perf_counter()
         ref = fit_reference(w, config=ReferenceConfig(methods=(method,), seed=seed))
         wall = time.perf_counter() - t
         ev = ref.evaluate(unit.test)[method]
-        src = unit.bundle.info["source_accuracy"]
-        return {"target": unit.name, "noise": noise, "ratio": _ratio_key(ratio), "seed": seed, "method": method,
-                "accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "restore_ratio": restore_ratio(ev["accuracy"], src),
-                "source_accuracy": src, "n_train": len(w), "class_counts": w.class_counts().tolist(),
-                "noise_rate": nw.noise_rate, "n_corrupted": int(nw.noisy.sum()), "n_train_effective": len(w),
-                "steps": 0, "train_seconds": wall, "wall_seconds": wall}
-    tc = replace(cfg.finetune, seed=seed, device=cfg.device)
-    opts: dict[str, Any] = {}
-    if _uses_filter(method):
-        opts["filter_config"] = cfg.filter
-    if method == "oracle":
-        opts["noisy_mask"] = nw.noisy
-    t = time.perf_counter()
-    b = run_method(method, unit.bundle, w, tc, **opts)
-    wall = time.perf_counter() - t
-    ev = evaluate_bundle(b, unit.test, device=cfg.device)
+        info: dict[str, Any] = {"train_seconds": wall}
+    else:
+        tc = replace(cfg.finetune, seed=seed, device=cfg.device)
+        opts: dict[str, Any] = {}
+        if _uses_filter(method):
+            opts["filter_config"] = cfg.filter
+        if method == "oracle":
+            opts["noisy_mask"] = nw.noisy
+        b = run_method(method, unit.bundle, w, tc, **opts)
+        wall = time.perf_counter() - t
+        ev = evaluate_bundle(b, unit.test, device=cfg.device)
+        info = b.info
     src = unit.bundle.info["source_accuracy"]
-    info = b.info
     cell = {"target": unit.name, "noise": noise, "ratio": _ratio_key(ratio), "seed": seed, "method": method,
             "accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"], "restore_ratio": restore_ratio(ev["accuracy"], src),
             "source_accuracy": src, "n_train": len(w), "class_counts": w.class_counts().tolist(),

@@ -313,15 +313,15 @@ def _run_stages(base: ModelBundle, user_id: str, files: list, config: FleetConfi
     t = _stage(timing, "personalize", t)
     after = evaluate_bundle(tuned, wt, device="cpu")
     t = _stage(timing, "after", t)
-    reference = None
+    reference, reference_error = None, None
     if config.classical_reference:   # the honest classical peer on the same calibration windows and labels
         from ..personalize.reference import ReferenceConfig, fit_reference
 
         try:
             reference = fit_reference(wc, config=ReferenceConfig(methods=("random_forest",), seed=seed)
                                       ).evaluate(wt)["random_forest"]
-        except ValueError as e:
-            raise UserFailure("training_error", f"user {user_id!r}: classical reference: {e}") from None
+        except ValueError as e:   # e.g. one class only: the user's model still counts, the reference is absent
+            reference_error = str(e)
         t = _stage(timing, "reference", t)
     base_hash = base_sha256 or state_hash(base.model)
     patch = make_patch(base.model, tuned.model, class_names=None if same_classes else tuned.class_names,
@@ -345,7 +345,7 @@ def _run_stages(base: ModelBundle, user_id: str, files: list, config: FleetConfi
         "class_names": list(wc.class_names), "head_replaced": not same_classes,
         "before": before, "after": after,
         "gain_macro_f1": None if before is None else after["macro_f1"] - before["macro_f1"],
-        "random_forest": reference,
+        "random_forest": reference, "random_forest_error": reference_error,
         "model_minus_random_forest": None if reference is None else after["macro_f1"] - reference["macro_f1"],
         "base_sha256": patch.base_sha256, "patched_sha256": patch.patched_sha256,
         "patch_bytes": len(pbytes), "patch_values": patch.n_values(), "patch_entries": len(patch.tensors),
