@@ -186,7 +186,7 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
         else:
             fcfg = _replace(fcfg, mode=config.loss.split("-", 1)[1])
         if head_replaced:   # the fold models grow a random head: a longer minimum (FilterConfig.new_head_oof_min_steps);
-            # the new head is random, so the pretrained model has no opinion on the new classes: no source veto
+            # the new head is random, so the pretrained model has no opinion on the new classes: no source view
             fcfg = _replace(fcfg, oof_min_steps=max(fcfg.oof_min_steps, fcfg.new_head_oof_min_steps),
                             quality=_replace(fcfg.quality, source_veto=None, source_flag=None), source_soft=False)
         res = filter_weights(model, xn, windows.y, num_classes=windows.num_classes, config=fcfg,

@@ -577,8 +577,8 @@ def score_embeddings(embeddings: np.ndarray, labels: np.ndarray, num_classes: in
 def _source_probs(z: np.ndarray, head: tuple[np.ndarray, np.ndarray] | None, config: FilterConfig
                   ) -> np.ndarray | None:
     """The pretrained model's class probabilities (N, K) from its head on the embeddings, when the source
-    view is on (``config.quality.source_veto`` or ``config.source_soft``) and the head has the target's
-    classes; else None."""
+    view is on (``config.quality.source_veto``, ``config.quality.source_flag`` or ``config.source_soft``) and
+    the head has the target's classes; else None."""
     q = config.quality
     if head is None or (q.source_veto is None and q.source_flag is None and not config.source_soft):
         return None
