@@ -145,3 +145,15 @@ def test_selective_option_choices_match_the_library_constants():
     assert set(_choices(ap, ["personalize"], "budget")) == set(BUDGETS)
     assert set(_choices(ap, ["personalize"], "bn_statistics")) == set(BN_STATISTICS)
     assert set(_choices(ap, ["bench", "selective"], "bn_statistics")) == set(BN_STATISTICS)
+
+
+def test_fleet_flags_reach_the_fleet_config():
+    # the classical reference is on by default in imutune fleet; --no-classical-reference turns it off
+    from imutune.cli import _fleet_config, build_parser
+
+    argv = ["fleet", "--base", "b", "--users", "u", "--out", "o"]
+    assert _fleet_config(build_parser().parse_args(argv)).classical_reference is True
+    assert _fleet_config(build_parser().parse_args([*argv, "--no-classical-reference"])).classical_reference is False
+    # and bench filterloss does not carry the fleet's flag
+    args = build_parser().parse_args(["bench", "filterloss", "--out", "o"])
+    assert not hasattr(args, "no_classical_reference")
