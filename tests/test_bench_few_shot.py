@@ -69,6 +69,22 @@ def test_few_shot_bench_schedules_and_rehearsal(setup):
     assert set(reh["summary"]["2"]) == {"0", "1"}
     md = (root / "out" / "few_shot.md").read_text()
     assert "## Multi-head rehearsal" in md and "| ce |" in md and "| ce min_steps=100 |" in md
+    # the classical reference on the same draws (a RandomForest fitted on each seed's calibration windows)
+    from imutune.bench.transfer import draw_shots
+    from imutune.personalize.reference import ReferenceConfig, fit_reference
+    from imutune.signal.windows import make_windows
+
+    rf = res["random_forest"]
+    assert len(rf["per_seed"]["2"]) == 2 and rf["mean"]["2"] == pytest.approx(np.mean(rf["per_seed"]["2"]))
+    assert "| random_forest (13 statistics per channel, same windows) |" in md
+    from imutune.train.bundle import load_bundle
+
+    src = load_bundle(root / "source")
+    pool = make_windows(list(target[0]), src.preprocessing, channels=src.channels)
+    test = make_windows(list(target[1]), src.preprocessing, channels=src.channels).relabel(pool.class_names)
+    by_hand = fit_reference(pool.subset(draw_shots(pool, 2, 1)), config=ReferenceConfig(methods=("random_forest",),
+                                                                                         seed=1))
+    assert rf["per_seed"]["2"][1] == pytest.approx(by_hand.evaluate(test)["random_forest"]["macro_f1"])
     assert json.loads((root / "out" / "few_shot.json").read_text())["n_test"] == res["n_test"]
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..personalize.reference import ReferenceConfig, fit_reference
 from ..signal.windows import make_windows
 from .report import host_info, jsonable, markdown_table, new_figure, write_report
 from .transfer import TransferBenchConfig, draw_shots, source_bundle
@@ -157,6 +158,12 @@ def _compute_bench(out: Path, cfg: FewShotBenchConfig, target, source_recordings
         pool.class_names, what="target test windows")
     log(f"[target] pool {len(pool)} windows, test {len(test)}")
     sched_rows: list[dict[str, Any]] = []
+    reference: dict[str, list[float]] = {}   # the classical reference on the same draws (issue 15, item 6)
+    for k in cfg.ks:
+        for seed in cfg.seeds:
+            ref = fit_reference(pool.subset(draw_shots(pool, k, seed)),
+                                config=ReferenceConfig(methods=("random_forest",), seed=seed))
+            reference.setdefault(str(k), []).append(ref.evaluate(test)["random_forest"]["macro_f1"])
     for loss in cfg.losses:
         for k in cfg.ks:
             for seed in cfg.seeds:
@@ -181,6 +188,7 @@ def _compute_bench(out: Path, cfg: FewShotBenchConfig, target, source_recordings
             "source_model": {"how": src_how, "model_name": src.model_name,
                              "source_accuracy": src.info.get("source_accuracy")},
             "schedule": {"results": sched_rows, "summary": _schedule_summary(sched_rows, cfg)},
+            "random_forest": {"per_seed": reference, "mean": {k: float(np.mean(v)) for k, v in reference.items()}},
             "rehearsal": reh, "host": host_info(), "seconds": time.perf_counter() - t_all}
     write_report(out, "few_shot", data, _markdown(data, cfg), {"few_shot": _figure(data, cfg)})
     return data
@@ -308,6 +316,9 @@ def _markdown(d: dict[str, Any], cfg: FewShotBenchConfig) -> str:
             row.append(f"{s['old']:.3f} -> {s['new']:.3f} ({s['diff']:+.3f}; "
                        + "/".join(f"{x:+.3f}" for x in s["per_seed"]) + ")")
         rows.append(row)
+    rf = d.get("random_forest", {}).get("mean", {})
+    if rf:   # the classical reference: a RandomForest on 13 statistics per channel of the same draws
+        rows.append(["random_forest (13 statistics per channel, same windows)"] + [f"{rf[str(k)]:.3f}" for k in cfg.ks])
     lines += [markdown_table(["method"] + [f"k={k}" for k in cfg.ks], rows), "",
               "Per-seed paired differences new - old in brackets. Steps (old / new): " + "; ".join(
                   f"{loss} k={k}: {summ[loss][str(k)]['steps']['old']} / {summ[loss][str(k)]['steps']['new']}"
