@@ -261,3 +261,23 @@ def test_missing_or_foreign_program_errors(setup, tmp_path):
                  "--out", str(tmp_path / "o")]) == 2
     with pytest.raises(ValueError, match="steps"):
         OnDeviceConfig(steps=0)
+
+
+def test_bench_ondevice_reports_the_random_forest_reference_of_each_user():
+    # issue 15: the on-device benchmark shows the classical reference fitted on the user's calibration windows
+    from imutune.bench.ondevice import OnDeviceBenchConfig, _random_forest
+    from imutune.personalize.reference import ReferenceConfig, fit_reference
+    from imutune.signal.windows import Windows
+
+    rng = np.random.default_rng(0)
+
+    def windows(n):
+        y = np.arange(n) % 3
+        x = rng.normal(size=(n, 3, 20)).astype(np.float32)
+        x[np.arange(n), y] += 2.0                                    # class k lifts channel k
+        return Windows(x, y, np.zeros(n, np.int64), np.array(["u"] * n), ("a", "b", "c"), ("x", "y", "z"))
+
+    wc, wt = windows(30), windows(60)
+    got = _random_forest(wc, wt, OnDeviceBenchConfig(seed=3))
+    want = fit_reference(wc, config=ReferenceConfig(methods=("random_forest",), seed=3)).evaluate(wt)["random_forest"]
+    assert got == want and got["macro_f1"] > 0.9

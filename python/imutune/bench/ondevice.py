@@ -186,7 +186,8 @@ def _one_user(user: str, bundle, wc, wt, programs, fi: int, config: OnDeviceBenc
     xt, yt = bundle.normalizer(wt.x), wt.y
     w, counts = quality_weights(predict_proba(base, xn, device="cpu"), y)
     row: dict[str, Any] = {"user": user, "n_calibration": int(len(y)), "n_test": int(len(yt)),
-                           "category_counts": counts, "base": _score(base, xt, yt, k)}
+                           "category_counts": counts, "base": _score(base, xt, yt, k),
+                           "random_forest": _random_forest(wc, wt, config)}
     for v in config.variants:
         prog = programs[(fi, v)]
         trainable = prog.trainable
@@ -231,6 +232,15 @@ def _one_user(user: str, bundle, wc, wt, programs, fi: int, config: OnDeviceBenc
                 row["parity"][v + ":masked_rows_bit_identical"] = bool(same)
             row.setdefault("latency", {})[v] = _latency(prog, base, trainable, masks, xn, y, w, config)
     return row
+
+
+def _random_forest(wc, wt, config: OnDeviceBenchConfig) -> dict[str, float]:
+    """The classical reference on the user's calibration windows (RandomForest on 13 statistics per channel),
+    scored on the same test windows: ``{"accuracy", "macro_f1"}``."""
+    from ..personalize.reference import ReferenceConfig, fit_reference
+
+    ref = fit_reference(wc, config=ReferenceConfig(methods=("random_forest",), seed=config.seed))
+    return ref.evaluate(wt)["random_forest"]
 
 
 def _latency(prog, base, trainable, masks, xn, y, w, config: OnDeviceBenchConfig) -> dict[str, Any]:
@@ -351,6 +361,7 @@ def _summarize(per_user, config, sizes, parity, latency, memory) -> list[dict]:
                      "ondevice_macro_f1": float(np.mean(od)), "server_macro_f1": float(np.mean(sv)),
                      "gap_points": 100.0 * (float(np.mean(od)) - float(np.mean(sv))),
                      "base_macro_f1": float(np.mean([u["base"]["macro_f1"] for u in per_user])),
+                     "random_forest_macro_f1": float(np.mean([u["random_forest"]["macro_f1"] for u in per_user])),
                      "ondevice_accuracy": float(np.mean([u[v]["ondevice"]["accuracy"] for u in per_user])),
                      "server_accuracy": float(np.mean([u[v]["server"]["accuracy"] for u in per_user])),
                      "users_reaching_server": int(sum(r is not None for r in reach)),
@@ -401,11 +412,11 @@ def _markdown(res: dict) -> str:
     from .report import markdown_table
 
     hdr = ["trainable set", "on-device macro-F1", "server macro-F1", "gap (points)", "base macro-F1",
-           "users reaching server", "median steps to server", "step p50 ms", "step p95 ms", "step min ms",
+           "RandomForest macro-F1 (same calibration windows)", "users reaching server", "median steps to server", "step p50 ms", "step p95 ms", "step min ms",
            "eager PyTorch step p50 ms", "model_train.pte bytes",
            "parity (rel.)", "peak RSS MiB"]
     rows = [[r["variant"], r["ondevice_macro_f1"], r["server_macro_f1"], f"{r['gap_points']:+.2f}", r["base_macro_f1"],
-             f"{r['users_reaching_server']}/{r['users']}", r["median_steps_to_server"], f"{r['step_p50_ms']:.2f}",
+             r.get("random_forest_macro_f1", "n/a"), f"{r['users_reaching_server']}/{r['users']}", r["median_steps_to_server"], f"{r['step_p50_ms']:.2f}",
              f"{r['step_p95_ms']:.2f}", f"{r['step_min_ms']:.2f}", f"{r['eager_step_p50_ms']:.2f}", r["pte_bytes"], f"{r['parity_rel']:.2g}",
              "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"] for r in res["rows"]]
     c = res["config"]
