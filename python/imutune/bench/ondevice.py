@@ -141,11 +141,14 @@ def run_ondevice_bench(out_dir: str | os.PathLike, config: OnDeviceBenchConfig =
     rows = _summarize(per_user, config, sizes, parity, latency, memory)
     res = {"config": _jsonable(asdict(config)), "rows": rows, "users": per_user, "sizes_bytes": sizes,
            "targets": _targets(rows), "command": command, "seconds": time.perf_counter() - t_start,
-           "equivalence": _equivalence(bases[0], config),
-           "note": "timings measured on a shared host (2 cores, several concurrent jobs); 1 ExecuTorch thread"}
+           "equivalence": _equivalence(bases[0], config)}
     from .report import host_info, write_report
 
     res["host"] = host_info()
+    loads = [x for r in rows for x in r["load_average_1min"]]
+    res["note"] = (f"timings measured on this host ({os.cpu_count()} cores; 1-min load average "
+                   f"{min(loads):.1f}-{max(loads):.1f} around the latency measurements); "
+                   f"{config.threads} ExecuTorch thread(s)")
     write_report(out, "ondevice", res, _markdown(res), {"ondevice_curves": _figure(curves, per_user, config)})
     return res
 
