@@ -101,3 +101,23 @@ def test_the_classical_reference_is_in_the_finetune_report(tmp_path):
     from imutune.jobs import _classical_reference
 
     assert "no --test-data" in _classical_reference(None, None, None)["skipped"]
+
+
+def test_reference_score_is_one_fitted_method_scored_on_the_test_windows():
+    from imutune.personalize.reference import ReferenceConfig, fit_reference, reference_score
+    from imutune.signal.windows import Windows
+
+    rng = np.random.default_rng(1)
+
+    def windows(n):
+        y = np.arange(n) % 2
+        x = rng.normal(size=(n, 2, 16)).astype(np.float32)
+        x[y == 1, 0] += 3.0
+        return Windows(x, y, np.zeros(n, np.int64), np.array(["u"] * n), ("a", "b"), ("x", "y"))
+
+    train, test = windows(20), windows(40)
+    for method in ("random_forest", "logistic_regression"):
+        by_hand = fit_reference(train, config=ReferenceConfig(methods=(method,), seed=2)).evaluate(test)[method]
+        assert reference_score(train, test, method=method, seed=2) == by_hand
+    with pytest.raises(ValueError, match=r"ReferenceConfig.methods has \['svm'\]"):
+        reference_score(train, test, method="svm")

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..personalize.reference import ReferenceConfig, fit_reference
+from ..personalize.reference import reference_score
 from ..signal.windows import make_windows
 from .report import host_info, jsonable, markdown_table, new_figure, write_report
 from .transfer import TransferBenchConfig, draw_shots, source_bundle
@@ -161,9 +161,8 @@ def _compute_bench(out: Path, cfg: FewShotBenchConfig, target, source_recordings
     reference: dict[str, list[float]] = {}   # the classical reference on the same draws (issue 15, item 6)
     for k in cfg.ks:
         for seed in cfg.seeds:
-            ref = fit_reference(pool.subset(draw_shots(pool, k, seed)),
-                                config=ReferenceConfig(methods=("random_forest",), seed=seed))
-            reference.setdefault(str(k), []).append(ref.evaluate(test)["random_forest"]["macro_f1"])
+            score = reference_score(pool.subset(draw_shots(pool, k, seed)), test, seed=seed)
+            reference.setdefault(str(k), []).append(score["macro_f1"])
     for loss in cfg.losses:
         for k in cfg.ks:
             for seed in cfg.seeds:

@@ -50,7 +50,7 @@ from .. import _validation as V
 from .._io import write_json_atomic
 from ..personalize.baselines import FILTERLOSS_METHODS, METHOD_REVISIONS, METHODS, run_method
 from ..personalize.filter import NOISY
-from ..personalize.reference import REFERENCE_METHODS, ReferenceConfig, fit_reference
+from ..personalize.reference import REFERENCE_METHODS, reference_score
 from ..personalize.weights import FilterConfig
 from ..signal.label_noise import (
     NoisyWindows,
@@ -257,9 +257,8 @@ def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, se
     w = nw.windows
     t = time.perf_counter()
     if method in CLASSICAL_METHODS:   # the classical reference on the same calibration windows and labels
-        ref = fit_reference(w, config=ReferenceConfig(methods=(method,), seed=seed))
+        ev = reference_score(w, unit.test, method=method, seed=seed)
         wall = time.perf_counter() - t
-        ev = ref.evaluate(unit.test)[method]
         info: dict[str, Any] = {"train_seconds": wall}
     else:
         tc = replace(cfg.finetune, seed=seed, device=cfg.device)

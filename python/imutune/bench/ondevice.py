@@ -240,10 +240,9 @@ def _one_user(user: str, bundle, wc, wt, programs, fi: int, config: OnDeviceBenc
 def _random_forest(wc, wt, config: OnDeviceBenchConfig) -> dict[str, float]:
     """The classical reference on the user's calibration windows (RandomForest on 13 statistics per channel),
     scored on the same test windows: ``{"accuracy", "macro_f1"}``."""
-    from ..personalize.reference import ReferenceConfig, fit_reference
+    from ..personalize.reference import reference_score
 
-    ref = fit_reference(wc, config=ReferenceConfig(methods=("random_forest",), seed=config.seed))
-    return ref.evaluate(wt)["random_forest"]
+    return reference_score(wc, wt, seed=config.seed)
 
 
 def _latency(prog, base, trainable, masks, xn, y, w, config: OnDeviceBenchConfig) -> dict[str, Any]:

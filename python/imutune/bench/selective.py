@@ -312,15 +312,14 @@ def _reference_accuracy(pool: Windows, test: Windows, *, cfg: SelectiveBenchConf
                         shots: int, seed: int, user_index: int) -> float:
     """Test accuracy of the classical reference (RandomForest on 13 statistics per channel) fitted on the run's
     distorted calibration windows: the same windows and labels every fine-tuning method gets."""
-    from ..personalize.reference import ReferenceConfig, fit_reference
+    from ..personalize.reference import reference_score
 
     _xc, x_dist, y, x_test = _run_windows(pool, test, cfg=cfg, distortion=distortion, level=level, shots=shots,
                                           seed=seed, user_index=user_index)
     cal = Windows(x_dist, y, np.zeros(len(y), np.int64), np.array(["user"] * len(y)), pool.class_names, pool.channels)
     te = Windows(x_test, test.y, np.zeros(len(test.y), np.int64), np.array(["user"] * len(test.y)), test.class_names,
                  test.channels)
-    ref = fit_reference(cal, config=ReferenceConfig(methods=("random_forest",), seed=seed))
-    return float(ref.evaluate(te)["random_forest"]["accuracy"])
+    return float(reference_score(cal, te, seed=seed)["accuracy"])
 
 
 def _run_one(base: ModelBundle, pool: Windows, test: Windows, *, cfg: SelectiveBenchConfig, distortion: str,

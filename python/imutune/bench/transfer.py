@@ -205,7 +205,7 @@ def source_bundle(out: Path, cfg: TransferBenchConfig, log):
 def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> dict[str, Any]:
     from ..models.resnet1d import create_model
     from ..personalize.finetune import FinetuneConfig, finetune
-    from ..personalize.reference import fit_reference
+    from ..personalize.reference import reference_score
     from ..train.bundle import evaluate_bundle
     from ..train.selfsup import SelfSupConfig, pretrain_self_supervised
 
@@ -241,8 +241,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
                 rec: dict[str, Any] = {**row_base, "method": m}
                 try:
                     if m in CLASSICAL:
-                        ref = fit_reference(cal, config=_ref_config(m, seed))
-                        rec["macro_f1"] = ref.evaluate(test)[m]["macro_f1"]
+                        rec["macro_f1"] = reference_score(cal, test, method=m, seed=seed)["macro_f1"]
                     elif m == "probe":
                         rec["macro_f1"] = _probe(src, cal, test, cfg.device)
                     else:
@@ -279,12 +278,6 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
     fig = _figure(summary, cfg, target_desc)
     write_report(out, "transfer", data, _markdown(data, cfg), {"transfer": fig})
     return data
-
-
-def _ref_config(method: str, seed: int):
-    from ..personalize.reference import ReferenceConfig
-
-    return ReferenceConfig(methods=(method,), seed=seed)
 
 
 

@@ -315,11 +315,10 @@ def _run_stages(base: ModelBundle, user_id: str, files: list, config: FleetConfi
     t = _stage(timing, "after", t)
     reference, reference_error = None, None
     if config.classical_reference:   # the honest classical peer on the same calibration windows and labels
-        from ..personalize.reference import ReferenceConfig, fit_reference
+        from ..personalize.reference import reference_score
 
         try:
-            reference = fit_reference(wc, config=ReferenceConfig(methods=("random_forest",), seed=seed)
-                                      ).evaluate(wt)["random_forest"]
+            reference = reference_score(wc, wt, seed=seed)
         except ValueError as e:   # e.g. one class only: the user's model still counts, the reference is absent
             reference_error = str(e)
         t = _stage(timing, "reference", t)

@@ -25,7 +25,7 @@ import numpy as np
 from ..metrics import accuracy, macro_f1
 from ..signal.windows import Windows
 
-__all__ = ["STATISTICS", "ReferenceConfig", "ClassicalReference", "window_statistics", "fit_reference",
+__all__ = ["STATISTICS", "ReferenceConfig", "ClassicalReference", "window_statistics", "fit_reference", "reference_score",
            "reference_report", "reference_markdown", "REFERENCE_METHODS"]
 
 #: The per-channel statistics, in feature order (13 per channel).
@@ -172,6 +172,21 @@ def fit_reference(train: Windows, *, config: ReferenceConfig = ReferenceConfig()
         raise ValueError(f"train has {len(train)} windows of {np.unique(train.y).size} classes; the classical "
                          "reference needs at least 2 classes present")
     return _compute_fit(train, config)
+
+
+def reference_score(train: Windows, test: Windows, *, method: str = "random_forest", seed: int = 0
+                    ) -> dict[str, float]:
+    """Fit one classical reference on ``train`` and score it on ``test``: ``{"accuracy", "macro_f1"}``.
+
+    The reference every benchmark and the fleet put beside the personalized model: ``method`` (one of
+    :data:`REFERENCE_METHODS`) on :func:`window_statistics` of the same calibration windows and labels.
+
+    Raises
+    ------
+    ValueError
+        As :func:`fit_reference` and :meth:`ClassicalReference.evaluate`, or for an unknown ``method``.
+    """
+    return fit_reference(train, config=ReferenceConfig(methods=(method,), seed=seed)).evaluate(test)[method]
 
 
 def _compute_fit(train: Windows, config: ReferenceConfig) -> ClassicalReference:
