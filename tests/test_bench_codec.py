@@ -7,8 +7,13 @@ import json
 import numpy as np
 import pytest
 from imutune.bench.codec import CodecBenchConfig, distortion_metrics, quick_config, run_codec_bench
+from imutune.codec.classic import ClassicCodec
 from imutune.codec.model import CodecConfig
+from imutune.data.recordings import Recording, load_watch
 from imutune.personalize.finetune import FinetuneConfig
+from imutune.personalize.protocols import calibrate_then_use
+from imutune.personalize.reference import reference_score
+from imutune.signal.windows import make_windows
 from imutune.train.loop import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,3 +64,25 @@ def test_tiny_end_to_end_run(tmp_path):
                                    "encoder_latency"}
     assert json.loads((tmp_path / "codec.json").read_text())["command"] == "test"
     assert "| float32 |" in (tmp_path / "codec.md").read_text()
+    # the classical reference: on a lossless point it is the raw upload's; on a lossy one it is fitted on the
+    # decoded calibration windows (checked by hand) and scored on the raw test windows
+    rf_raw = res["reference_random_forest_macro_f1_raw_mean"]
+    assert 0.0 <= rf_raw <= 1.0 and pts["float32"]["random_forest_macro_f1"] == pytest.approx(rf_raw)
+    assert pts["2-bit+zstd"]["personalized_minus_random_forest"] == pytest.approx(
+        pts["2-bit+zstd"]["personalized_macro_f1"] - pts["2-bit+zstd"]["random_forest_macro_f1"])
+    users = [r for r in load_watch() if r.meta["subject"] == 10]
+    (user,) = {r.user for r in users}
+    cal, test = calibrate_then_use(users, window_s=cfg.window.window_s, calibration_fraction=cfg.calibration_fraction)
+    k2 = ClassicCodec("kbit-zstd", bits=2)
+    dec = [Recording(k2.decode(k2.encode(r.values, channels=r.channels)), r.labels, r.sample_rate_hz, r.channels,
+                     r.class_names, r.user, r.name, r.meta, r.gaps) for r in cal]
+    tw = make_windows(test, cfg.window)
+    by_hand = reference_score(make_windows(dec, cfg.window), tw, seed=cfg.seed)["macro_f1"]
+    assert pts["2-bit+zstd"]["per_user"][user]["random_forest_macro_f1"] == pytest.approx(by_hand)
+    assert by_hand != pytest.approx(reference_score(make_windows(cal, cfg.window), tw, seed=cfg.seed)["macro_f1"])
+    md = (tmp_path / "codec.md").read_text()
+    assert "F1 RandomForest decoded->raw" in md
+    assert "latency not measured in this run" in md and "shared with other jobs" not in md   # host note: measured
+    seen = []
+    run_codec_bench(str(tmp_path), cfg, command="test", log=seen.append)   # second run: the reference is cached
+    assert any("2-bit_zstd.reference.json" in line and "reusing" in line for line in seen)

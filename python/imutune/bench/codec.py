@@ -16,7 +16,10 @@ the user's calibration upload, the rest after a gap of one window is the test pa
    PRD, PRDN (mean removed), SNR, encode and decode time; macro-F1 of the classifier on decoded
    test windows (the joint mode's own classifier for joint); and macro-F1 of a model personalized
    (fine-tuned from the mode's classifier) on the *decoded calibration upload* and tested on the
-   *raw* test part, the user's real path;
+   *raw* test part, the user's real path; beside it, the classical reference
+   (:func:`imutune.personalize.reference.reference_score`: a RandomForest on per-window statistics)
+   fitted on the same decoded calibration windows and scored on the same raw test windows, and once
+   on the raw upload;
 5. the encoder of one learned codec is exported to ONNX and ``.pte`` (parity on the target users'
    real segments) and its encode latency per segment at 1 thread, entropy coding included, is
    measured for eager torch, ONNX Runtime and ExecuTorch XNNPACK, with bytes per second.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,6 +53,7 @@ from ..data.recordings import Recording, load_watch
 from ..metrics import macro_f1
 from ..personalize.finetune import FinetuneConfig, finetune
 from ..personalize.protocols import calibrate_then_use
+from ..personalize.reference import reference_score
 from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
@@ -216,7 +221,7 @@ def _evaluate_cached(out: Path, point: _Point, base: ModelBundle, users: dict, c
               "clf": point.classifier.info.get("codec_lambda") if point.classifier else None,
               "users": sorted(users), "finetune": asdict(cfg.finetune), "window": asdict(cfg.window),
               "cal": cfg.calibration_fraction, "raw": raw_reference})
-    path = out / "points" / (point.name.replace(" ", "_").replace("=", "").replace("+", "_").replace("/", "_") + ".json")
+    path = out / "points" / (_point_file(point.name) + ".json")
     if path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -228,6 +233,47 @@ def _evaluate_cached(out: Path, point: _Point, base: ModelBundle, users: dict, c
             pass
     _evaluate_point(point, base, users, cfg, raw_reference)
     write_json_atomic(path, {"fingerprint": fp, "per_user": point.per_user})
+
+
+def _reference_cached(out: Path, point: _Point, users: dict, cfg: CodecBenchConfig, window: WindowConfig,
+                      channels: tuple[str, ...], log) -> None:
+    """Add ``random_forest_macro_f1`` to every user's row of ``point``: the classical reference fitted on the
+    user's *decoded* calibration windows and scored on the raw test windows (the personalized model's data).
+
+    Cached apart from the fine-tuning, in ``out/points/<name>.reference.json`` (fingerprint: codec, users,
+    window, protocol, seed), so it is computed once per operating point and a point's cached fine-tuning is
+    not redone for it."""
+    from .._io import write_json_atomic
+    from ..codec.model import codec_hash
+
+    ident = codec_hash(point.codec) if isinstance(point.codec, LearnedCodec) else asdict(point.codec)
+    fp = _fp({"codec": ident, "name": point.name, "users": sorted(users), "window": asdict(window),
+              "channels": list(channels), "cal": cfg.calibration_fraction, "method": "random_forest",
+              "seed": cfg.seed})
+    path = out / "points" / (_point_file(point.name) + ".reference.json")
+    per_user = None
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            per_user = saved["per_user"] if saved.get("fingerprint") == fp else None
+        except (ValueError, KeyError):
+            per_user = None
+    if per_user is None:
+        per_user = {}
+        for user, (cal, _test, test_w) in users.items():
+            dec = [_replace_values(rec, _code(point, rec)[0]) for rec in cal]
+            cw = make_windows(dec, window, channels=channels)
+            per_user[user] = reference_score(cw, test_w, method="random_forest", seed=cfg.seed)["macro_f1"]
+        write_json_atomic(path, {"fingerprint": fp, "per_user": per_user})
+    else:
+        log(f"[{point.name}] reusing {path}")
+    for user, row in point.per_user.items():
+        row["random_forest_macro_f1"] = float(per_user[user])
+        row["personalized_minus_random_forest"] = row["personalized_macro_f1"] - row["random_forest_macro_f1"]
+
+
+def _point_file(name: str) -> str:
+    return name.replace(" ", "_").replace("=", "").replace("+", "_").replace("/", "_")
 
 
 def _summary(point: _Point) -> dict[str, Any]:
@@ -277,6 +323,9 @@ def run_codec_bench(out_dir: str, config: CodecBenchConfig = CodecBenchConfig(),
                          progress=False)
         raw_ref[u] = _f1(tuned, tw)
     log(f"[reference] personalized on raw: {raw_ref}")
+    rf_raw = {u: reference_score(make_windows(cal, base.window, channels=base.channels), tw, method="random_forest",
+                                 seed=cfg.seed)["macro_f1"] for u, (cal, _test, tw) in users.items()}
+    log(f"[reference] RandomForest on raw: {rf_raw}")
     points = [_Point("float32", "float32", None, ClassicCodec("float32")),
               _Point("float16", "float16", None, ClassicCodec("float16")),
               _Point("int16-zstd", "int16+zstd", None, ClassicCodec("int16-zstd")),
@@ -292,9 +341,12 @@ def run_codec_bench(out_dir: str, config: CodecBenchConfig = CodecBenchConfig(),
     for p in points:
         t = time.perf_counter()
         _evaluate_cached(out, p, base, users, cfg, raw_ref, log)
+        clf = p.classifier or base
+        _reference_cached(out, p, users, cfg, clf.window, clf.channels, log)
         s = _summary(p)
         log(f"[{p.name}] {s['bits_per_sample']:.3f} bits/sample, PRDN {s['prdn']:.1f}%, classifier F1 "
-            f"{s['classifier_macro_f1_decoded']:.3f}, personalized F1 {s['personalized_macro_f1']:.3f} "
+            f"{s['classifier_macro_f1_decoded']:.3f}, personalized F1 {s['personalized_macro_f1']:.3f}, "
+            f"RandomForest F1 {s['random_forest_macro_f1']:.3f} "
             f"({time.perf_counter() - t:.1f} s)")
     lat_codec = [p for p in points if p.family == "learned/codec"]
     lat_point = lat_codec[min(cfg.latency_lambda_index, len(lat_codec) - 1)] if lat_codec else \
@@ -307,6 +359,8 @@ def run_codec_bench(out_dir: str, config: CodecBenchConfig = CodecBenchConfig(),
     report = {"command": command, "config": _config_dict(cfg), "host": host_info(),
               "reference_personalized_macro_f1_raw": raw_ref,
               "reference_personalized_macro_f1_raw_mean": float(np.mean(list(raw_ref.values()))),
+              "reference_random_forest_macro_f1_raw": rf_raw,
+              "reference_random_forest_macro_f1_raw_mean": float(np.mean(list(rf_raw.values()))),
               "base_classifier_macro_f1_raw": {u: _f1(base, tw) for u, (_, _, tw) in users.items()},
               "points": summaries, "latency": latency, "export": export,
               "latency_codec": lat_point.name, "seconds": time.perf_counter() - t_start}
@@ -389,6 +443,7 @@ def _export_and_latency(out: Path, codec: LearnedCodec, users: dict, cfg: CodecB
 
     recs = [r for (cal, _, _) in users.values() for r in cal]             # the upload path: calibration parts
     dur = sum(r.duration_s for r in recs)
+    load_before = os.getloadavg()[0]
     latency: dict[str, Any] = {"segment_s": codec.segment_s, "threads": 1, "chunk_samples": 5,
                                "method": "replay of the held-out users' calibration parts, 5 samples per delivery; "
                                          "one sample = one full segment's encoder call + rounding + range coding"}
@@ -410,6 +465,7 @@ def _export_and_latency(out: Path, codec: LearnedCodec, users: dict, cfg: CodecB
         log(f"[latency] {key}: p50 {latency[key]['p50']:.3f} ms per {codec.segment_s:g} s segment "
             f"(p95 {latency[key]['p95']:.3f}), {latency[key]['bytes_per_second']:.1f} bytes/s")
     latency["stream_s_available"] = dur
+    latency["load_average_1min"] = [load_before, os.getloadavg()[0]]   # around the latency runs: the host note
     return export, latency
 
 
@@ -494,15 +550,18 @@ def _markdown(r: dict) -> str:
     c = r["config"]
     lines += [f"Source subjects {c['source_subjects']}, held-out users {c['test_subjects']}; classifier "
               f"{c['classifier_model']}; personalized on raw (reference): macro-F1 "
-              f"{r['reference_personalized_macro_f1_raw_mean']:.4f}. Bits per sample = measured file bytes * 8 / "
+              f"{r['reference_personalized_macro_f1_raw_mean']:.4f}; classical reference (RandomForest on "
+              "per-window statistics of the same calibration windows) on raw: macro-F1 "
+              f"{r['reference_random_forest_macro_f1_raw_mean']:.4f}. Bits per sample = measured file bytes * 8 / "
               "values (the .imz container header included for the learned codec; payload = the range-coded "
-              "latents alone; estimate = the model's -sum log2 likelihood). Host: "
-              f"{r['host']['cpu']} ({r['host']['cores']} cores, shared with other jobs: times are under load).", ""]
+              f"latents alone; estimate = the model's -sum log2 likelihood). Host: {_host_note(r)}.", ""]
     hdr = ["method", "bits/sample", "payload b/s", "estimate b/s", "x float32", "x int16", "PRD %", "PRDN %",
-           "SNR dB", "F1 classifier decoded", "F1 personalized decoded->raw", "enc ms/s", "dec ms/s"]
+           "SNR dB", "F1 classifier decoded", "F1 personalized decoded->raw", "F1 RandomForest decoded->raw",
+           "personalized - RF", "enc ms/s", "dec ms/s"]
     rows = [[s["name"], s["bits_per_sample"], s["payload_bits_per_sample"], s["estimate_bits_per_sample"],
              s["ratio_vs_float32"], s["ratio_vs_int16"], s["prd"], s["prdn"], s["snr_db"],
-             s["classifier_macro_f1_decoded"], s["personalized_macro_f1"], s["encode_ms_per_s"], s["decode_ms_per_s"]]
+             s["classifier_macro_f1_decoded"], s["personalized_macro_f1"], s["random_forest_macro_f1"],
+             s["personalized_minus_random_forest"], s["encode_ms_per_s"], s["decode_ms_per_s"]]
             for s in r["points"]]
     lines += [markdown_table(hdr, rows, floatfmt=".3f"), ""]
     lat = r["latency"]
@@ -521,6 +580,14 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _host_note(r: dict) -> str:
+    """The host line of the report, measured: cores and the 1-minute load average around the latency runs."""
+    h, load = r["host"], r["latency"].get("load_average_1min")
+    where = (f"1-min load average {min(load):.1f}-{max(load):.1f} around the latency measurements" if load
+             else "latency not measured in this run")
+    return f"{h['cpu']} ({h['cores']} cores; {where})"
+
+
 def _plot_accuracy(S: list[dict], r: dict):
     fig, axes = new_figure(1, 2, figsize=(12, 4.5))
     for ax, key, title in ((axes[0], "personalized_macro_f1", "personalized on decoded upload, tested on raw"),
@@ -535,6 +602,8 @@ def _plot_accuracy(S: list[dict], r: dict):
                     "o-" if len(pts) > 1 else "s", label=fam)
         if key == "personalized_macro_f1":
             ax.axhline(r["reference_personalized_macro_f1_raw_mean"], color="k", lw=0.8, ls="--", label="raw")
+            ax.axhline(r["reference_random_forest_macro_f1_raw_mean"], color="tab:brown", lw=0.8, ls="-.",
+                       label="RandomForest on raw (classical reference)")
         ax.axvline(32 / 20, color="gray", lw=0.8, ls=":", label="20x smaller than float32")
         ax.set_xscale("log")
         ax.set_xlabel("bits per sample (measured file size)")
