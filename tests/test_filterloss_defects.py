@@ -35,7 +35,8 @@ def bundle():
 
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=1e-3)
-NEVER_NOISY = QualityConfig(noisy_confidence=1.0, agreement_noisy=0.0, label_issues="off")
+# no rule can fire: confidence, agreement, label issues off, and no re-placed activity change (change_points)
+NEVER_NOISY = QualityConfig(noisy_confidence=1.0, agreement_noisy=0.0, label_issues="off", change_points=False)
 
 
 @pytest.mark.parametrize("loss", ["filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft"])
@@ -133,9 +134,15 @@ def test_source_view_is_filterloss_softs_and_off_for_a_new_class_set(bundle, mon
     soft = loss == "filterloss-soft"
     assert same.quality.source_veto == (W.SOFT_SOURCE_VETO if soft else None) and same.source_soft is soft
     assert same.quality.source_flag == (W.SOFT_SOURCE_FLAG if soft else None)
+    assert same.quality.change_points is (True if soft else None)
     assert new.quality.source_veto is None and new.quality.source_flag is None and new.source_soft is False
+    assert new.quality.change_points is None
     # a source_veto the user sets is kept
     seen.clear()
     finetune(bundle, _windows(), config=FinetuneConfig(train=FAST, loss=loss, quality=QualityConfig(source_veto=0.9),
                                                        filter=fc), progress=False)
     assert seen[0].quality.source_veto == 0.9
+    seen.clear()                                      # and so is change_points=False
+    finetune(bundle, _windows(), config=FinetuneConfig(train=FAST, loss=loss, quality=QualityConfig(change_points=False),
+                                                       filter=fc), progress=False)
+    assert seen[0].quality.change_points is False

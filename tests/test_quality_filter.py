@@ -494,3 +494,68 @@ def test_categorize_source_flag_needs_all_three_views_against_the_label():
                                    source_probs=src).tolist()
     with pytest.raises(ValueError, match=r"source_flag must be in \[0.0, 1.0\], got -0.1"):
         QualityConfig(source_flag=-0.1)
+
+
+def _says(classes, k=3, p=0.9):
+    """Probabilities (N, k) that put ``p`` on each window's class of ``classes``."""
+    out = np.full((len(classes), k), (1 - p) / (k - 1))
+    out[np.arange(len(classes)), classes] = p
+    return out
+
+
+def test_change_point_flags_moves_a_late_change_to_where_the_model_puts_it():
+    # the user tapped "1" three windows late: windows 7-9 are labelled 0 but look like class 1
+    y = np.array([0] * 10 + [1] * 10)
+    truth = np.array([0] * 7 + [1] * 13)
+    flags = Q.change_point_flags(y, _says(truth), np.zeros(20, int))
+    assert np.flatnonzero(flags).tolist() == [7, 8, 9]
+    early = np.array([0] * 12 + [1] * 8)                     # tapped two windows early: 10 and 11 flagged
+    assert np.flatnonzero(Q.change_point_flags(y, _says(early), np.zeros(20, int))).tolist() == [10, 11]
+    # the model agrees with the user, or has no opinion (ties): the user's change stays, nothing flagged
+    assert not Q.change_point_flags(y, _says(y), np.zeros(20, int)).any()
+    assert not Q.change_point_flags(y, np.full((20, 3), 1 / 3), np.zeros(20, int)).any()
+
+
+def test_change_point_flags_limits_runs_groups_and_lone_labels():
+    # a change moves at most into the inner half of each run, so a run never vanishes
+    y = np.array([0] * 4 + [1] * 4)
+    assert np.flatnonzero(Q.change_point_flags(y, _says(np.ones(8, int)), np.zeros(8, int))).tolist() == [2, 3]
+    # a lone label (a run of one window) cannot be moved over, and neither can its neighbours here
+    lone = np.array([0] * 5 + [2] + [0] * 5)
+    assert not Q.change_point_flags(lone, _says(np.zeros(11, int)), np.zeros(11, int)).any()
+    # changes are searched within a recording only: the same labels split into two recordings at the change
+    y2 = np.array([0] * 10 + [1] * 10)
+    truth = np.array([0] * 7 + [1] * 13)
+    g = np.array([0] * 10 + [1] * 10)
+    assert not Q.change_point_flags(y2, _says(truth), g).any()
+    # the order within a recording is the time order, wherever its windows sit: two interleaved recordings,
+    # the first (even positions) labelled 3 windows late, the second (odd positions) labelled right
+    yi, ti, gi = np.empty(40, int), np.empty(40, int), np.tile([0, 1], 20)
+    yi[0::2], yi[1::2] = y2, truth
+    ti[0::2], ti[1::2] = truth, truth
+    assert np.flatnonzero(Q.change_point_flags(yi, _says(ti), gi)).tolist() == [14, 16, 18]
+    with pytest.raises(ValueError, match=r"groups must have shape \(8,\), one recording index per window, got \(7,\)"):
+        Q.change_point_flags(y, _says(y), np.zeros(7, int))
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        Q.change_point_flags(y, np.full((8, 3), 0.5), np.zeros(8, int))
+
+
+def test_categorize_change_points_marks_moved_windows_noisy_under_the_veto():
+    y = np.array([0] * 10 + [1] * 10)
+    truth = np.array([0] * 7 + [1] * 13)
+    probs = _says(y, p=0.6)                                   # the fold model learned the user's labels
+    a = np.ones(20)
+    src = _says(truth)
+    g = np.zeros(20, int)
+    cfg = QualityConfig(change_points=True)
+    cats = categorize(probs, y, agreement=a, config=cfg, source_probs=src, groups=g)
+    assert np.flatnonzero(cats == NOISY).tolist() == [7, 8, 9]
+    # off by default, and without the windows' order (no groups) or the source probabilities
+    assert NOISY not in categorize(probs, y, agreement=a, config=QualityConfig(), source_probs=src, groups=g)
+    assert NOISY not in categorize(probs, y, agreement=a, config=cfg, source_probs=src)
+    assert NOISY not in categorize(probs, y, agreement=a, config=cfg, groups=g)
+    # the source veto still protects: window 9's label gets p_source 0.55 >= 0.5, so only 7 and 8 are noisy
+    src9 = src.copy()
+    src9[9] = [0.55, 0.45, 0.0]
+    cats = categorize(probs, y, agreement=a, config=replace(cfg, source_veto=0.5), source_probs=src9, groups=g)
+    assert np.flatnonzero(cats == NOISY).tolist() == [7, 8]

@@ -246,7 +246,8 @@ def finetune_filterloss_soft(bundle: ModelBundle, windows: Windows, train_config
     (:data:`imutune.personalize.weights.SOFT_SOURCE_VETO`: a window the pretrained model backs is never noisy,
     and its soft factor is at least the pretrained model's probability of its label;
     :data:`~imutune.personalize.weights.SOFT_SOURCE_FLAG`: one that it, the fold model and the neighbours all
-    contradict is noisy)."""
+    contradict is noisy; ``QualityConfig.change_points``: the windows a maximum-likelihood re-placement of each
+    activity change moves over are noisy)."""
     return finetune_filterloss(bundle, windows, train_config, mode="soft", filter_config=filter_config,
                                progress=progress)
 
@@ -362,8 +363,9 @@ BASELINES: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_
 FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft")
 #: Revision of a method's computation (1 when absent), bumped whenever what a method computes changes for the
 #: same settings, so benchmark caches keyed by settings rerun its cells. filterloss_soft 2: the source veto
-#: (:data:`imutune.personalize.weights.SOFT_SOURCE_VETO`); 3: the source flag (``SOFT_SOURCE_FLAG``).
-METHOD_REVISIONS: dict[str, int] = {"filterloss_soft": 3}
+#: (:data:`imutune.personalize.weights.SOFT_SOURCE_VETO`); 3: the source flag (``SOFT_SOURCE_FLAG``); 4: the
+#: re-placed activity changes (``QualityConfig.change_points``).
+METHOD_REVISIONS: dict[str, int] = {"filterloss_soft": 4}
 
 
 def run_method(name: str, bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,

@@ -20,7 +20,7 @@ from .. import _validation as V
 
 __all__ = ["HIGH_VALUE", "BOUNDARY", "NOISY", "CATEGORY_NAMES", "QualityConfig", "categorize", "category_counts",
            "knn_agreement", "stratified_folds", "blocked_folds", "oof_probabilities", "oof_probabilities_full", "embed_windows",
-           "label_issues", "self_confidence_thresholds"]
+           "label_issues", "self_confidence_thresholds", "change_point_flags"]
 
 HIGH_VALUE, BOUNDARY, NOISY = 0, 1, 2
 CATEGORY_NAMES = ("high_value", "boundary", "noisy")
@@ -49,6 +49,10 @@ class QualityConfig:
     # full filter: a window is also noisy when the pretrained model predicts another class with at least this
     # probability, the fold model predicts another class too and the kNN agreement is low; None: off
     source_flag: float | None = None
+    # full filter, windows in time order per recording (``groups``): every change of label is moved to the position
+    # the pretrained model finds most likely (change_point_flags) and the windows it moves over are noisy (users tap
+    # late or early at activity changes); None or False: off
+    change_points: bool | None = None
 
     def __post_init__(self) -> None:
         V.check_in_range("boundary_margin", self.boundary_margin, 0.0, 1.0)
@@ -78,7 +82,7 @@ def _check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 
 def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig = QualityConfig(),
                agreement: np.ndarray | None = None, issues: np.ndarray | None = None,
-               source_probs: np.ndarray | None = None) -> np.ndarray:
+               source_probs: np.ndarray | None = None, groups: np.ndarray | None = None) -> np.ndarray:
     """Assign each sample a quality category.
 
     Without ``agreement`` this is the first-version rule on probabilities
@@ -93,7 +97,10 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     the pretrained model gives probability >= ``source_veto``; with
     ``config.source_flag``, a window is also noisy when the pretrained model
     predicts another class with probability >= ``source_flag``, the fold model
-    predicts another class and the agreement is below ``agreement_noisy``.
+    predicts another class and the agreement is below ``agreement_noisy``; with
+    ``config.change_points``, ``source_probs`` and ``groups``, the windows
+    :func:`change_point_flags` finds under the pretrained model are noisy too
+    (the veto and ``min_class_windows`` still apply).
 
     Parameters
     ----------
@@ -112,7 +119,10 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     source_probs : np.ndarray, optional
         Array of shape (N, K): the pretrained (source) model's class
         probabilities, rows sum to 1; used only with ``agreement`` and
-        ``config.source_veto`` or ``config.source_flag``.
+        ``config.source_veto``, ``config.source_flag`` or ``config.change_points``.
+    groups : np.ndarray, optional
+        Array of shape (N,), int: the recording of each window, windows in
+        time order within it; used only with ``config.change_points``.
 
     Returns
     -------
@@ -124,7 +134,7 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
     ValueError
         If ``probs`` (or ``source_probs``) is not a finite probability matrix of
         the same shape, labels are out of range, or ``agreement`` has the wrong
-        shape, NaN or values outside [0, 1].
+        shape, NaN or values outside [0, 1], or ``groups`` has the wrong shape.
     """
     p, y = _check_probs(probs, labels)
     if agreement is None:
@@ -141,11 +151,82 @@ def categorize(probs: np.ndarray, labels: np.ndarray, *, config: QualityConfig =
         if iss.shape != y.shape:
             raise ValueError(f"issues must have shape {y.shape}, got {iss.shape}")
     src = None
-    if source_probs is not None and (config.source_veto is not None or config.source_flag is not None):
+    if source_probs is not None and (config.source_veto is not None or config.source_flag is not None
+                                     or config.change_points):
         if np.shape(source_probs) != p.shape:
             raise ValueError(f"source_probs must have shape {p.shape} like probs, got {np.shape(source_probs)}")
         src, _ = _check_probs(source_probs, y)
-    return _compute_categories_full(p, y, a, config, iss, src)
+    moved = None
+    if config.change_points and src is not None and groups is not None:
+        moved = change_point_flags(y, src, groups)
+    return _compute_categories_full(p, y, a, config, iss, src, moved)
+
+
+def change_point_flags(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Windows whose label a maximum-likelihood re-placement of the user's activity changes would flip.
+
+    A user labels an activity change a few seconds late or early, so the windows next to each change of
+    label are the likely wrong ones (:mod:`imutune.signal.label_noise`, ``boundary`` and ``shift``). Per
+    recording (windows in time order), every change between two runs of labels ``a | b`` is moved to the
+    position ``c`` that maximizes ``sum log p(a)`` over the windows before ``c`` plus ``sum log p(b)`` over
+    those from ``c``, with ``c`` within the inner half of each run (a run never vanishes) and the user's
+    position kept on ties; the windows between the user's change and ``c`` are flagged. A change inside a
+    run of one window (a lone label, e.g. a random mistake) cannot move that window's label.
+
+    This is imutune's extension of the FilterLoss filter (Han, Zhong, Feng, ICCC 2025, Sec. III-A, which
+    scores windows one by one), in the spirit of boundary refinement for weakly labelled segments; it is
+    the third part of the source view of ``loss="filterloss-soft"``
+    (:attr:`QualityConfig.change_points`; ``probs`` are the pretrained model's, which never saw the
+    user's labels).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Array of shape (N,), int in [0, K): the user's labels.
+    probs : np.ndarray
+        Array of shape (N, K): class probabilities, rows sum to 1.
+    groups : np.ndarray
+        Array of shape (N,), int: the recording of each window; windows in time order within each
+        recording (as :func:`imutune.signal.windows.make_windows` emits them; a subset keeps the order).
+
+    Returns
+    -------
+    np.ndarray
+        Array of shape (N,), bool.
+
+    Raises
+    ------
+    ValueError
+        If ``probs`` is not a finite probability matrix, labels are out of range, or ``groups`` does not
+        have shape (N,).
+    """
+    p, y = _check_probs(probs, labels)
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups must have shape {y.shape}, one recording index per window, got {g.shape}")
+    return _compute_change_point_flags(y, np.log(np.clip(p, 1e-6, 1.0)), g)
+
+
+def _compute_change_point_flags(y: np.ndarray, logp: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    flags = np.zeros(y.shape[0], dtype=bool)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        yy, lp = y[idx], logp[idx]
+        cuts = np.flatnonzero(np.diff(yy) != 0) + 1
+        starts, ends = np.r_[0, cuts], np.r_[cuts, yy.shape[0]]
+        for (s1, e1), (s2, e2) in zip(zip(starts[:-1], ends[:-1]), zip(starts[1:], ends[1:])):
+            a, b = yy[s1], yy[s2]
+            lo, hi = e1 - (e1 - s1) // 2, s2 + (e2 - s2) // 2       # the inner half of each run
+            d = lp[lo:hi, b] - lp[lo:hi, a]                          # (hi - lo,) log-likelihood of b over a
+            k = e1 - lo                                              # the user's change, in [lo, hi)
+            # gain of moving the change k' windows earlier (they become b) or later (they become a),
+            # summed outward from the user's change, so "no evidence" is a gain of exactly 0
+            gains = np.r_[0.0, np.cumsum(d[:k][::-1]), np.cumsum(-d[k:])]
+            j = int(gains.argmax())                                  # the first maximum: 0 (no move) on ties
+            if gains[j] > 0:
+                c = e1 - j if j <= k else e1 + (j - k)
+                flags[idx[min(c, e1):max(c, e1)]] = True
+    return flags
 
 
 def _margins(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,7 +247,8 @@ def _compute_categories(p: np.ndarray, y: np.ndarray, config: QualityConfig) -> 
 
 
 def _compute_categories_full(p: np.ndarray, y: np.ndarray, a: np.ndarray, config: QualityConfig,
-                             issues: np.ndarray | None = None, source_p: np.ndarray | None = None) -> np.ndarray:
+                             issues: np.ndarray | None = None, source_p: np.ndarray | None = None,
+                             moved: np.ndarray | None = None) -> np.ndarray:
     p_label, best_other, pred = _margins(p, y)
     cat = np.full(y.shape[0], BOUNDARY, dtype=np.int64)
     cat[(pred == y) & (p_label - best_other >= config.boundary_margin) & (a >= config.agreement_high)] = HIGH_VALUE
@@ -179,6 +261,8 @@ def _compute_categories_full(p: np.ndarray, y: np.ndarray, a: np.ndarray, config
         src_label = source_p[np.arange(y.shape[0]), y]              # with the label, and so do the neighbours
         src_other = np.where(np.eye(p.shape[1], dtype=bool)[y], -np.inf, source_p).max(axis=1)
         noisy |= (pred != y) & (src_other >= config.source_flag) & (src_other > src_label) & (a < config.agreement_noisy)
+    if moved is not None:                                          # a re-placed activity change passes over it
+        noisy |= moved
     counts = np.bincount(y, minlength=p.shape[1])
     noisy &= counts[y] >= config.min_class_windows
     if source_p is not None and config.source_veto is not None:   # the pretrained model backs the label: protected

@@ -182,13 +182,16 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
                             quality=_replace(quality, source_veto=SOFT_SOURCE_VETO if quality.source_veto is None
                                              else quality.source_veto,
                                              source_flag=SOFT_SOURCE_FLAG if quality.source_flag is None
-                                             else quality.source_flag))
+                                             else quality.source_flag,
+                                             change_points=True if quality.change_points is None
+                                             else quality.change_points))
         else:
             fcfg = _replace(fcfg, mode=config.loss.split("-", 1)[1])
         if head_replaced:   # the fold models grow a random head: a longer minimum (FilterConfig.new_head_oof_min_steps);
             # the new head is random, so the pretrained model has no opinion on the new classes: no source view
             fcfg = _replace(fcfg, oof_min_steps=max(fcfg.oof_min_steps, fcfg.new_head_oof_min_steps),
-                            quality=_replace(fcfg.quality, source_veto=None, source_flag=None), source_soft=False)
+                            quality=_replace(fcfg.quality, source_veto=None, source_flag=None, change_points=None),
+                            source_soft=False)
         res = filter_weights(model, xn, windows.y, num_classes=windows.num_classes, config=fcfg,
                              groups=windows.recording)
         sample_weights = res.sample_weights

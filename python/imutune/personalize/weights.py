@@ -63,10 +63,15 @@ Scoring (steps 1-4) is in :mod:`imutune.personalize.filter`, the weights (step 5
      ``"filterloss-soft"``) a window is also noisy when the pretrained model
      predicts another class with probability >= ``source_flag``, the fold model
      predicts another class too and the kNN agreement is below
-     ``agreement_noisy`` (all three views against the label). Both are off
-     when the head was replaced for a new class set. An imutune extension
-     (cf. the agreement of two networks in Co-teaching, Han et al., NeurIPS
-     2018), not in the FilterLoss paper.
+     ``agreement_noisy`` (all three views against the label); with
+     ``QualityConfig.change_points`` (on for ``"filterloss-soft"``, with the
+     windows' recordings: ``groups``, time order within each) every change of
+     label is moved to where the pretrained model finds it most likely
+     (:func:`imutune.personalize.filter.change_point_flags`) and the windows
+     it moves over are noisy: users tap late or early at activity changes.
+     All three are off when the head was replaced for a new class set. An
+     imutune extension (cf. the agreement of two networks in Co-teaching, Han
+     et al., NeurIPS 2018), not in the FilterLoss paper.
 
    With ``stages=2`` the fold models are trained again with the first pass's
    weights (noisy windows out) and steps 2-4 repeat (two-stage re-scoring).
@@ -577,10 +582,11 @@ def score_embeddings(embeddings: np.ndarray, labels: np.ndarray, num_classes: in
 def _source_probs(z: np.ndarray, head: tuple[np.ndarray, np.ndarray] | None, config: FilterConfig
                   ) -> np.ndarray | None:
     """The pretrained model's class probabilities (N, K) from its head on the embeddings, when the source
-    view is on (``config.quality.source_veto``, ``config.quality.source_flag`` or ``config.source_soft``) and
-    the head has the target's classes; else None."""
+    view is on (``config.quality.source_veto``, ``source_flag``, ``change_points`` or ``config.source_soft``)
+    and the head has the target's classes; else None."""
     q = config.quality
-    if head is None or (q.source_veto is None and q.source_flag is None and not config.source_soft):
+    if head is None or (q.source_veto is None and q.source_flag is None and not q.change_points
+                        and not config.source_soft):
         return None
     logits = z.astype(np.float64) @ head[0].T.astype(np.float64) + head[1].astype(np.float64)   # (N, D) -> (N, K)
     logits -= logits.max(axis=1, keepdims=True)
@@ -604,7 +610,7 @@ def _soft_factors(probs: np.ndarray, labels: np.ndarray, source_probs: np.ndarra
     return q
 
 
-def _score_all(embeddings, labels, num_classes, config, head, oof_probs, source_probs=None):
+def _score_all(embeddings, labels, num_classes, config, head, oof_probs, source_probs=None, groups=None):
     """:func:`score_embeddings` plus the label issues (N,) bool, or None when not used."""
     from .filter import label_issues
 
@@ -618,7 +624,7 @@ def _score_all(embeddings, labels, num_classes, config, head, oof_probs, source_
     if source_probs is None:
         source_probs = _source_probs(z, head, config)
     cats = categorize(oof_probs, y, config=config.quality, agreement=agreement, issues=issues,
-                      source_probs=source_probs)
+                      source_probs=source_probs, groups=groups)
     return oof_probs, agreement, cats, issues
 
 
@@ -651,7 +657,8 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
         Array of shape (N,), int: the recording of each window (``Windows.recording``; windows in time
         order within it). Given, the out-of-fold models use blocked folds
         (:func:`imutune.personalize.filter.blocked_folds`, ``config.fold_block_windows``), so a window's
-        overlapping neighbours never teach the model that judges it.
+        overlapping neighbours never teach the model that judges it, and ``config.quality.change_points``
+        can act (it needs the time order; without ``groups`` it is skipped).
 
     Returns
     -------
@@ -687,7 +694,7 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
                                      train_config=_oof_train_config(config), groups=groups,
                                      block_windows=config.fold_block_windows)
     sp = _source_probs(z, head, config)                   # the pretrained model's view, or None
-    probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof, sp)
+    probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof, sp, groups)
     soft = _soft_factors(probs, y, sp, config)
     for _stage in range(1, config.stages):
         # two-stage: re-score with fold models trained on the first pass's weights (noisy windows out)
@@ -696,7 +703,7 @@ def filter_weights(model: nn.Module, x: np.ndarray, labels: np.ndarray, *, num_c
             oof = oof_probabilities_full(model, x, y, K, n_folds=config.n_folds, seed=config.seed + 7,
                                          train_config=_oof_train_config(config), sample_weights=w1, groups=groups,
                                          block_windows=config.fold_block_windows)
-        probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof, sp)
+        probs, agreement, cats, issues = _score_all(z, y, K, config, head, oof, sp, groups)
         soft = _soft_factors(probs, y, sp, config)
     t1 = time.perf_counter()
     search: list[dict] = []
