@@ -157,3 +157,20 @@ def test_fleet_flags_reach_the_fleet_config():
     # and bench filterloss does not carry the fleet's flag
     args = build_parser().parse_args(["bench", "filterloss", "--out", "o"])
     assert not hasattr(args, "no_classical_reference")
+
+
+def test_default_personalization_method_is_one_constant():
+    # finetune, its command line, the demo and the fleet default to the same method: methods.DEFAULT_LOSS
+    from imutune.cli import _fleet_config, build_parser
+    from imutune.demo import DemoConfig
+    from imutune.fleet.worker import FleetConfig
+    from imutune.personalize.finetune import FinetuneConfig
+    from imutune.personalize.methods import DEFAULT_LOSS
+
+    assert DEFAULT_LOSS == "filterloss-soft"
+    assert FinetuneConfig().loss == DEFAULT_LOSS and DemoConfig().finetune.loss == DEFAULT_LOSS
+    assert FleetConfig().method == DEFAULT_LOSS and FleetConfig().finetune.loss == DEFAULT_LOSS
+    args = build_parser().parse_args(["finetune", "--base", "b", "--data", "d", "--out", "o"])
+    assert args.loss == DEFAULT_LOSS
+    fleet = _fleet_config(build_parser().parse_args(["fleet", "--base", "b", "--users", "u", "--out", "o"]))
+    assert fleet.method == DEFAULT_LOSS

@@ -259,7 +259,7 @@ def test_load_bundle_weights_mismatch(tmp_path):
 
 # --------------------------------------------------------------------------- stages
 
-FT = FinetuneConfig(train=replace(FAST, epochs=2))
+FT = FinetuneConfig(train=replace(FAST, epochs=2), loss="filterloss")   # the first version: its fixed weights below
 
 
 def test_finetune_same_classes_keeps_head():

@@ -95,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", nargs="+", required=True, help="target user's training recordings")
     f.add_argument("--test-data", nargs="+", default=(), help="target user's held-out recordings (optional)")
     f.add_argument("--out", required=True, help="output bundle folder")
-    from .personalize.methods import METHOD_NAMES
+    from .personalize.methods import DEFAULT_LOSS, METHOD_NAMES
 
-    f.add_argument("--loss", default="filterloss", type=lambda v: v.replace("_", "-"), choices=METHOD_NAMES,
-                   help="personalization method (default filterloss); 'oracle' needs --label-noise")
+    f.add_argument("--loss", default=DEFAULT_LOSS, type=lambda v: v.replace("_", "-"), choices=METHOD_NAMES,
+                   help=f"personalization method (default {DEFAULT_LOSS}); 'oracle' needs --label-noise")
     f.add_argument("--label-noise", default="none",
                    help="rehearse with noisy calibration labels, e.g. boundary:0.2, shift:1-3, symmetric:0.3, "
                         "confusion:IR-ER/ABD-FEL@0.3 (default none; see imutune.signal.label_noise)")
@@ -430,7 +430,7 @@ def _add_fleet(sub, bench_sub) -> None:
     f.add_argument("--workers", type=int, default=None,
                    help="users in flight at once (default: cluster CPUs // --cpus-per-user)")
     f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    f.add_argument("--method", default=None, choices=FLEET_METHODS, help="personalization method (default filterloss-cv)")
+    f.add_argument("--method", default=None, choices=FLEET_METHODS, help=f"personalization method (default {FLEET_METHODS[0]})")
     f.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the method's preset)")
     f.add_argument("--seed", type=int, default=None, help="fleet seed; each user's seed derives from it and the id")
     f.add_argument("--calibration-fraction", type=float, default=None,

@@ -15,6 +15,7 @@
 __all__ = ["FLEET_METHODS", "EXPORT_KINDS"]
 
 #: ``FleetConfig.method`` choices (kept here, torch-free, for the command line's parser).
-FLEET_METHODS = ("filterloss-cv", "filterloss", "filterloss-learned", "ce", "selective")
+#: The first is the default (``imutune.personalize.methods.DEFAULT_LOSS``, the one of ``imutune finetune``).
+FLEET_METHODS = ("filterloss-soft", "filterloss-cv", "filterloss", "filterloss-learned", "ce", "selective")
 #: ``FleetConfig.exports`` choices: the patched bundle, an ONNX export with its manifest.
 EXPORT_KINDS = ("bundle", "onnx")

@@ -10,8 +10,9 @@ For one user (:func:`personalize_user`):
 3. cut windows with the base bundle's window config and channels; optionally subsample the calibration
    windows to ``max_calibration_windows`` (seeded);
 4. score the base model on the test windows ("before"), personalize on the calibration windows with the
-   chosen method -- FilterLoss with cross-validated weights (``filterloss-cv``, Han, Zhong, Feng, ICCC 2025,
-   arXiv 2602.07772; :func:`imutune.personalize.finetune.finetune`), the other FilterLoss variants, plain
+   chosen method -- FilterLoss-soft (``filterloss-soft``, the default: the full filter with fixed soft weights
+   and the source view; Han, Zhong, Feng, ICCC 2025, arXiv 2602.07772, extended;
+   :func:`imutune.personalize.finetune.finetune`), the other FilterLoss variants, plain
    cross-entropy, or selective filter fine-tuning (``selective``, arXiv 1904.03949;
    :func:`imutune.personalize.selective.personalize`) -- and score the result ("after");
 5. write the difference to the base as a patch (:mod:`imutune.personalize.patch`, tied to the base by
@@ -57,7 +58,7 @@ FAILURE_REASONS = ("bad_input", "too_few_windows", "training_error", "export_err
 class FleetConfig:
     """What every user's job does (the same for all users of a run)."""
 
-    method: str = "filterloss-cv"       # one of FLEET_METHODS
+    method: str = FLEET_METHODS[0]      # one of FLEET_METHODS; default "filterloss-soft" (= finetune's default)
     finetune: FinetuneConfig = FinetuneConfig()    # methods other than "selective" (its loss is set from method)
     selective: SelectiveConfig = SelectiveConfig()  # method "selective"
     calibration_fraction: float = 0.5   # calibrate-then-use: share of each recording (from its start) that calibrates

@@ -18,7 +18,7 @@ from ..train.bundle import ModelBundle
 from ..train.loop import FINETUNE, TrainConfig, train
 from ..train.losses import FilterLoss
 from .filter import QualityConfig
-from .methods import METHOD_NAMES, canonical_loss
+from .methods import DEFAULT_LOSS, METHOD_NAMES, canonical_loss
 from .weights import CategoryWeights, FilterConfig
 
 __all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'NATIVE_LOSSES', 'canonical_loss', 'source_head_bundle',
@@ -41,8 +41,9 @@ class FinetuneConfig:
     # quality; weights.SOFT_WEIGHTS; with the source view, weights.SOFT_SOURCE_VETO / SOFT_SOURCE_FLAG, unless
     # quality sets source_veto / source_flag) -- see imutune.personalize.weights -- "ce" (plain cross-entropy), or
     # any other method of
-    # imutune.personalize.baselines.METHODS ("gce", "cleanlab", "oracle", ...; dashes or underscores)
-    loss: str = "filterloss"
+    # imutune.personalize.baselines.METHODS ("gce", "cleanlab", "oracle", ...; dashes or underscores);
+    # default methods.DEFAULT_LOSS, "filterloss-soft"
+    loss: str = DEFAULT_LOSS
     quality: QualityConfig | None = None      # filter thresholds; None: filter.quality (given: used by every variant)
     weights: CategoryWeights | None = None    # "filterloss" / "filterloss-soft" category weights; None: their defaults
     filter: FilterConfig = FilterConfig()        # thresholds, folds, grids, meta-learning of the filter
