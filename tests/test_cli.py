@@ -174,3 +174,24 @@ def test_default_personalization_method_is_one_constant():
     assert args.loss == DEFAULT_LOSS
     fleet = _fleet_config(build_parser().parse_args(["fleet", "--base", "b", "--users", "u", "--out", "o"]))
     assert fleet.method == DEFAULT_LOSS
+
+
+def test_demo_loss_flag_reaches_the_demo_config(monkeypatch, tmp_path):
+    import imutune.demo as D
+    from imutune.cli import main
+    from imutune.personalize.methods import DEFAULT_LOSS
+
+    seen = []
+
+    def fake(out, cfg, **kw):
+        seen.append(cfg)
+        return dict.fromkeys(("protocol", "source_accuracy", "target_accuracy_before", "target_accuracy_after",
+                              "restore_ratio", "target_macro_f1", "personalization_gain", "parity_max_abs_err",
+                              "latency_ms"), 0.0)
+
+    monkeypatch.setattr(D, "run_demo", fake)
+    assert main(["demo", "--out", str(tmp_path), "--loss", "filterloss", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert [c.finetune.loss for c in seen] == ["filterloss", DEFAULT_LOSS]
+    with pytest.raises(SystemExit):      # a baseline is not a demo loss: argparse names the choices
+        main(["demo", "--out", str(tmp_path), "--loss", "cleanlab"])

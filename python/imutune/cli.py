@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target split (default calibrate-then-use; new-placement: the cross-arm stress case)")
     d.add_argument("--label-noise", default=None,
                    help="noise of the calibration labels, e.g. boundary:0.2 (default none)")
+    from .personalize.methods import DEFAULT_LOSS, NATIVE_LOSSES
+
+    d.add_argument("--loss", default=None, type=lambda v: v.replace("_", "-"), choices=NATIVE_LOSSES,
+                   help=f"fine-tuning loss (default {DEFAULT_LOSS})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1, help="inference threads during replay (default 1)")
     d.add_argument("--realtime", action="store_true", help="pace the replay at the sensor rate")
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", nargs="+", required=True, help="target user's training recordings")
     f.add_argument("--test-data", nargs="+", default=(), help="target user's held-out recordings (optional)")
     f.add_argument("--out", required=True, help="output bundle folder")
-    from .personalize.methods import DEFAULT_LOSS, METHOD_NAMES
+    from .personalize.methods import METHOD_NAMES
 
     f.add_argument("--loss", default=DEFAULT_LOSS, type=lambda v: v.replace("_", "-"), choices=METHOD_NAMES,
                    help=f"personalization method (default {DEFAULT_LOSS}); 'oracle' needs --label-noise")
@@ -811,7 +815,7 @@ def _dispatch(args) -> int:
                       seed=args.seed, replay_threads=args.threads, replay_realtime=args.realtime,
                       pretrain=replace(base.pretrain, seed=args.seed, device=args.device),
                       finetune=replace(base.finetune, train=replace(base.finetune.train, device=args.device),
-                                       rehearsal_ratio=(base.finetune.rehearsal_ratio if args.rehearsal_ratio is None
+                                       loss=args.loss or base.finetune.loss, rehearsal_ratio=(base.finetune.rehearsal_ratio if args.rehearsal_ratio is None
                                                         else args.rehearsal_ratio)),
                       protocol=args.protocol or base.protocol, label_noise=args.label_noise or base.label_noise)
         t = time.perf_counter()

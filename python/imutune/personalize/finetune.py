@@ -18,7 +18,7 @@ from ..train.bundle import ModelBundle
 from ..train.loop import FINETUNE, TrainConfig, train
 from ..train.losses import FilterLoss
 from .filter import QualityConfig
-from .methods import DEFAULT_LOSS, METHOD_NAMES, canonical_loss
+from .methods import DEFAULT_LOSS, METHOD_NAMES, NATIVE_LOSSES, canonical_loss
 from .weights import CategoryWeights, FilterConfig
 
 __all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'NATIVE_LOSSES', 'canonical_loss', 'source_head_bundle',
@@ -26,8 +26,6 @@ __all__ = ['FinetuneConfig', 'finetune', 'LOSSES', 'NATIVE_LOSSES', 'canonical_l
 
 #: Every name ``FinetuneConfig.loss`` (and ``imutune finetune --loss``) accepts, in dash form.
 LOSSES: tuple[str, ...] = METHOD_NAMES
-#: The losses :func:`finetune` itself runs (with rehearsal, checkpoints and given sample weights).
-NATIVE_LOSSES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft", "ce")
 
 
 @dataclass(frozen=True)
