@@ -156,3 +156,35 @@ def test_a_shard_reports_when_the_other_shard_finishes_after_it_passed_those_run
     rep = run_selective_bench(tmp_path, _tiny(shard=(1, 2)), log=log)
     assert started and rep.get("n_runs") == 2 and "summary" in rep
     assert (tmp_path / "bench_selective.json").is_file()
+
+
+_CHILD = r"""
+import sys
+import numpy as np
+from pathlib import Path
+from imutune.bench.selective import SelectiveBenchConfig, _pretrained
+from imutune.signal.windows import Windows
+from imutune.train.loop import TrainConfig
+
+rng = np.random.default_rng(0)
+src = Windows(rng.normal(size=(64, 6, 100)).astype(np.float32), np.arange(64) % 7, np.zeros(64, np.int64),
+              np.array(["s1"] * 64), ("ABD", "ELB", "ER", "FEL", "IR", "PEN", "ROW"),
+              ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"))
+cfg = SelectiveBenchConfig(model_name="tinycnn1d", pretrain=TrainConfig(epochs=2, batch_size=16, device="cpu"))
+_pretrained(Path(sys.argv[1]), cfg, src, lambda m: print(m, flush=True))
+"""
+
+
+def test_shards_started_together_pretrain_once(tmp_path):
+    # two shards on one fresh --out: without the lock both pretrained into the same checkpoint and one crashed
+    # when the other's cleanup removed its temporary file; now one pretrains and the other reuses its bundle
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    logs = [o for o, _ in outs]
+    assert sum("reusing" in o for o in logs) == 1 and sum("source accuracy" in o for o in logs) == 1
+    assert (tmp_path / "pretrained" / "model.json").is_file()

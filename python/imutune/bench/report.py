@@ -1,6 +1,7 @@
 """Shared output of the benchmarks: JSON, a Markdown table and PNG figures, all atomic."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
@@ -69,6 +70,28 @@ def jsonable(d: Any) -> Any:
     if isinstance(d, (list, tuple)):
         return [jsonable(v) for v in d]
     return d
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the ``with`` block.
+
+    Benchmark shards started together on one ``--out`` (``imutune bench selective --shard I/N``) would each
+    pretrain the same base model into the same folder and checkpoint; under this lock the first pretrains and
+    the others wait, then find its bundle cached. POSIX ``flock``; where it does not exist, no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:        # pragma: no cover - not POSIX
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def cached_bundle(folder: str | os.PathLike, fingerprint: str):

@@ -104,7 +104,7 @@ from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, SELECTIVE, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
-from .report import cached_bundle
+from .report import cached_bundle, folder_lock
 from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
@@ -233,15 +233,16 @@ def _pretrained(out: Path, cfg: SelectiveBenchConfig, source: Windows, log) -> M
     fp = _fingerprint({"model": cfg.model_name, "targets": cfg.target_users, "subjects": cfg.subjects,
                        "window": asdict(cfg.window), "train": asdict(cfg.pretrain)})
     folder = out / "pretrained"
-    b = cached_bundle(folder, fp)
-    if b is not None:
-        log(f"[pretrain] reusing {folder}")
-        return b
-    t = time.perf_counter()
-    b = pretrain(source, model_name=cfg.model_name, window=cfg.window, train_config=cfg.pretrain,
-                 checkpoint_path=out / "checkpoints" / "pretrain.ckpt", progress=False)
-    b = replace(b, info={**b.info, "bench_fingerprint": fp})
-    save_bundle(b, folder)
+    with folder_lock(out / ".pretrained.lock"):   # shards started together: one pretrains, the others reuse
+        b = cached_bundle(folder, fp)
+        if b is not None:
+            log(f"[pretrain] reusing {folder}")
+            return b
+        t = time.perf_counter()
+        b = pretrain(source, model_name=cfg.model_name, window=cfg.window, train_config=cfg.pretrain,
+                     checkpoint_path=out / "checkpoints" / "pretrain.ckpt", progress=False)
+        b = replace(b, info={**b.info, "bench_fingerprint": fp})
+        save_bundle(b, folder)
     log(f"[pretrain] {cfg.model_name} on {len(source)} source windows: source accuracy "
         f"{b.info.get('source_accuracy', float('nan')):.4f} ({time.perf_counter() - t:.1f} s)")
     return b
