@@ -815,7 +815,8 @@ def _dispatch(args) -> int:
                       seed=args.seed, replay_threads=args.threads, replay_realtime=args.realtime,
                       pretrain=replace(base.pretrain, seed=args.seed, device=args.device),
                       finetune=replace(base.finetune, train=replace(base.finetune.train, device=args.device),
-                                       loss=args.loss or base.finetune.loss, rehearsal_ratio=(base.finetune.rehearsal_ratio if args.rehearsal_ratio is None
+                                       loss=args.loss or base.finetune.loss,
+                                       rehearsal_ratio=(base.finetune.rehearsal_ratio if args.rehearsal_ratio is None
                                                         else args.rehearsal_ratio)),
                       protocol=args.protocol or base.protocol, label_noise=args.label_noise or base.label_noise)
         t = time.perf_counter()

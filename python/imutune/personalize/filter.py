@@ -174,8 +174,8 @@ def change_point_flags(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray
     run of one window (a lone label, e.g. a random mistake) cannot move that window's label.
 
     This is imutune's extension of the FilterLoss filter (Han, Zhong, Feng, ICCC 2025, Sec. III-A, which
-    scores windows one by one), in the spirit of boundary refinement for weakly labelled segments; it is
-    the third part of the source view of ``loss="filterloss-soft"``
+    scores windows one by one); with the veto, the flag and the soft factor it makes up the source view of
+    ``loss="filterloss-soft"``
     (:attr:`QualityConfig.change_points`; ``probs`` are the pretrained model's, which never saw the
     user's labels).
 
@@ -218,7 +218,7 @@ def _compute_change_point_flags(y: np.ndarray, logp: np.ndarray, groups: np.ndar
             a, b = yy[s1], yy[s2]
             lo, hi = e1 - (e1 - s1) // 2, s2 + (e2 - s2) // 2       # the inner half of each run
             d = lp[lo:hi, b] - lp[lo:hi, a]                          # (hi - lo,) log-likelihood of b over a
-            k = e1 - lo                                              # the user's change, in [lo, hi)
+            k = e1 - lo                                              # the user's change, as an offset from lo
             # gain of moving the change k' windows earlier (they become b) or later (they become a),
             # summed outward from the user's change, so "no evidence" is a gain of exactly 0
             gains = np.r_[0.0, np.cumsum(d[:k][::-1]), np.cumsum(-d[k:])]

@@ -36,9 +36,9 @@ class FinetuneConfig:
     # "filterloss" (categories from out-of-fold probabilities alone, fixed weights), "filterloss-cv"
     # (full filter, weights chosen by cross-validation), "filterloss-learned" (full filter, meta-learned
     # weights), "filterloss-soft" (full filter, fixed weights: noisy 0, boundary scaled per window by its label
-    # quality; weights.SOFT_WEIGHTS; with the source view, weights.SOFT_SOURCE_VETO / SOFT_SOURCE_FLAG, unless
-    # quality sets source_veto / source_flag) -- see imutune.personalize.weights -- "ce" (plain cross-entropy), or
-    # any other method of
+    # quality; weights.SOFT_WEIGHTS; with the source view, weights.SOFT_SOURCE_VETO / SOFT_SOURCE_FLAG and
+    # QualityConfig.change_points on, unless quality sets source_veto / source_flag / change_points) -- see
+    # imutune.personalize.weights -- "ce" (plain cross-entropy), or any other method of
     # imutune.personalize.baselines.METHODS ("gce", "cleanlab", "oracle", ...; dashes or underscores);
     # default methods.DEFAULT_LOSS, "filterloss-soft"
     loss: str = DEFAULT_LOSS
