@@ -213,26 +213,17 @@ def _evaluate_cached(out: Path, point: _Point, base: ModelBundle, users: dict, c
                      raw_reference: dict, log) -> None:
     """:func:`_evaluate_point`, reusing ``out/points/<name>.json`` when its fingerprint matches (same codec,
     classifier, users, protocol and fine-tuning settings)."""
-    from .._io import write_json_atomic
-    from ..codec.model import codec_hash
-
-    ident = codec_hash(point.codec) if isinstance(point.codec, LearnedCodec) else asdict(point.codec)
-    fp = _fp({"codec": ident, "name": point.name, "base": base.info.get("bench_fingerprint"),
+    fp = _fp({"codec": _codec_ident(point), "name": point.name, "base": base.info.get("bench_fingerprint"),
               "clf": point.classifier.info.get("codec_lambda") if point.classifier else None,
               "users": sorted(users), "finetune": asdict(cfg.finetune), "window": asdict(cfg.window),
               "cal": cfg.calibration_fraction, "raw": raw_reference})
-    path = out / "points" / (_point_file(point.name) + ".json")
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("fingerprint") == fp:
-                point.per_user = saved["per_user"]
-                log(f"[{point.name}] reusing {path}")
-                return
-        except (ValueError, KeyError):
-            pass
-    _evaluate_point(point, base, users, cfg, raw_reference)
-    write_json_atomic(path, {"fingerprint": fp, "per_user": point.per_user})
+
+    def compute() -> dict:
+        _evaluate_point(point, base, users, cfg, raw_reference)
+        return point.per_user
+
+    point.per_user = _cached_per_user(out / "points" / (_point_file(point.name) + ".json"), fp, compute,
+                                      point.name, log)
 
 
 def _reference_cached(out: Path, point: _Point, users: dict, cfg: CodecBenchConfig, window: WindowConfig,
@@ -242,34 +233,48 @@ def _reference_cached(out: Path, point: _Point, users: dict, cfg: CodecBenchConf
 
     Cached apart from the fine-tuning, in ``out/points/<name>.reference.json`` (fingerprint: codec, users,
     window, protocol, seed), so it is computed once per operating point and a point's cached fine-tuning is
-    not redone for it."""
-    from .._io import write_json_atomic
-    from ..codec.model import codec_hash
-
-    ident = codec_hash(point.codec) if isinstance(point.codec, LearnedCodec) else asdict(point.codec)
-    fp = _fp({"codec": ident, "name": point.name, "users": sorted(users), "window": asdict(window),
+    not redone for it (the calibration parts are decoded again for it: milliseconds per second of data)."""
+    fp = _fp({"codec": _codec_ident(point), "name": point.name, "users": sorted(users), "window": asdict(window),
               "channels": list(channels), "cal": cfg.calibration_fraction, "method": "random_forest",
               "seed": cfg.seed})
-    path = out / "points" / (_point_file(point.name) + ".reference.json")
-    per_user = None
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-            per_user = saved["per_user"] if saved.get("fingerprint") == fp else None
-        except (ValueError, KeyError):
-            per_user = None
-    if per_user is None:
-        per_user = {}
+
+    def compute() -> dict:
+        scores = {}
         for user, (cal, _test, test_w) in users.items():
             dec = [_replace_values(rec, _code(point, rec)[0]) for rec in cal]
             cw = make_windows(dec, window, channels=channels)
-            per_user[user] = reference_score(cw, test_w, method="random_forest", seed=cfg.seed)["macro_f1"]
-        write_json_atomic(path, {"fingerprint": fp, "per_user": per_user})
-    else:
-        log(f"[{point.name}] reusing {path}")
+            scores[user] = reference_score(cw, test_w, method="random_forest", seed=cfg.seed)["macro_f1"]
+        return scores
+
+    per_user = _cached_per_user(out / "points" / (_point_file(point.name) + ".reference.json"), fp, compute,
+                                point.name, log)
     for user, row in point.per_user.items():
         row["random_forest_macro_f1"] = float(per_user[user])
         row["personalized_minus_random_forest"] = row["personalized_macro_f1"] - row["random_forest_macro_f1"]
+
+
+def _cached_per_user(path: Path, fingerprint: str, compute, name: str, log) -> dict:
+    """``path``'s saved ``per_user`` when its fingerprint matches; else ``compute()``, saved atomically."""
+    from .._io import write_json_atomic
+
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                log(f"[{name}] reusing {path}")
+                return saved["per_user"]
+        except (ValueError, KeyError):
+            pass
+    per_user = compute()
+    write_json_atomic(path, {"fingerprint": fingerprint, "per_user": per_user})
+    return per_user
+
+
+def _codec_ident(point: _Point) -> Any:
+    """What identifies a point's codec in a fingerprint: the learned codec's hash, a classic codec's settings."""
+    from ..codec.model import codec_hash
+
+    return codec_hash(point.codec) if isinstance(point.codec, LearnedCodec) else asdict(point.codec)
 
 
 def _point_file(name: str) -> str:
