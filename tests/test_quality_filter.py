@@ -538,6 +538,8 @@ def test_change_point_flags_limits_runs_groups_and_lone_labels():
         Q.change_point_flags(y, _says(y), np.zeros(7, int))
     with pytest.raises(ValueError, match="probs must be probabilities"):
         Q.change_point_flags(y, np.full((8, 3), 0.5), np.zeros(8, int))
+    with pytest.raises(ValueError, match=r"change_points must be True, False or None \(the loss decides\), got 'yes'"):
+        QualityConfig(change_points="yes")
 
 
 def test_categorize_change_points_marks_moved_windows_noisy_under_the_veto():

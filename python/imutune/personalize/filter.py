@@ -65,6 +65,9 @@ class QualityConfig:
         for name in ("source_veto", "source_flag"):
             if getattr(self, name) is not None:
                 V.check_in_range(name, getattr(self, name), 0.0, 1.0)
+        if self.change_points is not None and not isinstance(self.change_points, bool):
+            raise ValueError(f"change_points must be True, False or None (the loss decides), got "
+                             f"{self.change_points!r}")
 
 
 def _check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
