@@ -405,3 +405,18 @@ def test_pretrain_records_steps_and_resume(tmp_path):
     assert b2.info["resumed_from_epoch"] == 2 and b2.info["steps"] == b.info["steps"]
     _same_weights(b.model, b2.model)
 
+
+
+def test_checkpoint_save_removes_a_killed_writers_temporary_file_but_not_a_live_one(tmp_path):
+    # a temporary file beside the checkpoint: stale (a killed writer's) is removed on the next save; one written
+    # moments ago may be another process's write in flight (two benchmark shards on one folder) and stays
+    import os
+    import time
+
+    stale, live = tmp_path / ".c.ckpt.111111111111.tmp", tmp_path / ".c.ckpt.222222222222.tmp"
+    stale.write_bytes(b"killed")
+    live.write_bytes(b"in flight")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    _finished(tmp_path)                                   # trains and saves c.ckpt
+    assert not stale.exists() and live.read_bytes() == b"in flight"

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ __all__ = ["FORMAT", "VERSION", "TrainState", "save_checkpoint", "read_checkpoin
 FORMAT = "imutune-train-checkpoint"
 VERSION = 1
 _MAX_JSON_BYTES = 64 << 20          # RNG states and histories are a few kB; refuse to parse anything huge
+# a temporary file beside a checkpoint older than this was left by a killed writer and is removed; a younger one
+# may be another process's write in flight (e.g. two benchmark processes on one folder) and is left alone
+_STALE_TMP_S = 600.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -178,8 +182,13 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState) -> Path:
     for old in path.parent.glob(f"{_glob_escape(path.name)}.*.safetensors"):
         if old != tpath and re.fullmatch(rf"{re.escape(path.name)}\.[0-9a-f]{{16}}\.safetensors", old.name):
             old.unlink(missing_ok=True)
+    now = time.time()
     for tmp in path.parent.glob(f".{_glob_escape(path.name)}*.tmp"):   # left by a killed writer (imutune._io names)
-        tmp.unlink(missing_ok=True)
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                tmp.unlink(missing_ok=True)
+        except FileNotFoundError:                                       # its writer renamed it meanwhile
+            pass
     return path
 
 
