@@ -58,7 +58,7 @@ from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
-from .report import cached_bundle
+from .report import cached_bundle, cached_json_value
 from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["CodecBenchConfig", "quick_config", "run_codec_bench", "distortion_metrics"]
@@ -222,8 +222,8 @@ def _evaluate_cached(out: Path, point: _Point, base: ModelBundle, users: dict, c
         _evaluate_point(point, base, users, cfg, raw_reference)
         return point.per_user
 
-    point.per_user = _cached_per_user(out / "points" / (_point_file(point.name) + ".json"), fp, compute,
-                                      point.name, log)
+    point.per_user = cached_json_value(out / "points" / (_point_file(point.name) + ".json"), fp, "per_user", compute,
+                                       log=log, name=point.name)
 
 
 def _reference_cached(out: Path, point: _Point, users: dict, cfg: CodecBenchConfig, window: WindowConfig,
@@ -246,28 +246,11 @@ def _reference_cached(out: Path, point: _Point, users: dict, cfg: CodecBenchConf
             scores[user] = reference_score(cw, test_w, method="random_forest", seed=cfg.seed)["macro_f1"]
         return scores
 
-    per_user = _cached_per_user(out / "points" / (_point_file(point.name) + ".reference.json"), fp, compute,
-                                point.name, log)
+    per_user = cached_json_value(out / "points" / (_point_file(point.name) + ".reference.json"), fp, "per_user",
+                                 compute, log=log, name=point.name)
     for user, row in point.per_user.items():
         row["random_forest_macro_f1"] = float(per_user[user])
         row["personalized_minus_random_forest"] = row["personalized_macro_f1"] - row["random_forest_macro_f1"]
-
-
-def _cached_per_user(path: Path, fingerprint: str, compute, name: str, log) -> dict:
-    """``path``'s saved ``per_user`` when its fingerprint matches; else ``compute()``, saved atomically."""
-    from .._io import write_json_atomic
-
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("fingerprint") == fingerprint:
-                log(f"[{name}] reusing {path}")
-                return saved["per_user"]
-        except (ValueError, KeyError):
-            pass
-    per_user = compute()
-    write_json_atomic(path, {"fingerprint": fingerprint, "per_user": per_user})
-    return per_user
 
 
 def _codec_ident(point: _Point) -> Any:
@@ -322,14 +305,12 @@ def run_codec_bench(out_dir: str, config: CodecBenchConfig = CodecBenchConfig(),
                                        calibration_fraction=cfg.calibration_fraction)
         users[u] = (cal, test, make_windows(test, base.window, channels=base.channels))
     # reference: personalized on raw uploads
-    raw_ref = {}
+    raw_ref, rf_raw = {}, {}
     for u, (cal, test, tw) in users.items():
-        tuned = finetune(base, make_windows(cal, base.window, channels=base.channels), config=cfg.finetune,
-                         progress=False)
-        raw_ref[u] = _f1(tuned, tw)
+        cw = make_windows(cal, base.window, channels=base.channels)
+        raw_ref[u] = _f1(finetune(base, cw, config=cfg.finetune, progress=False), tw)
+        rf_raw[u] = reference_score(cw, tw, method="random_forest", seed=cfg.seed)["macro_f1"]
     log(f"[reference] personalized on raw: {raw_ref}")
-    rf_raw = {u: reference_score(make_windows(cal, base.window, channels=base.channels), tw, method="random_forest",
-                                 seed=cfg.seed)["macro_f1"] for u, (cal, _test, tw) in users.items()}
     log(f"[reference] RandomForest on raw: {rf_raw}")
     points = [_Point("float32", "float32", None, ClassicCodec("float32")),
               _Point("float16", "float16", None, ClassicCodec("float16")),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import platform
 from pathlib import Path
@@ -70,6 +71,24 @@ def jsonable(d: Any) -> Any:
     if isinstance(d, (list, tuple)):
         return [jsonable(v) for v in d]
     return d
+
+
+def cached_json_value(path: str | os.PathLike, fingerprint: str, key: str, compute, *, log=None, name: str = ""):
+    """The value under ``key`` of the JSON file ``path`` when its ``"fingerprint"`` equals ``fingerprint``
+    (same settings); else ``compute()``, saved atomically as ``{key: value, "fingerprint": fingerprint}``
+    and returned. A missing, unreadable or foreign file counts as absent. ``log`` (given) hears a reuse."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            if log is not None:
+                log(f"[{name}] reusing {path}")
+            return saved[key]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    value = compute()
+    write_json_atomic(path, {key: value, "fingerprint": fingerprint})
+    return value
 
 
 @contextlib.contextmanager

@@ -104,7 +104,7 @@ from ..signal.windows import WindowConfig, Windows, make_windows
 from ..train.bundle import ModelBundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, SELECTIVE, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
-from .report import cached_bundle, folder_lock
+from .report import cached_bundle, cached_json_value, folder_lock
 from .report import host_info, markdown_table, new_figure, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
@@ -267,19 +267,9 @@ def _classical_reference(runs: list[dict], keys: list, paths: list[Path], data: 
     accuracy overall and by shots, and full fine-tuning minus it, paired over the runs."""
     acc = []
     for (d, lvl, k, ui, u, s), path in zip(keys, paths):
-        rp = path.parent.parent / "reference" / path.name
-        prev = None
-        try:
-            prev = json.loads(rp.read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
-        if prev is None or prev.get("fingerprint") != run_fp:
-            pool, test = data[u]
-            prev = {"random_forest_accuracy": _reference_accuracy(pool, test, cfg=cfg, distortion=d, level=lvl,
-                                                                  shots=k, seed=s, user_index=ui),
-                    "fingerprint": run_fp}
-            write_json_atomic(rp, prev)
-        acc.append(prev["random_forest_accuracy"])
+        acc.append(cached_json_value(
+            path.parent.parent / "reference" / path.name, run_fp, "random_forest_accuracy",
+            lambda: _reference_accuracy(*data[u], cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui)))
     full = [r["methods"]["full"]["accuracy"] for r in runs]
     by_shots = {}
     for k in cfg.shots:

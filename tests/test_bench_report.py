@@ -1,0 +1,28 @@
+"""imutune.bench.report: the fingerprinted JSON cache the benchmarks share."""
+from __future__ import annotations
+
+import json
+
+from imutune.bench.report import cached_json_value
+
+
+def test_cached_json_value_reuses_only_a_matching_fingerprint(tmp_path):
+    path = tmp_path / "sub" / "cell.json"
+    calls, seen = [], []
+
+    def compute():
+        calls.append(1)
+        return {"u1": 0.5}
+
+    assert cached_json_value(path, "fp1", "per_user", compute) == {"u1": 0.5} and len(calls) == 1
+    assert json.loads(path.read_text()) == {"per_user": {"u1": 0.5}, "fingerprint": "fp1"}
+    # same fingerprint: read back, not recomputed, and the reuse is logged with the name
+    assert cached_json_value(path, "fp1", "per_user", compute, log=seen.append, name="pt") == {"u1": 0.5}
+    assert len(calls) == 1 and seen == [f"[pt] reusing {path}"]
+    # other settings, a file without the key, a foreign or truncated file: computed again and overwritten
+    assert cached_json_value(path, "fp2", "per_user", compute) == {"u1": 0.5} and len(calls) == 2
+    for text in ('{"fingerprint": "fp2"}', "[1, 2]", '{"per_user": '):
+        path.write_text(text)
+        cached_json_value(path, "fp2", "per_user", compute)
+    assert len(calls) == 5 and json.loads(path.read_text())["fingerprint"] == "fp2"
+    assert not list(path.parent.glob(".*.tmp"))                      # written atomically, nothing left behind
