@@ -424,14 +424,15 @@ def test_rows_only_conv_gradient_equals_the_rows_of_the_whole_gradient():
     go = torch.randn(5, 10, 17)
     gx, gw = torch.autograd.grad(conv(x), (x, conv.weight), go)
     idx = torch.tensor([1, 4, 9])
-    y = _RowsConvFn.apply(x, conv.weight, idx, conv.stride, conv.padding, conv.dilation)
+    rows = torch.nn.Parameter(conv.weight.detach()[idx].clone())            # (S, C, k): the compact parameter
+    frozen = conv.weight.detach()
+    y = _RowsConvFn.apply(x, frozen, rows, idx, conv.stride, conv.padding, conv.dilation)
     assert torch.equal(y, conv(x))                                          # same forward, bit for bit
-    rx, rw = torch.autograd.grad(y, (x, conv.weight), go)
+    rx, rr = torch.autograd.grad(y, (x, rows), go)
     assert torch.equal(rx, gx)
-    assert torch.equal(rw[idx], gw[idx])
-    keep = torch.ones(10, dtype=torch.bool)
-    keep[idx] = False
-    assert torch.all(rw[keep] == 0)                                         # nothing computed for other rows
+    assert rr.shape == (3, 6, 3)                                            # no (F, C, k) gradient is formed
+    assert torch.equal(rr, gw[idx])
+    assert frozen.grad is None
 
 
 @pytest.mark.parametrize("case", ["borda", "deep", "random_cached"])
@@ -456,6 +457,35 @@ def test_rows_only_gradients_equal_masked_gradients(model_and_data, case):
     assert not torch.equal(rows.head.weight, m.head.weight)
     assert not any("forward" in vars(mod) for mod in rows.modules())      # rows-only forwards removed
     _assert_only_selected_changed(m.state_dict(), rows.state_dict(), entry_masks(m, sel))
+
+
+def test_rows_only_optimiser_steps_compact_rows_not_whole_weights(model_and_data):
+    """With rows_only the optimiser's parameters for a partly selected conv layer are its S selected rows
+    (S, C, k), not the (F, C, k) weight; each step writes them back into the weight; the hooks' on_end
+    restores the forwards and flags."""
+    from imutune.personalize.selective import conv_layers, selection_hooks
+    from imutune.train.loop import train
+
+    m, _x, xd, y = model_and_data
+    tuned = copy.deepcopy(m)
+    sel = random_selection(tuned, 0.25, seed=1)
+    hooks = selection_hooks(tuned, sel)
+    groups = hooks[1].param_groups(tuned, FAST)
+    stepped = {id(p): p for g in groups for p in g["params"]}
+    partial = [l for l in conv_layers(tuned) if 0 < sel.filters[l.name].sum() < l.n_filters]
+    assert partial
+    for l in partial:
+        assert id(l.conv.weight) not in stepped and not l.conv.weight.requires_grad
+    compact = hooks[0].params
+    assert [tuple(r.shape) for r in compact] == [(int(sel.filters[l.name].sum()),) + tuple(l.conv.weight.shape[1:])
+                                                 for l in partial]
+    assert all(id(r) in stepped for r in compact)
+    train(tuned, xd, y, config=FAST, hooks=hooks, progress=False)
+    for l, r in zip(partial, compact):
+        idx = torch.from_numpy(np.flatnonzero(sel.filters[l.name]))
+        assert torch.equal(l.conv.weight[idx], r.detach())                   # written back after every step
+        assert not torch.equal(r.detach(), m.state_dict()[f"{l.name}.weight"][idx])   # and they trained
+        assert l.conv.weight.requires_grad and "forward" not in vars(l.conv)
 
 
 def test_partial_batch_norm_is_one_pass_with_batch_statistics_for_selected_channels():

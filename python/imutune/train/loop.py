@@ -106,16 +106,22 @@ class GradientMask(TrainHooks):
     masks : sequence of (nn.Parameter, torch.Tensor)
         Each parameter with a bool or 0/1 tensor broadcastable to it (e.g.
         shape (F, 1, 1) for the rows of a conv weight (F, C, k)).
+    extra : sequence of nn.Parameter
+        Trainable parameters outside the model (e.g. the compact selected rows
+        of a conv weight in selective fine-tuning) that join the masked ones'
+        group: stepped by the optimiser, no weight decay, no mask.
     """
 
-    def __init__(self, masks: Sequence[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    def __init__(self, masks: Sequence[tuple[nn.Parameter, torch.Tensor]], *,
+                 extra: Sequence[nn.Parameter] = ()) -> None:
         self.params = [p for p, _ in masks]
         self.masks = [m.to(device=p.device, dtype=p.dtype).expand_as(p).contiguous() for p, m in masks]
         self._ids = {id(p) for p in self.params}
+        self.extra = list(extra)
 
     def param_groups(self, model: nn.Module, config: TrainConfig) -> list[dict]:
         full = [p for p in model.parameters() if p.requires_grad and id(p) not in self._ids]
-        part = [p for p in model.parameters() if p.requires_grad and id(p) in self._ids]
+        part = [p for p in model.parameters() if p.requires_grad and id(p) in self._ids] + self.extra
         groups = [{"params": full, "weight_decay": config.weight_decay}] if full else []
         if part:
             groups.append({"params": part, "weight_decay": 0.0})
