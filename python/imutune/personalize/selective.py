@@ -1199,8 +1199,8 @@ def finetune_selected(model: nn.Module, x: np.ndarray, y: np.ndarray, selection:
         gradients for those rows only, and AdamW steps ``S / F`` of each such
         layer instead of the whole tensor. Same weights as whole-tensor
         gradients masked afterwards (tested); resnet1d34 at 10 % of the filters
-        of every layer: 0.72x full fine-tuning's time per epoch (0.99x with
-        rows-only gradients stepped whole, 1.1x masked).
+        of every layer, one CPU thread: 0.69x full fine-tuning's time per
+        epoch (1.02x with rows-only gradients stepped whole, 1.1-1.2x masked).
     bn_statistics : {"batch", "frozen"}
         How a partly selected batch norm normalizes while training
         (:func:`selection_hooks`): "batch" (batch statistics for its selected
