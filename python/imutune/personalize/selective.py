@@ -870,8 +870,11 @@ class _RowsConvHook(TrainHooks):
     model's state dict is current at every checkpoint and evaluation. Adam's
     update is elementwise and the masked path gives the unselected rows zero
     gradients and no weight decay, so both give the same weights, bit for bit
-    (tested).
+    (tested). Not resumable: the rows are copied from the weights when the
+    hook is built, before a checkpoint would load newer weights.
     """
+
+    resumable = False
 
     def __init__(self, convs: Sequence[tuple[nn.Conv1d, torch.Tensor]]) -> None:
         self.convs, self.params, self._idx = [], [], []
