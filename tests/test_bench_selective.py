@@ -70,6 +70,11 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
     assert "| borda 10% |" in md and "## Targets" in md and "| shift-deep 10% |" in md
     data = json.loads((tmp_path / "bench_selective.json").read_text())
     assert data["runs"][0]["methods"]["borda 10%"]["curve"][0][0] == 0
+    # the host line is measured: each run records the 1-min load average around itself
+    loads = [v for r in data["runs"] for v in r["load_average_1min"]]
+    assert len(loads) == 4 and all(v >= 0 for v in loads)
+    assert f"1-min load average {min(loads):.1f}-{max(loads):.1f} around the runs on " in md
+    assert "shared machine" not in md
     # the classical reference, fitted on each run's distorted calibration windows (issue 15)
     ref = rep["classical_reference"]
     assert ref["n"] == 2 and 0 <= ref["random_forest_accuracy_mean"] <= 1 and "## Classical reference" in md
@@ -85,6 +90,15 @@ def test_tiny_benchmark_writes_report_and_resumes(tmp_path):
     assert rep2["summary"]["borda 10%"]["accuracy"] == s["borda 10%"]["accuracy"]
     assert rep2["classical_reference"] == ref                          # reused, not refitted
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "reference").glob("*.json")} == reference_mtimes
+
+
+def test_host_line_says_when_runs_recorded_no_load():
+    from imutune.bench.selective import _host_line
+
+    assert "not recorded" in _host_line({"runs": [{"acc_none": 0.5}], "host": {"cores": 2}})
+    line = _host_line({"runs": [{"load_average_1min": [0.5, 1.0]}, {"load_average_1min": [2.5, 1.5]}],
+                       "host": {"cores": 2}})
+    assert "1-min load average 0.5-2.5 around the runs on 2 cores" in line
 
 
 def test_bench_config_errors():

@@ -513,11 +513,12 @@ def run_selective_bench(out_dir: str | os.PathLike, config: SelectiveBenchConfig
                 continue
             if i % cfg.shard[1] != cfg.shard[0]:
                 continue                                   # another shard's run
-            t = time.perf_counter()
+            t, load0 = time.perf_counter(), os.getloadavg()[0]
             pool, test = data[u]
             res = _run_one(base, pool, test, cfg=cfg, distortion=d, level=lvl, shots=k, seed=s, user_index=ui,
                            source_stats=source_stats)
-            res.update(acc_clean=acc_clean[u], fingerprint=run_fp, wall_seconds=time.perf_counter() - t)
+            res.update(acc_clean=acc_clean[u], fingerprint=run_fp, wall_seconds=time.perf_counter() - t,
+                       load_average_1min=[load0, os.getloadavg()[0]])   # around the run: the report's host line
             write_json_atomic(paths[i], res)
             got[i] = res
             m = res["methods"]
@@ -681,6 +682,17 @@ def _f(v, fmt: str = ".3f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
 
+def _host_line(rep: dict) -> str:
+    """The report's sentence on the host while the runs were timed, from the 1-min load averages each run
+    recorded before and after itself (runs cached by an older version recorded none)."""
+    loads = [v for r in rep.get("runs", []) for v in r.get("load_average_1min", [])]
+    cores = rep.get("host", {}).get("cores")
+    if not loads:
+        return "Host load was not recorded for these runs (cached by an older version), so their times may be noisy."
+    return (f"Host while timing: 1-min load average {min(loads):.1f}-{max(loads):.1f} around the runs on {cores} "
+            "cores (above the core count, runs shared a core and their times are noisy).")
+
+
 def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
     methods = _method_names(cfg)
     s = rep["summary"]
@@ -721,8 +733,7 @@ def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
               "to the same level; bwd MFLOP / window = analytic backward FLOPs per training window and step "
               "(convs + head); step FLOPs vs full = (forward + backward) / full fine-tuning's, the cached prefix's "
               "forward excluded; patch v1 lists = the same patch with plain index lists (the old format); fp16 "
-              "patches are lossy (their accuracy in the last column). Timings measured on a shared machine "
-              "(several processes on 2 cores): noisy.", ""]
+              "patches are lossy (their accuracy in the last column). " + _host_line(rep), ""]
     if rep["targets"]:
         lines += ["## Targets", "", markdown_table(["target", "measured", "threshold", "met"], [
             [k, _f(v["value"], ".4f"), v["threshold"], "yes" if v["met"] else "no"] for k, v in rep["targets"].items()]), ""]
@@ -806,7 +817,7 @@ def _figures(rep: dict, runs: list[dict], cfg: SelectiveBenchConfig) -> dict[str
     s = rep["summary"]
     fig, axes = new_figure(1, 4, figsize=(16, 4), squeeze=False)
     ys = np.arange(len(methods))
-    panels = [("seconds_per_epoch", "s / epoch (shared machine)", 1.0),
+    panels = [("seconds_per_epoch", "s / epoch", 1.0),
               ("step_flops_vs_full", "training-step FLOPs / full's", 1.0),
               ("seconds_to_90pct_of_full", "s to 90% of full's gain (missing: not reached)", 1.0),
               ("patch_fraction", "patch / model (fp32; fp16 hatched)", 1.0)]
