@@ -51,8 +51,7 @@ FAST_FILTER = FilterConfig(probe_steps=20, meta_iterations=3, oof_epochs=1, n_fo
 
 
 def _opts(name, n=41):
-    if name in ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft", "filterloss_soft_gce",
-                "cleanlab"):
+    if name in ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft", "cleanlab"):
         return {"filter_config": FAST_FILTER}
     if name == "oracle":
         return {"noisy_mask": np.arange(n) % 7 == 0}
@@ -118,27 +117,6 @@ def test_filterloss_soft_gives_noisy_windows_no_weight_and_boundary_windows_thei
     assert np.all((sw[cats == BOUNDARY] >= 0) & (sw[cats == BOUNDARY] <= 1))
     assert (cats[flip] == NOISY).mean() >= 0.5                    # the flipped windows lose their weight
     assert sw[flip].sum() < 0.25 * flip.size
-
-
-def test_filterloss_soft_gce_trains_the_soft_weights_on_the_generalized_cross_entropy(bundle, monkeypatch):
-    import imutune.personalize.finetune as FT
-
-    seen = []
-    real = FT.train
-
-    def spy(model, x, y, *, loss_fn=None, sample_weights=None, **kw):
-        seen.append((type(loss_fn).__name__, getattr(loss_fn, "q", None), np.asarray(sample_weights).copy()))
-        return real(model, x, y, loss_fn=loss_fn, sample_weights=sample_weights, **kw)
-
-    monkeypatch.setattr(FT, "train", spy)
-    noisy, _ = _flipped()
-    soft = run_method("filterloss_soft", bundle, noisy, BUDGET, filter_config=FLIP_FILTER)
-    gce = run_method("filterloss_soft_gce", bundle, noisy, BUDGET, filter_config=FLIP_FILTER)
-    assert [(n, q) for n, q, _ in seen] == [("FilterLoss", None), ("GeneralizedCrossEntropy", 0.7)]
-    assert np.array_equal(seen[0][2], seen[1][2])                 # the same weights, another loss
-    assert gce.info["method"] == "filterloss_soft_gce" and gce.info["loss"] == "filterloss-soft-gce"
-    assert gce.info["sample_weights"] == soft.info["sample_weights"]
-    assert any(not torch.equal(a, b) for a, b in zip(soft.model.state_dict().values(), gce.model.state_dict().values()))
 
 
 def test_gce_and_sce_use_their_losses(bundle, monkeypatch):

@@ -70,7 +70,7 @@ __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "pai
 
 DEFAULT_METHODS: tuple[str, ...] = ("none", "ce", "undersample", "class_balanced", "focal", "gce", "cleanlab",
                                     "oracle", "filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft",
-                                    "filterloss_soft_gce", "random_forest")
+                                    "random_forest")
 #: The classical references (:mod:`imutune.personalize.reference`) the benchmark can run beside the deep methods:
 #: fitted on the same calibration windows and (noisy) labels, scored on the same test windows.
 CLASSICAL_METHODS: tuple[str, ...] = REFERENCE_METHODS

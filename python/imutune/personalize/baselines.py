@@ -38,8 +38,6 @@ Methods (:data:`METHODS`):
   ``min(1, p(label) / t_label)``; nothing is searched (the weight choice of
   ``filterloss_cv``, scored against the noisy held-out labels of ~100-150
   windows, is too unstable to drop what the filter finds).
-* ``filterloss_soft_gce`` -- the same weights on the generalized cross-entropy
-  (q = 0.7) instead of cross-entropy (an imutune combination).
 
 A class without target windows is allowed (documented fallback): it simply
 gets no loss terms (class weights 0 for it; the resamplers only see present
@@ -72,7 +70,6 @@ from .weights import FilterConfig
 __all__ = ["METHODS", "BASELINES", "FILTERLOSS_METHODS", "METHOD_REVISIONS", "run_method", "no_finetune", "finetune_ce",
            "finetune_oversample", "finetune_undersample", "finetune_class_weighted", "finetune_class_balanced",
            "finetune_focal", "finetune_filterloss", "finetune_filterloss_cv", "finetune_filterloss_learned", "finetune_filterloss_soft",
-           "finetune_filterloss_soft_gce",
            "resample_windows", "finetune_gce", "finetune_sce", "finetune_cleanlab", "finetune_oracle",
            "cleanlab_issues"]
 
@@ -215,12 +212,12 @@ def finetune_filterloss(bundle: ModelBundle, windows: Windows, train_config: Tra
     """FilterLoss fine-tuning through :func:`imutune.personalize.finetune.finetune`.
 
     ``mode``: ``"first"`` (first-version filter with fixed weights), ``"cv"``,
-    ``"learned"``, ``"soft"`` or ``"soft_gce"`` (full filter).
+    ``"learned"`` or ``"soft"`` (full filter).
     """
     loss = {"first": "filterloss", "cv": "filterloss-cv", "learned": "filterloss-learned",
-            "soft": "filterloss-soft", "soft_gce": "filterloss-soft-gce"}.get(mode)
+            "soft": "filterloss-soft"}.get(mode)
     if loss is None:
-        raise ValueError(f"mode must be 'first', 'cv', 'learned', 'soft' or 'soft_gce', got {mode!r}")
+        raise ValueError(f"mode must be 'first', 'cv', 'learned' or 'soft', got {mode!r}")
     _check_inputs(bundle, windows)
     out = finetune(bundle, windows, config=FinetuneConfig(train=train_config, loss=loss, filter=filter_config),
                    progress=progress)
@@ -252,16 +249,6 @@ def finetune_filterloss_soft(bundle: ModelBundle, windows: Windows, train_config
     contradict is noisy; ``QualityConfig.change_points``: the windows a maximum-likelihood re-placement of each
     activity change moves over are noisy)."""
     return finetune_filterloss(bundle, windows, train_config, mode="soft", filter_config=filter_config,
-                               progress=progress)
-
-
-def finetune_filterloss_soft_gce(bundle: ModelBundle, windows: Windows, train_config: TrainConfig = FINETUNE, *,
-                                filter_config: FilterConfig = FilterConfig(), progress: bool = False) -> ModelBundle:
-    """FilterLoss-soft's weights (:func:`finetune_filterloss_soft`) on the generalized cross-entropy, ``q = 0.7``
-    (Zhang & Sabuncu, NeurIPS 2018), instead of cross-entropy: ``sum_i w_i L_q(x_i, y_i) / sum_i w_i``. An
-    imutune combination, not in the FilterLoss paper: the weights remove the windows the filter finds, the
-    bounded loss limits the harm of the corrupted windows it misses (README, "Personalization")."""
-    return finetune_filterloss(bundle, windows, train_config, mode="soft_gce", filter_config=filter_config,
                                progress=progress)
 
 
@@ -368,14 +355,12 @@ METHODS: dict[str, Callable[..., ModelBundle]] = {
     "filterloss_cv": finetune_filterloss_cv,
     "filterloss_learned": finetune_filterloss_learned,
     "filterloss_soft": finetune_filterloss_soft,
-    "filterloss_soft_gce": finetune_filterloss_soft_gce,
 }
 #: The standard baselines of the benchmark (everything but FilterLoss); "oracle" is an upper bound, not a method.
 BASELINES: tuple[str, ...] = ("none", "ce", "oversample", "undersample", "class_weighted", "class_balanced", "focal",
                               "gce", "sce", "cleanlab", "oracle")
 #: FilterLoss variants.
-FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft",
-                                       "filterloss_soft_gce")
+FILTERLOSS_METHODS: tuple[str, ...] = ("filterloss", "filterloss_cv", "filterloss_learned", "filterloss_soft")
 #: Revision of a method's computation (1 when absent), bumped whenever what a method computes changes for the
 #: same settings, so benchmark caches keyed by settings rerun its cells. filterloss_soft 2: the source veto
 #: (:data:`imutune.personalize.weights.SOFT_SOURCE_VETO`); 3: the source flag (``SOFT_SOURCE_FLAG``); 4: the

@@ -16,7 +16,7 @@ from .. import _validation as V
 from ..signal.windows import Windows
 from ..train.bundle import ModelBundle
 from ..train.loop import FINETUNE, TrainConfig, train
-from ..train.losses import FilterLoss, GeneralizedCrossEntropy
+from ..train.losses import FilterLoss
 from .filter import QualityConfig
 from .methods import DEFAULT_LOSS, METHOD_NAMES, NATIVE_LOSSES, canonical_loss
 from .weights import CategoryWeights, FilterConfig
@@ -38,9 +38,7 @@ class FinetuneConfig:
     # weights), "filterloss-soft" (full filter, fixed weights: noisy 0, boundary scaled per window by its label
     # quality; weights.SOFT_WEIGHTS; with the source view, weights.SOFT_SOURCE_VETO / SOFT_SOURCE_FLAG and
     # QualityConfig.change_points on, unless quality sets source_veto / source_flag / change_points) -- see
-    # imutune.personalize.weights -- "filterloss-soft-gce" (the same weights on the generalized cross-entropy,
-    # q = 0.7, instead of cross-entropy: for calibrations whose labels are expected to be noisy),
-    # "ce" (plain cross-entropy), or any other method of
+    # imutune.personalize.weights -- "ce" (plain cross-entropy), or any other method of
     # imutune.personalize.baselines.METHODS ("gce", "cleanlab", "oracle", ...; dashes or underscores);
     # default methods.DEFAULT_LOSS, "filterloss-soft"
     loss: str = DEFAULT_LOSS
@@ -171,14 +169,13 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
         info["category_weights"] = asdict(cw)
         info["categories"] = cats.tolist()
     info["scoring_seconds"] = time.perf_counter() - t0
-    if config.loss in ("filterloss-cv", "filterloss-learned", "filterloss-soft", "filterloss-soft-gce") \
-            and sample_weights is None:
+    if config.loss in ("filterloss-cv", "filterloss-learned", "filterloss-soft") and sample_weights is None:
         from dataclasses import replace as _replace
 
         from .weights import SOFT_SOURCE_FLAG, SOFT_SOURCE_VETO, SOFT_WEIGHTS, filter_weights
 
         fcfg = _replace(config.filter, quality=quality, seed=config.train.seed, device=config.train.device)
-        if config.loss in ("filterloss-soft", "filterloss-soft-gce"):   # fixed weights, soft factors, source view
+        if config.loss == "filterloss-soft":   # fixed weights, soft factors and the source view (weights docstring)
             fcfg = _replace(fcfg, mode="fixed", fixed_soft=True, source_soft=True,
                             fixed_weights=config.weights if config.weights is not None else SOFT_WEIGHTS,
                             quality=_replace(quality, source_veto=SOFT_SOURCE_VETO if quality.source_veto is None
@@ -209,8 +206,6 @@ def finetune(bundle: ModelBundle, windows: Windows, *, config: FinetuneConfig = 
         info["n_rehearsal"] = int(len(y) - len(windows))
         info["rehearsal"] = "multi-head" if multi is not None else "same-classes"
     loss_fn = FilterLoss() if config.loss.startswith("filterloss") else None
-    if config.loss == "filterloss-soft-gce":   # the soft weights on L_q (Zhang & Sabuncu, NeurIPS 2018), q = 0.7
-        loss_fn = GeneralizedCrossEntropy()
     if multi is not None:   # target loss + rehearsal_ratio x source CE through the source head
         loss_fn = _MultiHeadLoss(multi.splits[0], config.rehearsal_ratio)
     hist = train(model if multi is None else multi, xn, y, config=config.train, loss_fn=loss_fn,

@@ -9,14 +9,12 @@ __all__ = ["METHOD_NAMES", "NATIVE_LOSSES", "DEFAULT_LOSS", "canonical_loss"]
 
 #: Every name ``FinetuneConfig.loss`` and ``imutune finetune --loss`` accept, in dash form. ``oracle`` is an
 #: upper bound (it needs the injected label-noise truth), not a method.
-METHOD_NAMES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft",
-                                 "filterloss-soft-gce", "ce",
+METHOD_NAMES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft", "ce",
                                  "none", "oversample", "undersample", "class-weighted", "class-balanced", "focal", "gce", "sce",
                                  "cleanlab", "oracle")
 #: The losses :func:`imutune.personalize.finetune.finetune` itself runs (with rehearsal, checkpoints and given
 #: sample weights); the other names are baselines run by :func:`imutune.personalize.baselines.run_method`.
-NATIVE_LOSSES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft",
-                                  "filterloss-soft-gce", "ce")
+NATIVE_LOSSES: tuple[str, ...] = ("filterloss", "filterloss-cv", "filterloss-learned", "filterloss-soft", "ce")
 #: The default of ``FinetuneConfig.loss`` (and so of ``imutune finetune --loss`` and the demo): FilterLoss-soft,
 #: the best method of ``imutune bench filterloss`` under every label noise there (README, "Personalization").
 DEFAULT_LOSS = "filterloss-soft"
