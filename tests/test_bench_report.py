@@ -26,3 +26,10 @@ def test_cached_json_value_reuses_only_a_matching_fingerprint(tmp_path):
         cached_json_value(path, "fp2", "per_user", compute)
     assert len(calls) == 5 and json.loads(path.read_text())["fingerprint"] == "fp2"
     assert not list(path.parent.glob(".*.tmp"))                      # written atomically, nothing left behind
+
+
+def test_load_average_text_gives_the_range_or_none():
+    from imutune.bench.report import load_average_text
+
+    assert load_average_text([1.25, 0.5, 2.0]) == "1-min load average 0.5-2.0"
+    assert load_average_text([]) is None and load_average_text(None) is None

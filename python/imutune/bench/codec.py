@@ -59,7 +59,7 @@ from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
 from .report import cached_bundle, cached_json_value
-from .report import host_info, markdown_table, new_figure, write_report
+from .report import host_info, load_average_text, markdown_table, new_figure, write_report
 
 __all__ = ["CodecBenchConfig", "quick_config", "run_codec_bench", "distortion_metrics"]
 
@@ -568,9 +568,8 @@ def _markdown(r: dict) -> str:
 
 def _host_note(r: dict) -> str:
     """The host line of the report, measured: cores and the 1-minute load average around the latency runs."""
-    h, load = r["host"], r["latency"].get("load_average_1min")
-    where = (f"1-min load average {min(load):.1f}-{max(load):.1f} around the latency measurements" if load
-             else "latency not measured in this run")
+    h, load = r["host"], load_average_text(r["latency"].get("load_average_1min"))
+    where = f"{load} around the latency measurements" if load else "latency not measured in this run"
     return f"{h['cpu']} ({h['cores']} cores; {where})"
 
 

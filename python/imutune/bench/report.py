@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 from .._host import cpu_name
 from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["cached_bundle", "jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info"]
+__all__ = ["cached_bundle", "jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info",
+           "load_average_text"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
@@ -48,6 +49,13 @@ def host_info() -> dict[str, Any]:
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}
+
+
+def load_average_text(loads) -> str | None:
+    """``"1-min load average A-B"`` over the 1-minute load averages a benchmark recorded around its timed parts
+    (the min and max of ``loads``), or None when it recorded none: the measured host line of a report."""
+    loads = [float(v) for v in (loads or [])]
+    return f"1-min load average {min(loads):.1f}-{max(loads):.1f}" if loads else None
 
 
 def write_report(out_dir: str | os.PathLike, name: str, data: Mapping[str, Any], markdown: str,

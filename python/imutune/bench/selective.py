@@ -105,7 +105,7 @@ from ..train.bundle import ModelBundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, SELECTIVE, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
 from .report import cached_bundle, cached_json_value, folder_lock
-from .report import host_info, markdown_table, new_figure, write_report
+from .report import host_info, load_average_text, markdown_table, new_figure, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
 
@@ -685,12 +685,11 @@ def _f(v, fmt: str = ".3f") -> str:
 def _host_line(rep: dict) -> str:
     """The report's sentence on the host while the runs were timed, from the 1-min load averages each run
     recorded before and after itself (runs cached by an older version recorded none)."""
-    loads = [v for r in rep.get("runs", []) for v in r.get("load_average_1min", [])]
-    cores = rep.get("host", {}).get("cores")
-    if not loads:
+    load = load_average_text([v for r in rep.get("runs", []) for v in r.get("load_average_1min", [])])
+    if load is None:
         return "Host load was not recorded for these runs (cached by an older version), so their times may be noisy."
-    return (f"Host while timing: 1-min load average {min(loads):.1f}-{max(loads):.1f} around the runs on {cores} "
-            "cores (above the core count, runs shared a core and their times are noisy).")
+    return (f"Host while timing: {load} around the runs on {rep.get('host', {}).get('cores')} cores (above the "
+            "core count, runs shared a core and their times are noisy).")
 
 
 def _markdown(rep: dict, cfg: SelectiveBenchConfig) -> str:
