@@ -43,6 +43,14 @@ def test_paired_comparison_matches_a_t_interval():
         paired_comparison([], [])
 
 
+def test_host_line_says_when_cells_recorded_no_load():
+    from imutune.bench.filterloss import _host_line
+
+    assert "not recorded" in _host_line({"cells": [{"macro_f1": 0.5}], "host": {"cores": 2}})
+    assert "on 2 cores, 1-min load average 0.2-3.0 around the cells" in _host_line(
+        {"cells": [{"load_average_1min": [0.2, 3.0]}], "host": {"cores": 2}})
+
+
 def test_config_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown methods"):
         FilterLossBenchConfig(methods=("ce", "smote"))
@@ -95,6 +103,10 @@ def test_calibrate_then_use_run_with_label_noise_writes_report_and_resumes(tmp_p
     assert "calibrate-then-use" in md and "## Targets" in md and "precision / recall" in md
     data = json.loads((tmp_path / "filterloss.json").read_text())
     assert "wall time" in data["targets"]
+    # the host line is measured: each cell records the 1-min load average around itself
+    loads = [v for c in data["cells"] for v in c["load_average_1min"]]
+    assert len(loads) == 2 * len(data["cells"]) and all(v >= 0 for v in loads)
+    assert f"1-min load average {min(loads):.1f}-{max(loads):.1f} around the cells" in md and "shared 2-core machine" not in md
     # a rerun with the same config reuses the pretrained model and every cell
     res2 = run_filterloss_bench(tmp_path, cfg, progress=False, log=logs.append, threads=1)
     assert res2["cells_run"] == 0 and res2["cells_cached"] == 12 and res2["pretrain_seconds"] == 0

@@ -66,6 +66,9 @@ def test_transfer_bench_runs_every_method_and_pairs_over_seeds(setup):
         np.mean([f1[("selfsup_ft", s)] - f1[("transfer_ce", s)] for s in (0, 1, 2)]))
     assert set(res["targets"]) == {"best_imutune_vs_random_forest_k>=5", "selfsup_beats_watch_pretraining_k<=5",
                                    "finetune_seconds_k=5"}
+    loads = [v for r in res["results"] for v in r["load_average_1min"]]   # recorded around every fit
+    assert res["targets"]["finetune_seconds_k=5"]["note"].endswith(
+        f"on this host: 1-min load average {min(loads):.1f}-{max(loads):.1f}")
     md = (root / "out" / "transfer.md").read_text()
     assert "| random_forest |" in md and "## Targets" in md
     assert json.loads((root / "out" / "transfer.json").read_text())["n_test"] == res["n_test"]

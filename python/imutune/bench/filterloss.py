@@ -63,7 +63,7 @@ from ..signal.windows import WindowConfig, Windows, longtail_subsample, make_win
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
 from ..train.pretrain import pretrain
-from .report import host_info, markdown_table, new_figure, write_report
+from .report import host_info, load_average_text, markdown_table, new_figure, write_report
 
 __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS",
            "CLASSICAL_METHODS", "DEFAULT_NOISES", "precision_recall"]
@@ -460,6 +460,17 @@ def _f(v: Any, fmt: str = ".3f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _host_line(res: dict[str, Any]) -> str:
+    """The sentence on the host while the cells were timed, from the 1-min load averages each cell recorded
+    around itself (cells cached by an older version recorded none)."""
+    load = load_average_text([v for c in res.get("cells", []) for v in c.get("load_average_1min", [])])
+    cores = res.get("host", {}).get("cores")
+    if load is None:
+        return f"on {cores} cores; the host load was not recorded for these cells (cached by an older version)."
+    return (f"on {cores} cores, {load} around the cells (above the core count, cells shared a core and their "
+            "times are noisy).")
+
+
 def _markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
     summ, paired, tg = res["summary"], res["paired"], res["targets"]
@@ -528,7 +539,7 @@ def _markdown(res: dict[str, Any]) -> str:
     if rows:
         lines += ["## Personalization gain and time per cell", "",
                   "Gain: macro-F1 minus no fine-tuning's on the same test windows. Seconds, mean per cell, "
-                  "measured on a shared 2-core machine.", "",
+                  + _host_line(res), "",
                   markdown_table(["noise | ratio", "method", "gain", "wall s", "scoring s", "fine-tune s"], rows), ""]
     if tg:
         lines += ["## Targets", ""]
@@ -664,8 +675,10 @@ def run_filterloss_bench(out_dir: str | os.PathLike, config: FilterLossBenchConf
                         else:
                             if nw is None:
                                 nw = _calibration(unit, noise, ratio, seed, config)
+                            load0 = os.getloadavg()[0]
                             cell = {**_run_cell(unit, nw, noise, ratio, seed, method, config),
-                                    "fingerprint": cell_fps[method]}
+                                    "fingerprint": cell_fps[method],
+                                    "load_average_1min": [load0, os.getloadavg()[0]]}   # the report's host line
                             write_json_atomic(path, cell)
                             n_run += 1
                         if cell is not None:

@@ -524,7 +524,7 @@ def _markdown(res: dict) -> str:
     if res.get("command"):
         lines += [f"Command: `{res['command']}`", ""]
     h = res["host"]
-    lines += [f"Host: {h['cpu']}, {h['cores']} cores; shared with other processes (see the load averages). "
+    lines += [f"Host: {h['cpu']}, {h['cores']} cores (the load averages below show what else ran). "
               f"{cfg['n_users']} simulated users + {len(res['simulation']['broken_users'])} broken ones; base "
               f"`{cfg['model_name']}` pretrained on watch subjects {cfg['source_subjects']}; method "
               f"`{cfg['fleet']['method']}`, at most {cfg['fleet']['max_calibration_windows']} calibration windows "

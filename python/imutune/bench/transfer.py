@@ -28,6 +28,7 @@ Paired differences over seeds are reported per k. Outputs: ``transfer.json``,
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 
 from ..signal.windows import WindowConfig, Windows, make_windows
 from .report import jsonable as _jsonable
-from .report import host_info, markdown_table, new_figure, write_report
+from .report import host_info, load_average_text, markdown_table, new_figure, write_report
 
 __all__ = ["TransferBenchConfig", "quick_config", "run_transfer_bench", "METHODS", "load_target", "draw_shots",
            "source_bundle"]
@@ -237,7 +238,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
             tc = _schedule(cfg, len(cal), seed)
             row_base = {"k": k, "seed": seed, "n_train": len(cal)}
             for m in cfg.methods:
-                t = time.perf_counter()
+                t, load0 = time.perf_counter(), os.getloadavg()[0]
                 rec: dict[str, Any] = {**row_base, "method": m}
                 try:
                     if m in CLASSICAL:
@@ -263,6 +264,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
                     rec["macro_f1"] = None
                     rec["error"] = str(e)[:300]
                 rec["seconds"] = time.perf_counter() - t
+                rec["load_average_1min"] = [load0, os.getloadavg()[0]]   # around the fit: the time target's note
                 results.append(rec)
             line = ", ".join(f"{r['method']} {r['macro_f1']:.3f}" if r["macro_f1"] is not None else
                              f"{r['method']} failed" for r in results[-len(cfg.methods):])
@@ -344,7 +346,9 @@ def _analyse(results: list[dict], cfg: TransferBenchConfig):
                                              "mean_s": float(np.mean(t20)) if t20 else None,
                                              "steps": cfg.steps, "met": bool(t20) and max(t20) <= 2.0,
                                              "note": "wall time of finetune() incl. the head replacement, measured "
-                                                     "on this host (shared machine: see host)"}
+                                                     "on this host: " + (load_average_text(
+                                                         [v for r in results for v in r.get("load_average_1min", [])])
+                                                         or "load not recorded")}
     return summary, paired, targets
 
 
