@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from imutune._io import write_json_atomic, write_text_atomic
+from imutune.bench.report import load_average_text
 from imutune.data import _fuzz as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,10 +137,12 @@ def _totals(counts: dict) -> dict:
 
 def _markdown(result: dict, command: str) -> str:
     t = result["totals"]
+    load = load_average_text(result.get("load_average_1min"))
+    load = f"{load} around the run (the 10 s hang limit is wall time)" if load else "load not recorded"
     lines = ["# Reader fuzzing", "", f"Command: `{command}`", "",
              f"Inputs tried: **{t['inputs_tried']}** (each through the eager loader and the stream reader: "
              f"{t['reader_runs']} reader runs), {result['per_family']} per family, seed {result['seed']}. "
-             f"Host: {result['host']}; shared machine, timings are indicative only.", "",
+             f"Host: {result['host']}; {load}.", "",
              "| outcome (reader runs) | count | target |", "|---|---:|---:|",
              f"| valid recording / stream | {t['valid']} | |",
              f"| clean error (ValueError/FileNotFoundError naming the file) | {t['clean_errors']} | |",
@@ -180,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     per = args.per_family if args.per_family is not None else (2600 if long else 200)
     if per < 1:
         raise SystemExit(f"--per-family must be >= 1, got {per}")
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     result = run(per, args.seed, Path(args.repro))
     result.update(per_family=per, seed=args.seed, wall_s=round(time.perf_counter() - t0, 1),
+                  load_average_1min=[load0, os.getloadavg()[0]],        # around the run: the host line
                   host=f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs")
     result["totals"] = _totals(result["counts"])
     command = "python benchmarks/fuzz_readers.py " + " ".join(sys.argv[1:] if argv is None else argv)
