@@ -9,13 +9,14 @@ alone and the report says no GPU was present.
     python benchmarks/gpu.py --out runs/bench_gpu            # full: 8 watch subjects pretrain, 1 target
     python benchmarks/gpu.py --out runs/bench_gpu --quick    # short CPU part (a few minutes on 2 cores)
 
-Writes gpu.json, gpu.md and gpu_loss.png into ``--out``. CPU timings measured on a shared machine
-are labelled so in the report.
+Writes gpu.json, gpu.md and gpu_loss.png into ``--out``. The report gives the 1-min load average around
+the CPU run, so CPU timings measured beside other jobs show it.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imutune.bench.report import host_info, markdown_table, new_figure, write_report
+from imutune.bench.report import host_info, load_average_text, markdown_table, new_figure, write_report
 from imutune.data.recordings import load_watch
 from imutune.models.resnet1d import create_model
 from imutune.personalize.protocols import calibrate_then_use
@@ -80,7 +81,9 @@ def main() -> None:
     if has_cuda:
         runs["cuda"] = _run("cuda", model0, norm(src.x), src.y, norm(tgt.x), tgt.y, pre_cfg, ft_cfg, None)
         runs["cuda"]["gpu"] = torch.cuda.get_device_name(0)
+    load0 = os.getloadavg()[0]
     runs["cpu"] = _run("cpu", model0, norm(src.x), src.y, norm(tgt.x), tgt.y, pre_cfg, ft_cfg, args.threads)
+    runs["cpu"]["load_average_1min"] = [load0, os.getloadavg()[0]]    # around the CPU run: the report's CPU line
     agree = None
     if has_cuda:
         agree = {"pretrain": _agreement(runs["cuda"]["pretrain_loss"], runs["cpu"]["pretrain_loss"]),
@@ -104,7 +107,8 @@ def main() -> None:
     else:
         lines += ["**No CUDA GPU was present on this machine**: only the CPU part ran; no GPU throughput or "
                   "loss-curve agreement was measured.", ""]
-    lines += [f"CPU: {res['host']['cpu']} ({res['host']['cores']} cores, shared with other jobs while measured).", "",
+    load = load_average_text(runs["cpu"]["load_average_1min"])
+    lines += [f"CPU: {res['host']['cpu']} ({res['host']['cores']} cores, {load} around the CPU run).", "",
               "![loss curves](gpu_loss.png)", ""]
     fig, axes = new_figure(1, 2, figsize=(9, 3.5))
     for d, r in runs.items():
