@@ -33,3 +33,11 @@ def test_load_average_text_gives_the_range_or_none():
 
     assert load_average_text([1.25, 0.5, 2.0]) == "1-min load average 0.5-2.0"
     assert load_average_text([]) is None and load_average_text(None) is None
+
+
+def test_recorded_load_text_pools_the_records_pairs_and_skips_records_without_one():
+    from imutune.bench.report import recorded_load_text
+
+    recs = [{"load_average_1min": [0.5, 1.5]}, {"macro_f1": 0.9}, {"load_average_1min": [2.0, 0.25]}]
+    assert recorded_load_text(recs) == "1-min load average 0.2-2.0"
+    assert recorded_load_text([{"macro_f1": 0.9}]) is None

@@ -63,7 +63,7 @@ from ..signal.windows import WindowConfig, Windows, longtail_subsample, make_win
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
 from ..train.pretrain import pretrain
-from .report import host_info, load_average_text, markdown_table, new_figure, write_report
+from .report import host_info, markdown_table, new_figure, recorded_load_text, write_report
 
 __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS",
            "CLASSICAL_METHODS", "DEFAULT_NOISES", "precision_recall"]
@@ -463,7 +463,7 @@ def _f(v: Any, fmt: str = ".3f") -> str:
 def _host_line(res: dict[str, Any]) -> str:
     """The sentence on the host while the cells were timed, from the 1-min load averages each cell recorded
     around itself (cells cached by an older version recorded none)."""
-    load = load_average_text([v for c in res.get("cells", []) for v in c.get("load_average_1min", [])])
+    load = recorded_load_text(res.get("cells", []))
     cores = res.get("host", {}).get("cores")
     if load is None:
         return f"on {cores} cores; the host load was not recorded for these cells (cached by an older version)."

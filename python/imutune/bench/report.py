@@ -13,7 +13,7 @@ from .._host import cpu_name
 from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 __all__ = ["cached_bundle", "jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info",
-           "load_average_text"]
+           "load_average_text", "recorded_load_text"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
@@ -56,6 +56,12 @@ def load_average_text(loads) -> str | None:
     (the min and max of ``loads``), or None when it recorded none: the measured host line of a report."""
     loads = [float(v) for v in (loads or [])]
     return f"1-min load average {min(loads):.1f}-{max(loads):.1f}" if loads else None
+
+
+def recorded_load_text(records) -> str | None:
+    """:func:`load_average_text` over the ``"load_average_1min"`` pairs that benchmark records (runs, cells,
+    fits) each stored around themselves; records cached by an older version hold none."""
+    return load_average_text([v for r in records for v in r.get("load_average_1min", [])])
 
 
 def write_report(out_dir: str | os.PathLike, name: str, data: Mapping[str, Any], markdown: str,

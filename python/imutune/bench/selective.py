@@ -105,7 +105,7 @@ from ..train.bundle import ModelBundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, SELECTIVE, TrainConfig, predict_logits
 from ..train.pretrain import pretrain
 from .report import cached_bundle, cached_json_value, folder_lock
-from .report import host_info, load_average_text, markdown_table, new_figure, write_report
+from .report import host_info, markdown_table, new_figure, recorded_load_text, write_report
 
 __all__ = ["SelectiveBenchConfig", "quick_config", "run_selective_bench", "METHODS", "split_halves"]
 
@@ -685,7 +685,7 @@ def _f(v, fmt: str = ".3f") -> str:
 def _host_line(rep: dict) -> str:
     """The report's sentence on the host while the runs were timed, from the 1-min load averages each run
     recorded before and after itself (runs cached by an older version recorded none)."""
-    load = load_average_text([v for r in rep.get("runs", []) for v in r.get("load_average_1min", [])])
+    load = recorded_load_text(rep.get("runs", []))
     if load is None:
         return "Host load was not recorded for these runs (cached by an older version), so their times may be noisy."
     return (f"Host while timing: {load} around the runs on {rep.get('host', {}).get('cores')} cores (above the "

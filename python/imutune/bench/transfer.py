@@ -38,7 +38,7 @@ import numpy as np
 
 from ..signal.windows import WindowConfig, Windows, make_windows
 from .report import jsonable as _jsonable
-from .report import host_info, load_average_text, markdown_table, new_figure, write_report
+from .report import host_info, markdown_table, new_figure, recorded_load_text, write_report
 
 __all__ = ["TransferBenchConfig", "quick_config", "run_transfer_bench", "METHODS", "load_target", "draw_shots",
            "source_bundle"]
@@ -346,9 +346,8 @@ def _analyse(results: list[dict], cfg: TransferBenchConfig):
                                              "mean_s": float(np.mean(t20)) if t20 else None,
                                              "steps": cfg.steps, "met": bool(t20) and max(t20) <= 2.0,
                                              "note": "wall time of finetune() incl. the head replacement, measured "
-                                                     "on this host: " + (load_average_text(
-                                                         [v for r in results for v in r.get("load_average_1min", [])])
-                                                         or "load not recorded")}
+                                                     "on this host: " + (recorded_load_text(results)
+                                                                           or "load not recorded")}
     return summary, paired, targets
 
 
