@@ -5,14 +5,12 @@ set and another sample rate (tinycnn1d, very few epochs)."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from imutune.bench.filterloss import (
     FilterLossBenchConfig,
-    paired_comparison,
     quick_config,
     run_filterloss_bench,
 )
@@ -20,27 +18,11 @@ from imutune.data.recordings import WATCH_CHANNELS, Recording, save_npz
 from imutune.personalize.weights import FilterConfig
 from imutune.signal.windows import WindowConfig
 from imutune.train.loop import TrainConfig
-from scipy import stats
 
 FAST = dict(model_name="tinycnn1d", window=WindowConfig(hop_s=2.0), seeds=(0,),
             pretrain=TrainConfig(epochs=1, batch_size=64), finetune=TrainConfig(epochs=2, batch_size=32),
             filter=FilterConfig(probe_steps=20, meta_iterations=2, meta_unroll_steps=10, oof_epochs=1, n_folds=2),
             device="cpu")
-
-
-def test_paired_comparison_matches_a_t_interval():
-    a = np.array([0.8, 0.7, 0.9, 0.65, 0.75])
-    b = np.array([0.7, 0.72, 0.85, 0.6, 0.7])
-    r = paired_comparison(a, b)
-    d = a - b
-    h = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
-    assert r["wins"] == 4 and r["losses"] == 1 and r["ties"] == 0 and r["n"] == 5
-    assert r["mean_diff"] == pytest.approx(d.mean())
-    assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - h, d.mean() + h))
-    one = paired_comparison([0.5], [0.4])
-    assert one["ci_low"] is None and one["wins"] == 1
-    with pytest.raises(ValueError, match=r"paired_comparison needs at least one pair"):
-        paired_comparison([], [])
 
 
 def test_host_line_says_when_cells_recorded_no_load():

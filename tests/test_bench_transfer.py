@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from imutune.bench.report import paired_comparison
 from imutune.bench.transfer import METHODS, TransferBenchConfig, quick_config, run_transfer_bench
 from imutune.data.npz import save_npz
 from imutune.data.recording import Recording
@@ -56,21 +57,31 @@ def test_transfer_bench_runs_every_method_and_pairs_over_seeds(setup):
     assert all(r["macro_f1"] is not None for r in res["results"]), [r for r in res["results"] if r.get("error")]
     deep = [r for r in res["results"] if r["method"] in ("transfer_ce", "selfsup_ft", "scratch")]
     assert {r["steps"] for r in deep} == {4} and {r["n_train"] for r in deep} == {10}   # one batch of 10, 4 epochs
+    # the preset's schedule, not the benchmark's: 30 epochs x 1 batch < the 90-step minimum of FINETUNE
+    assert {r["steps"] for r in res["results"] if r["method"] == "transfer_ce_preset"} == {90}
     assert res["target_units_conversions"] == ["acc_x, acc_y, acc_z m/s^2 -> g (x 0.101972)"]
     pk = res["paired"]["5"]
     best = pk["best_imutune"]
     f1 = {(r["method"], r["seed"]): r["macro_f1"] for r in res["results"] if r["k"] == 5}
     assert pk["best_minus_random_forest"]["per_seed"] == pytest.approx(
         [f1[(best, s)] - f1[("random_forest", s)] for s in (0, 1, 2)])
+    pc = paired_comparison([f1[(best, s)] for s in (0, 1, 2)], [f1[("random_forest", s)] for s in (0, 1, 2)])
+    assert (pk["best_minus_random_forest"]["ci_low"], pk["best_minus_random_forest"]["ci_high"]) == pytest.approx(
+        (pc["ci_low"], pc["ci_high"]))                                 # the 95% t-interval over the 3 seeds
     assert pk["selfsup_ft_minus_transfer_ce"]["mean"] == pytest.approx(
         np.mean([f1[("selfsup_ft", s)] - f1[("transfer_ce", s)] for s in (0, 1, 2)]))
     assert set(res["targets"]) == {"best_imutune_vs_random_forest_k>=5", "selfsup_beats_watch_pretraining_k<=5",
-                                   "finetune_seconds_k=5"}
-    loads = [v for r in res["results"] for v in r["load_average_1min"]]   # recorded around every fit
-    assert res["targets"]["finetune_seconds_k=5"]["note"].endswith(
-        f"on this host: 1-min load average {min(loads):.1f}-{max(loads):.1f}")
+                                   "finetune_seconds_k=5", "finetune_seconds_k=5_preset"}
+    for m, key in (("transfer_ce", "finetune_seconds_k=5"), ("transfer_ce_preset", "finetune_seconds_k=5_preset")):
+        timed = [r for r in res["results"] if r["method"] == m]
+        loads = [v for r in timed for v in r["load_average_1min"]]   # recorded around each timed fit
+        tt = res["targets"][key]
+        assert tt["method"] == m and tt["max_s"] == pytest.approx(max(r["fit_seconds"] for r in timed))
+        assert tt["note"].endswith(f"on this host: 1-min load average {min(loads):.1f}-{max(loads):.1f}")
+    assert res["targets"]["finetune_seconds_k=5_preset"]["steps"] == [90]
     md = (root / "out" / "transfer.md").read_text()
-    assert "| random_forest |" in md and "## Targets" in md
+    assert "| random_forest |" in md and "## Targets" in md and "best - RF (95% CI)" in md
+    assert "k=5, transfer_ce_preset, 90 steps" in md
     assert json.loads((root / "out" / "transfer.json").read_text())["n_test"] == res["n_test"]
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -63,7 +62,7 @@ from ..signal.windows import WindowConfig, Windows, longtail_subsample, make_win
 from ..train.bundle import ModelBundle, load_bundle, save_bundle
 from ..train.loop import FINETUNE, PRETRAIN, TrainConfig, resolve_device
 from ..train.pretrain import pretrain
-from .report import host_info, markdown_table, new_figure, recorded_load_text, write_report
+from .report import host_info, markdown_table, new_figure, paired_comparison, recorded_load_text, write_report
 
 __all__ = ["FilterLossBenchConfig", "quick_config", "run_filterloss_bench", "paired_comparison", "DEFAULT_METHODS",
            "CLASSICAL_METHODS", "DEFAULT_NOISES", "precision_recall"]
@@ -298,31 +297,6 @@ def _run_cell(unit: _Unit, nw: NoisyWindows, noise: str, ratio: float | None, se
 
 
 # --------------------------------------------------------------------------- statistics
-
-def paired_comparison(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> dict[str, Any]:
-    """Paired comparison of ``a`` against ``b`` (same units, same order).
-
-    Returns
-    -------
-    dict
-        ``n``, ``wins`` (a > b), ``losses``, ``ties``, ``mean_diff`` (a - b) and
-        ``ci_low``/``ci_high``: the ``confidence`` t-interval of the mean
-        difference (None with fewer than 2 pairs).
-    """
-    from scipy import stats
-
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.size == 0:
-        raise ValueError("paired_comparison needs at least one pair")
-    out: dict[str, Any] = {"n": int(d.size), "wins": int((d > 1e-12).sum()), "losses": int((d < -1e-12).sum()),
-                           "ties": int((np.abs(d) <= 1e-12).sum()), "mean_diff": float(d.mean()),
-                           "ci_low": None, "ci_high": None}
-    if d.size >= 2:
-        sem = d.std(ddof=1) / math.sqrt(d.size)
-        h = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1) * sem)
-        out["ci_low"], out["ci_high"] = out["mean_diff"] - h, out["mean_diff"] + h
-    return out
-
 
 def _mean_std(v: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(v, dtype=np.float64)

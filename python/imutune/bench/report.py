@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -13,7 +14,7 @@ from .._host import cpu_name
 from .._io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 __all__ = ["cached_bundle", "jsonable", "markdown_table", "new_figure", "save_figure", "write_report", "host_info",
-           "load_average_text", "recorded_load_text"]
+           "load_average_text", "paired_comparison", "recorded_load_text"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, floatfmt: str = ".4f") -> str:
@@ -49,6 +50,33 @@ def host_info() -> dict[str, Any]:
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> dict[str, Any]:
+    """Paired comparison of ``a`` against ``b`` (same units, same order): the statistics of ``bench filterloss``
+    (pairs = subjects) and ``bench transfer`` (pairs = seeds).
+
+    Returns
+    -------
+    dict
+        ``n``, ``wins`` (a > b), ``losses``, ``ties``, ``mean_diff`` (a - b) and
+        ``ci_low``/``ci_high``: the ``confidence`` t-interval of the mean
+        difference (None with fewer than 2 pairs).
+    """
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("paired_comparison needs at least one pair")
+    out: dict[str, Any] = {"n": int(d.size), "wins": int((d > 1e-12).sum()), "losses": int((d < -1e-12).sum()),
+                           "ties": int((np.abs(d) <= 1e-12).sum()), "mean_diff": float(d.mean()),
+                           "ci_low": None, "ci_high": None}
+    if d.size >= 2:
+        sem = d.std(ddof=1) / math.sqrt(d.size)
+        h = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1) * sem)
+        out["ci_low"], out["ci_high"] = out["mean_diff"] - h, out["mean_diff"] + h
+    return out
 
 
 def load_average_text(loads) -> str | None:

@@ -12,6 +12,10 @@ method is scored (macro-F1) on *all* windows of the target's test part:
 
 * ``transfer_ce`` / ``transfer_filterloss``: the watch model fine-tuned
   (new head, all layers) with cross-entropy / FilterLoss;
+* ``transfer_ce_preset``: the same as ``transfer_ce`` with the schedule
+  ``imutune finetune`` uses by default (:data:`imutune.train.config.FINETUNE`:
+  30 epochs of batch 32, at least 90 optimiser steps, class-balanced batches)
+  instead of ``steps``: what a user gets without setting a budget;
 * ``selfsup_ft``: a model pretrained self-supervised
   (:mod:`imutune.train.selfsup`) on the target's *unlabeled* calibration
   pool, then fine-tuned with cross-entropy;
@@ -20,9 +24,10 @@ method is scored (macro-F1) on *all* windows of the target's test part:
 * ``random_forest`` / ``logistic_regression``: scikit-learn on 13 per-channel
   window statistics (:mod:`imutune.personalize.reference`).
 
-Every deep fine-tune gets the same optimiser-step budget (``steps``;
-epochs = ceil(steps / batches per epoch), batch = min(batch_size, n)).
-Paired differences over seeds are reported per k. Outputs: ``transfer.json``,
+Every deep fine-tune but ``transfer_ce_preset`` gets the same optimiser-step
+budget (``steps``; epochs = ceil(steps / batches per epoch), batch =
+min(batch_size, n)). Paired differences over seeds (mean, 95% t-interval,
+wins) are reported per k. Outputs: ``transfer.json``,
 ``transfer.md``, ``transfer.png`` (macro-F1 against k).
 """
 from __future__ import annotations
@@ -38,14 +43,14 @@ import numpy as np
 
 from ..signal.windows import WindowConfig, Windows, make_windows
 from .report import jsonable as _jsonable
-from .report import host_info, markdown_table, new_figure, recorded_load_text, write_report
+from .report import host_info, markdown_table, new_figure, paired_comparison, recorded_load_text, write_report
 
 __all__ = ["TransferBenchConfig", "quick_config", "run_transfer_bench", "METHODS", "load_target", "draw_shots",
            "source_bundle"]
 
-METHODS = ("transfer_ce", "transfer_filterloss", "selfsup_ft", "probe", "scratch", "random_forest",
-           "logistic_regression")
-DEEP = ("transfer_ce", "transfer_filterloss", "selfsup_ft", "probe", "scratch")
+METHODS = ("transfer_ce", "transfer_ce_preset", "transfer_filterloss", "selfsup_ft", "probe", "scratch",
+           "random_forest", "logistic_regression")
+DEEP = ("transfer_ce", "transfer_ce_preset", "transfer_filterloss", "selfsup_ft", "probe", "scratch")
 CLASSICAL = ("random_forest", "logistic_regression")
 
 
@@ -60,8 +65,8 @@ class TransferBenchConfig:
     model_name: str = "mobilecnn1d"
     window: WindowConfig = WindowConfig()
     ks: tuple[int, ...] = (2, 5, 10, 20)                 # labelled windows per class
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300                                    # optimiser steps of every deep fine-tune
+    seeds: tuple[int, ...] = tuple(range(10))            # k-shot draws and fine-tuning seeds (pairs of the stats)
+    steps: int = 300                                    # optimiser steps of every deep fine-tune (but the preset's)
     batch_size: int = 32
     lr: float = 1e-3
     pretrain_epochs: int = 20                           # supervised watch pretraining (PRETRAIN preset otherwise)
@@ -86,8 +91,9 @@ class TransferBenchConfig:
 
 
 def quick_config(**over) -> TransferBenchConfig:
-    """A short run: the tiny model, 100 steps, short pretraining (minutes on one core)."""
-    base = dict(model_name="tinycnn1d", steps=100, pretrain_epochs=3, selfsup_steps=150, selfsup_batch_size=32)
+    """A short run: the tiny model, 100 steps, short pretraining, 3 seeds (minutes on one core)."""
+    base = dict(model_name="tinycnn1d", steps=100, pretrain_epochs=3, selfsup_steps=150, selfsup_batch_size=32,
+                seeds=(0, 1, 2))
     base.update(over)
     return TransferBenchConfig(**base)
 
@@ -208,6 +214,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
     from ..personalize.finetune import FinetuneConfig, finetune
     from ..personalize.reference import reference_score
     from ..train.bundle import evaluate_bundle
+    from ..train.config import FINETUNE
     from ..train.selfsup import SelfSupConfig, pretrain_self_supervised
 
     t_all = time.perf_counter()
@@ -236,6 +243,7 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
         for seed in cfg.seeds:
             cal = pool.subset(draw_shots(pool, k, seed))
             tc = _schedule(cfg, len(cal), seed)
+            tc_preset = replace(FINETUNE, seed=seed, device=cfg.device, threads=cfg.threads)
             row_base = {"k": k, "seed": seed, "n_train": len(cal)}
             for m in cfg.methods:
                 t, load0 = time.perf_counter(), os.getloadavg()[0]
@@ -256,7 +264,8 @@ def _compute_bench(out: Path, cfg: TransferBenchConfig, command: str, log) -> di
                         else:
                             base = ssl if m == "selfsup_ft" else src
                         loss = "filterloss" if m == "transfer_filterloss" else "ce"
-                        per = finetune(base, cal, config=FinetuneConfig(train=tc, loss=loss), progress=False)
+                        per = finetune(base, cal, config=FinetuneConfig(
+                            train=tc_preset if m == "transfer_ce_preset" else tc, loss=loss), progress=False)
                         rec["fit_seconds"] = time.perf_counter() - t
                         rec["steps"] = int(per.info["steps"])
                         rec["macro_f1"] = evaluate_bundle(per, test, device=cfg.device)["macro_f1"]
@@ -306,10 +315,11 @@ def _analyse(results: list[dict], cfg: TransferBenchConfig):
                 a, b = _scores(results, k, best), _scores(results, k, ref)
                 common = sorted(set(a) & set(b))
                 d = [a[i] - b[i] for i in common]
+                pc = paired_comparison([a[i] for i in common], [b[i] for i in common]) if d else {}
                 pk[f"best_minus_{ref}"] = {"per_seed": d, "mean": float(np.mean(d)) if d else None,
                                            "min": float(np.min(d)) if d else None,
                                            "wins": int(sum(x > 0 for x in d)), "ties": int(sum(x == 0 for x in d)),
-                                           "n": len(d)}
+                                           "n": len(d), "ci_low": pc.get("ci_low"), "ci_high": pc.get("ci_high")}
             for m in deep:
                 for ref in [r for r in CLASSICAL if r in cfg.methods][:1]:
                     a, b = _scores(results, k, m), _scores(results, k, ref)
@@ -340,14 +350,17 @@ def _analyse(results: list[dict], cfg: TransferBenchConfig):
             rows.append({"k": k, "paired_mean_diff": d["mean"], "met": bool(d["mean"] > 0)})
     targets["selfsup_beats_watch_pretraining_k<=5"] = {"rows": rows, "met": bool(rows) and all(r["met"] for r in rows)}
     kmax = max(cfg.ks)
-    t20 = [r["fit_seconds"] for r in results if r["k"] == kmax and r["method"] == "transfer_ce" and "fit_seconds" in r]
-    targets[f"finetune_seconds_k={kmax}"] = {"model_name": cfg.model_name, "threads": cfg.threads,
-                                             "max_s": float(max(t20)) if t20 else None,
-                                             "mean_s": float(np.mean(t20)) if t20 else None,
-                                             "steps": cfg.steps, "met": bool(t20) and max(t20) <= 2.0,
-                                             "note": "wall time of finetune() incl. the head replacement, measured "
-                                                     "on this host: " + (recorded_load_text(results)
-                                                                           or "load not recorded")}
+    for method, key in (("transfer_ce", f"finetune_seconds_k={kmax}"),
+                        ("transfer_ce_preset", f"finetune_seconds_k={kmax}_preset")):
+        runs = [r for r in results if r["k"] == kmax and r["method"] == method and "fit_seconds" in r]
+        if method not in cfg.methods:
+            continue
+        t20 = [r["fit_seconds"] for r in runs]
+        targets[key] = {"model_name": cfg.model_name, "threads": cfg.threads, "method": method,
+                        "max_s": float(max(t20)) if t20 else None, "mean_s": float(np.mean(t20)) if t20 else None,
+                        "steps": sorted({int(r["steps"]) for r in runs}), "met": bool(t20) and max(t20) <= 2.0,
+                        "note": "wall time of finetune() incl. the head replacement, measured on this host: "
+                                + (recorded_load_text(runs) or "load not recorded")}
     return summary, paired, targets
 
 
@@ -397,10 +410,12 @@ def _markdown(d: dict[str, Any], cfg: TransferBenchConfig) -> str:
         lr = pk.get("best_minus_logistic_regression", {})
         ss = pk.get("selfsup_ft_minus_transfer_ce", {})
         f = (lambda v: "n/a" if v is None else f"{v:+.3f}")
-        rows.append([k, pk.get("best_imutune", "n/a"), f(rf.get("mean")), f(rf.get("min")),
+        ci = "n/a" if rf.get("ci_low") is None else f"[{rf['ci_low']:+.3f}, {rf['ci_high']:+.3f}]"
+        rows.append([k, pk.get("best_imutune", "n/a"), f(rf.get("mean")), ci, f(rf.get("min")),
                      f"{rf.get('wins', 0)}/{rf.get('n', 0)}", f(lr.get("mean")), f(ss.get("mean"))])
-    lines += [markdown_table(["k", "best imutune method", "best - RF (mean)", "best - RF (worst seed)", "wins vs RF",
-                              "best - LogReg (mean)", "selfsup_ft - transfer_ce (mean)"], rows), "",
+    lines += [markdown_table(["k", "best imutune method", "best - RF (mean)", "best - RF (95% CI)",
+                              "best - RF (worst seed)", "wins vs RF", "best - LogReg (mean)",
+                              "selfsup_ft - transfer_ce (mean)"], rows), "",
               "The best imutune method is chosen per k after the fact (an optimistic choice for imutune).", "",
               "## Targets", ""]
     t = d["targets"]
@@ -413,11 +428,12 @@ def _markdown(d: dict[str, Any], cfg: TransferBenchConfig) -> str:
     lines.append(f"- Self-supervised (target unlabeled) beats watch pretraining at k <= 5: "
                  f"**{'met' if b['met'] else 'not met'}**: " + "; ".join(
                      f"k={r['k']}: {r['paired_mean_diff']:+.3f}" for r in b["rows"]))
-    key = [x for x in t if x.startswith("finetune_seconds")][0]
-    c = t[key]
-    lines.append(f"- Fine-tuning <= 2 s per user on one core ({c['model_name']}, {key.split('_')[-1]}, {c['steps']} "
-                 f"steps): **{'met' if c['met'] else 'not met'}**: max {c['max_s']} s, mean {c['mean_s']} s "
-                 f"({c['threads']} thread; {c['note']}).")
+    for key in [x for x in t if x.startswith("finetune_seconds")]:
+        c = t[key]
+        span = "n/a" if c["max_s"] is None else f"max {c['max_s']:.2f} s, mean {c['mean_s']:.2f} s"
+        lines.append(f"- Fine-tuning <= 2 s per user on one core ({c['model_name']}, {key.split('_')[2]}, "
+                     f"{c['method']}, {'/'.join(map(str, c['steps'])) or 'n/a'} steps): "
+                     f"**{'met' if c['met'] else 'not met'}**: {span} ({c['threads']} thread; {c['note']}).")
     errs = [r for r in d["results"] if r.get("error")]
     if errs:
         lines += ["", "Failed runs: " + "; ".join(f"{r['method']} k={r['k']} seed={r['seed']}: {r['error']}"
