@@ -316,10 +316,10 @@ def _analyse(results: list[dict], cfg: TransferBenchConfig):
                 common = sorted(set(a) & set(b))
                 d = [a[i] - b[i] for i in common]
                 pc = paired_comparison([a[i] for i in common], [b[i] for i in common]) if d else {}
-                pk[f"best_minus_{ref}"] = {"per_seed": d, "mean": float(np.mean(d)) if d else None,
-                                           "min": float(np.min(d)) if d else None,
-                                           "wins": int(sum(x > 0 for x in d)), "ties": int(sum(x == 0 for x in d)),
-                                           "n": len(d), "ci_low": pc.get("ci_low"), "ci_high": pc.get("ci_high")}
+                pk[f"best_minus_{ref}"] = {"per_seed": d, "mean": pc.get("mean_diff"),
+                                           "min": float(np.min(d)) if d else None, "wins": pc.get("wins", 0),
+                                           "ties": pc.get("ties", 0), "n": len(d), "ci_low": pc.get("ci_low"),
+                                           "ci_high": pc.get("ci_high")}
             for m in deep:
                 for ref in [r for r in CLASSICAL if r in cfg.methods][:1]:
                     a, b = _scores(results, k, m), _scores(results, k, ref)
@@ -352,9 +352,9 @@ def _analyse(results: list[dict], cfg: TransferBenchConfig):
     kmax = max(cfg.ks)
     for method, key in (("transfer_ce", f"finetune_seconds_k={kmax}"),
                         ("transfer_ce_preset", f"finetune_seconds_k={kmax}_preset")):
-        runs = [r for r in results if r["k"] == kmax and r["method"] == method and "fit_seconds" in r]
         if method not in cfg.methods:
             continue
+        runs = [r for r in results if r["k"] == kmax and r["method"] == method and "fit_seconds" in r]
         t20 = [r["fit_seconds"] for r in runs]
         targets[key] = {"model_name": cfg.model_name, "threads": cfg.threads, "method": method,
                         "max_s": float(max(t20)) if t20 else None, "mean_s": float(np.mean(t20)) if t20 else None,
